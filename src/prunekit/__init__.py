@@ -1,0 +1,32 @@
+"""prunekit: make neural networks and their training data smaller.
+
+Public names are imported lazily so that ``import prunekit`` stays cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "prunekit.models",
+    "load_tokenizer": "prunekit.models",
+    "load_pretrained": "prunekit.io",
+    "save_pretrained": "prunekit.io",
+    "prune": "prunekit.api",
+    "PruneResult": "prunekit.api",
+    "Recipe": "prunekit.recipe",
+    "PruneStep": "prunekit.recipe",
+    "load_recipe": "prunekit.recipe",
+    "perplexity": "prunekit.evaluate.perplexity",
+    "sparsity_report": "prunekit.evaluate.sparsity",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")

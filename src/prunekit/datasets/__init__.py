@@ -1,0 +1,1 @@
+"""Datasets prunekit uses: calibration/evaluation text and real image data."""
