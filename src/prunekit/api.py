@@ -1,0 +1,241 @@
+"""``prune(model, recipe, calibration=...)``: the one verb of one-shot pruning.
+
+The flow of one step: resolve target layers -> per-layer sparsities (uniform, global, OWL) ->
+for each block: collect calibration statistics, prune each layer as soon as its statistics are
+complete, pass the pruned outputs on -> report.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunekit.calibration import BlockInputs, capture_block_inputs, run_block
+from prunekit.datasets.text import calibration_windows, describe_source
+from prunekit.masks import check_pattern_fits, global_ratios, outlier_ratio, owl_ratios, parse_pattern
+from prunekit.methods.base import LayerContext, LayerStats
+from prunekit.methods.wanda import wanda_scores
+from prunekit.models.adapters import Adapter, adapter_for, weight_view
+from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+from prunekit.targets import select_layers
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    target: float  # sparsity asked for
+    sparsity: float  # fraction of zeros after pruning
+    pattern: str
+    method: str
+
+
+@dataclass
+class PruneResult:
+    layers: list[LayerReport] = field(default_factory=list)
+    parameters: int = 0  # all parameters of the model
+    targeted: int = 0  # parameters in pruned layers
+    zeros: int = 0  # zeros in pruned layers
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # peak resident memory of this process so far
+    timings: dict = field(default_factory=dict)
+    calibration: str = ""
+    recipe: dict = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / max(self.targeted, 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["sparsity"] = self.sparsity
+        return data
+
+    def summary(self, max_rows: int = 12) -> str:
+        lines = [f"{'layer':<44} {'shape':>12} {'target':>7} {'sparsity':>8} {'pattern':>12}"]
+        rows = self.layers if len(self.layers) <= max_rows else self.layers[: max_rows // 2] + [None] + self.layers[-max_rows // 2 :]
+        for r in rows:
+            if r is None:
+                lines.append(f"{'...':<44}")
+                continue
+            shape = f"{r.shape[0]}x{r.shape[1]}"
+            lines.append(f"{r.name:<44} {shape:>12} {r.target:>7.3f} {r.sparsity:>8.3f} {r.pattern:>12}")
+        lines.append(
+            f"{len(self.layers)} layers, {self.zeros:,} of {self.targeted:,} weights zero ({self.sparsity:.2%}); "
+            f"model {self.parameters:,} parameters; {self.seconds:.1f} s; peak RSS {self.peak_rss_mb:,.0f} MB"
+        )
+        return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def as_recipe(recipe=None, **step_fields) -> Recipe:
+    """Accept a Recipe, a PruneStep, a dict, a recipe file path, or plain step fields."""
+    if recipe is None:
+        return Recipe(steps=[PruneStep(**step_fields)])
+    if step_fields:
+        raise TypeError("pass either a recipe or step fields such as method=..., not both")
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, PruneStep):
+        return Recipe(steps=[recipe])
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    from prunekit.recipe import load_recipe
+
+    return load_recipe(recipe)
+
+
+def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progress: bool = True,
+          **step_fields) -> PruneResult:
+    """Prune ``model`` in place and return a :class:`PruneResult`.
+
+    ``recipe`` is a :class:`Recipe`, a :class:`PruneStep`, a dict, a YAML/JSON path, or omitted
+    in favour of step fields (``prune(model, method="wanda", sparsity=0.5)``). ``calibration``
+    overrides the recipe's calibration source: ``"brown"``, ``"brown:b-h"``, a text file, a list
+    of strings, or a LongTensor of token ids (windows x seqlen).
+    """
+    recipe = as_recipe(recipe, **step_fields)
+    calib = recipe.calibration
+    source = calib.source if calibration is None else calibration
+    start = time.perf_counter()
+    adapter = adapter_for(model)
+    result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(source))
+    for step in recipe.steps:
+        _run_step(adapter, step, calib, source, tokenizer, result, progress)
+    result.parameters = sum(p.numel() for p in model.parameters())
+    result.targeted = sum(r.shape[0] * r.shape[1] for r in result.layers)
+    result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in result.layers))
+    result.seconds = time.perf_counter() - start
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+# ------------------------------------------------------------------ one step
+
+def _target_layers(adapter: Adapter, step: PruneStep) -> list[dict[str, nn.Module]]:
+    per_block = [select_layers(adapter.linears(i), step.targets, step.ignore) for i in range(len(adapter.blocks))]
+    if not any(per_block):
+        raise ValueError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
+    return per_block
+
+
+def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> torch.Tensor:
+    if tokenizer is None and not isinstance(source, torch.Tensor):
+        from prunekit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(adapter.model.config._name_or_path)
+    return calibration_windows(source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
+
+
+def _run_step(adapter, step, calib, source, tokenizer, result, progress) -> None:
+    method = step.build()
+    pattern = parse_pattern(step.pattern)
+    per_block = _target_layers(adapter, step)
+    for layers in per_block:
+        for name, module in layers.items():
+            check_pattern_fits(pattern, weight_view(module).shape[1], name)
+    needs_data = method.needs_calibration or step.allocation == "owl"
+    windows = _windows(adapter, calib, source, tokenizer) if needs_data else None
+    t0 = time.perf_counter()
+    ratios = _allocate(adapter, step, per_block, windows, calib, progress)
+    result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
+    grad_norms = {}
+    if "gradients" in method.needs:
+        t0 = time.perf_counter()
+        grad_norms = gradient_norms(adapter.model, windows, {k: v for b in per_block for k, v in b.items()}, progress)
+        result.timings[f"{step.method}:gradients_s"] = time.perf_counter() - t0
+
+    def prune_layer(name: str, module: nn.Module, stats: LayerStats | None) -> None:
+        weight = weight_view(module)
+        gen = torch.Generator().manual_seed(step.seed * 1_000_003 + zlib.crc32(name.encode()))
+        ctx = LayerContext(name, stats, grad_norms.get(name), gen)
+        with torch.no_grad():
+            mask = method.prune_layer(weight, ratios[name], pattern, ctx)
+            weight[mask] = 0.0
+        zeros = int((weight == 0).sum())
+        result.layers.append(LayerReport(name, tuple(weight.shape), ratios[name], zeros / weight.numel(),
+                                         str(pattern), step.method))
+
+    t0 = time.perf_counter()
+    if method.needs_calibration:
+        walk_blocks(adapter, windows, calib.chunk_size, per_block, prune_layer,
+                    want_hessian="hessian" in method.needs, progress=progress, desc=f"{step.method}")
+    else:
+        for layers in tqdm(per_block, desc=step.method, disable=not progress, leave=False):
+            for name, module in layers.items():
+                prune_layer(name, module, None)
+    result.timings[f"{step.method}:prune_s"] = time.perf_counter() - t0
+
+
+def walk_blocks(adapter: Adapter, windows: torch.Tensor, chunk_size: int, per_block: list[dict[str, nn.Module]],
+                on_ready, want_hessian: bool = False, progress: bool = True, desc: str = "blocks") -> None:
+    """Feed the calibration windows through the blocks one at a time (see :mod:`prunekit.calibration`)."""
+    blocks = adapter.blocks
+    inputs = capture_block_inputs(adapter.model, blocks[0], windows, chunk_size)
+    for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
+        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian)
+        inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
+
+
+# ------------------------------------------------------------------ allocation
+
+def _allocate(adapter, step, per_block, windows, calib, progress) -> dict[str, float]:
+    names = [name for layers in per_block for name in layers]
+    if step.allocation == "uniform":
+        return {name: step.sparsity for name in names}
+    if step.allocation == "global":
+        scores = {name: weight_view(m).abs() for layers in per_block for name, m in layers.items()}
+        return global_ratios(scores, step.sparsity)
+    return _owl_allocation(adapter, step, per_block, windows, calib, progress)
+
+
+def _owl_allocation(adapter, step, per_block, windows, calib, progress) -> dict[str, float]:
+    """OWL: one dense pass collects Wanda scores; each block's outlier ratio sets its sparsity."""
+    block_scores: dict[int, list[torch.Tensor]] = {}
+    block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
+
+    def collect(name, module, stats):
+        block_scores.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
+
+    walk_blocks(adapter, windows, calib.chunk_size, per_block, collect, progress=progress, desc="owl scores")
+    used = sorted(block_scores)
+    d = [outlier_ratio(torch.cat(block_scores[i]), step.owl_m) for i in used]
+    block_ratio = dict(zip(used, owl_ratios(d, step.sparsity, step.owl_lambda)))
+    return {name: block_ratio[block_of[name]] for name in block_of}
+
+
+# ------------------------------------------------------------------ gradients (GBLM)
+
+def gradient_norms(model: nn.Module, windows: torch.Tensor, layers: dict[str, nn.Module],
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+    """sqrt(sum over windows of g^2) for each layer's (out x in) weight, g the gradient of the
+    window's mean next-token loss on the dense model."""
+    params = {name: m.weight for name, m in layers.items()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    acc = {name: torch.zeros_like(weight_view(m)) for name, m in layers.items()}
+    device = next(model.parameters()).device
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        for i in tqdm(range(len(windows)), desc="gradients", disable=not progress, leave=False):
+            ids = windows[i : i + 1].to(device)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            grads = torch.autograd.grad(loss, list(params.values()))
+            for (name, module), g in zip(layers.items(), grads):
+                g = g.t() if type(module).__name__ == "Conv1D" else g
+                acc[name] += g.float().pow(2)
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    return {name: a.sqrt_() for name, a in acc.items()}

@@ -1,0 +1,143 @@
+"""Calibration and evaluation text: the Brown corpus, text files, strings or pre-tokenized tensors.
+
+A text source is one of
+- ``"brown"`` (genres b-r: everything but press reportage, the default for calibration),
+- ``"brown:<genres>"`` with genre letters and ranges (``brown:a``, ``brown:b-h``, ``brown:jk``),
+- a path to a UTF-8 text file,
+- a list of strings (joined as one stream with blank lines),
+- a LongTensor of token ids (1-D stream or 2-D windows).
+
+The protocol used across prunekit: EVAL is ``brown:a`` tokenized as one stream without special
+tokens, the first 32 non-overlapping windows of 512 tokens; CALIB is ``brown`` (genres b-r),
+64 windows of 512 tokens at start offsets drawn with seed 0.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from prunekit.assets import brown_dir
+
+BROWN_GENRES = "abcdefghjklmnpr"  # the corpus has no genre i, o or q
+BROWN_GENRE_NAMES = {
+    "a": "press: reportage", "b": "press: editorial", "c": "press: reviews", "d": "religion",
+    "e": "skill and hobbies", "f": "popular lore", "g": "belles lettres", "h": "miscellaneous",
+    "j": "learned", "k": "general fiction", "l": "mystery", "m": "science fiction",
+    "n": "adventure", "p": "romance", "r": "humor",
+}
+DEFAULT_CALIBRATION = "brown"
+DEFAULT_EVALUATION = "brown:a"
+
+
+def parse_genres(spec: str) -> str:
+    """``"b-h"`` -> ``"bcdefgh"``; ``"jk"`` -> ``"jk"``; empty -> all genres but ``a``."""
+    if not spec:
+        return BROWN_GENRES[1:]
+    out = []
+    for match in re.finditer(r"(.)(?:-(.))?", spec.lower()):
+        lo, hi = match.group(1), match.group(2) or match.group(1)
+        bad = [c for c in (lo, hi) if c not in BROWN_GENRES]
+        if bad or lo > hi:
+            raise ValueError(f"bad Brown genre spec {spec!r}: use letters/ranges from {BROWN_GENRES!r}, e.g. 'b-h'")
+        out.extend(c for c in BROWN_GENRES if lo <= c <= hi)
+    return "".join(dict.fromkeys(out))
+
+
+def _detag(line: str) -> str:
+    words = [tok.rsplit("/", 1)[0] for tok in line.split()]
+    text = " ".join(words).replace("``", '"').replace("''", '"')
+    return re.sub(r" ([.,;:!?)])", r"\1", text)
+
+
+def brown_document(path: Path) -> str:
+    """One Brown file as plain text: tags stripped, paragraphs separated by blank lines."""
+    paragraphs, current = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip():
+            current.append(_detag(line))
+        elif current:
+            paragraphs.append(" ".join(current))
+            current = []
+    if current:
+        paragraphs.append(" ".join(current))
+    return "\n\n".join(paragraphs)
+
+
+def brown_files(genres: str) -> list[Path]:
+    root = brown_dir()
+    return sorted(p for p in root.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name) and p.name[1] in genres)
+
+
+def brown_text(genres: str = "") -> str:
+    """The Brown corpus restricted to ``genres`` (see :func:`parse_genres`) as one text stream."""
+    return "\n\n".join(brown_document(p) for p in brown_files(parse_genres(genres)))
+
+
+def describe_source(source) -> str:
+    if isinstance(source, torch.Tensor):
+        return f"tensor{tuple(source.shape)}"
+    if isinstance(source, (list, tuple)):
+        return f"{len(source)} strings"
+    return str(source)
+
+
+def source_text(source) -> str:
+    """Resolve a string source to text (Brown spec, or file path)."""
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(s, str) for s in source):
+            raise TypeError("a list text source must contain only strings")
+        return "\n\n".join(source)
+    source = str(source)
+    if source == "brown" or source.startswith("brown:"):
+        return brown_text(source.partition(":")[2])
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"text source {source!r} is neither 'brown[:genres]' nor an existing text file"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def token_stream(source, tokenizer) -> torch.Tensor:
+    """All tokens of a source as one 1-D LongTensor (no special tokens added)."""
+    if isinstance(source, torch.Tensor):
+        return source.reshape(-1).long()
+    ids = tokenizer(source_text(source), add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class TextTooShortError(ValueError):
+    pass
+
+
+def _check_length(n_tokens: int, seqlen: int, source) -> None:
+    if n_tokens < seqlen:
+        raise TextTooShortError(
+            f"text {describe_source(source)!r} has {n_tokens} tokens, shorter than one window of {seqlen}"
+        )
+
+
+def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512, seed: int = 0) -> torch.Tensor:
+    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``)."""
+    if isinstance(source, torch.Tensor) and source.dim() == 2:
+        if source.shape[1] < seqlen:
+            raise TextTooShortError(f"pre-tokenized windows have {source.shape[1]} tokens, need {seqlen}")
+        return source[:nsamples, :seqlen].long()
+    stream = token_stream(source, tokenizer)
+    _check_length(len(stream), seqlen, source)
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seqlen + 1, (nsamples,), generator=gen)
+    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
+
+
+def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int = 512) -> torch.Tensor:
+    """The first ``nwindows`` non-overlapping windows of ``seqlen`` tokens (all when None)."""
+    if isinstance(source, torch.Tensor) and source.dim() == 2:
+        return source[:nwindows].long()
+    stream = token_stream(source, tokenizer)
+    _check_length(len(stream), seqlen, source)
+    n = len(stream) // seqlen if nwindows is None else min(nwindows, len(stream) // seqlen)
+    return stream[: n * seqlen].reshape(n, seqlen)

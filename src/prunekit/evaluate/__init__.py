@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, sparsity report, latency and memory."""

@@ -1,0 +1,54 @@
+"""Perplexity on a fixed protocol: exp(mean over windows of the per-window mean NLL)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from prunekit.datasets.text import DEFAULT_EVALUATION, evaluation_windows
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    tokens: int
+    seconds: float
+    windows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = False) -> torch.Tensor:
+    """Mean next-token NLL of each window (row of ``windows``)."""
+    device = next(model.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
+        ids = windows[i : i + batch_size].to(device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1)
+        out.append(nll.cpu())
+    return torch.cat(out)
+
+
+def perplexity(model, tokenizer=None, text=DEFAULT_EVALUATION, nwindows: int | None = 32, seqlen: int = 512,
+               batch_size: int = 1, progress: bool = False) -> PerplexityResult:
+    """Perplexity of ``model`` on ``text`` (any text source; see :mod:`prunekit.datasets.text`)."""
+    windows = evaluation_windows(text, tokenizer, nwindows, seqlen)
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    nlls = window_nlls(model, windows, batch_size, progress)
+    model.train(was_training)
+    return PerplexityResult(
+        perplexity=math.exp(nlls.mean().item()),
+        tokens=int(windows.numel()),
+        seconds=time.perf_counter() - start,
+        windows=len(windows),
+    )

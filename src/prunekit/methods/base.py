@@ -1,0 +1,73 @@
+"""What every one-shot method shares: the statistics it may ask for, and the per-layer contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from prunekit.masks import Pattern
+
+
+@dataclass
+class LayerStats:
+    """Running statistics of a layer's calibration inputs X (tokens x in).
+
+    ``sq_norms[j]`` = sum over tokens of X[:, j]^2 (Wanda's ||X_j||^2); ``hessian`` = X^T X
+    (SparseGPT's H, before the 2/n scaling that cancels in the solver).
+    """
+
+    in_features: int
+    want_hessian: bool = False
+    tokens: int = 0
+    samples: int = 0
+    sq_norms: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, samples: int) -> None:
+        x = x.reshape(-1, self.in_features).float()
+        if self.sq_norms is None:
+            self.sq_norms = torch.zeros(self.in_features, dtype=torch.float32, device=x.device)
+        self.sq_norms += x.pow(2).sum(dim=0)
+        if self.want_hessian:
+            if self.hessian is None:
+                self.hessian = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=x.device)
+            self.hessian.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+        self.samples += samples
+
+    def column_norms(self) -> torch.Tensor:
+        """sqrt of the per-sample mean of ||X_j||^2, the activation norm used by Wanda and GBLM."""
+        return (self.sq_norms / max(self.samples, 1)).sqrt()
+
+
+@dataclass
+class LayerContext:
+    """Everything a method may use to prune one layer besides its weight."""
+
+    name: str
+    stats: LayerStats | None = None
+    grad_norms: torch.Tensor | None = None  # (out x in), for gradient-based methods
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+class Method:
+    """A one-shot pruning method: a config dataclass with ``prune_layer``.
+
+    ``prune_layer`` receives the (out x in) weight (a view that writes through), the layer's target
+    sparsity and pattern, and a :class:`LayerContext`; it returns the bool mask of pruned weights.
+    Methods that reconstruct weights (SparseGPT) update ``weight`` in place; the runner zeroes the
+    masked entries afterwards in every case.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"norms", "hessian", "gradients"}
+    default_pattern: ClassVar[str] = "unstructured"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.needs)
+
+    def prune_layer(self, weight: torch.Tensor, sparsity: float, pattern: Pattern, ctx: LayerContext) -> torch.Tensor:
+        raise NotImplementedError
