@@ -1,0 +1,210 @@
+"""Data pruning on Fashion-MNIST: test accuracy of the reference CNN trained on a pruned training set.
+
+For each seed, one full-data *scoring* run (60k examples, ``--score-epochs`` passes) records training
+dynamics (forgetting events, AUM), is scored early (EL2N and last-layer GraNd after its first epoch,
+as in "Deep Learning on a Data Diet") and then serves as the KD teacher. Scores are averaged over
+the seeds. Then, for every removed fraction (30/50/70/90%), method and seed, a fresh SmallCNN trains
+on the kept subset under an *equal-epochs* budget of ``--epochs`` passes over its subset, and is
+tested on the 10k test set. A full-data run with the same budget is the reference.
+
+Methods: random; EL2N, GraNd, forgetting, AUM (keep the hardest); CCS (stratified over AUM with
+the default hard cutoff beta); random + KD (teacher = the same seed's full-data model).
+
+Runs are appended to a JSONL log, so a rerun skips finished ones. Usage::
+
+    python benchmarks/data_pruning_fashion_mnist.py [--epochs 2] [--seeds 0 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunekit.data.dynamics import TrainingDynamics
+from prunekit.data.scores import el2n_from_logits
+from prunekit.data.scores._common import batched_logits, batched_logits_and_embeddings
+from prunekit.data.select import ccs_default_beta, select
+from prunekit.data.train import Budget, accuracy, fit, kd_defaults
+from prunekit.datasets.vision import fashion_mnist
+from prunekit.zoo import SmallCNN
+
+RESULTS = Path(__file__).parent / "results"
+FRACTIONS_REMOVED = (0.3, 0.5, 0.7, 0.9)
+METHODS = ("random", "el2n", "grand", "forgetting", "aum", "ccs", "random+kd")
+BATCH, LR = 128, 0.05
+
+
+def grand_last_layer_from(logits: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    err = logits.softmax(1) - torch.nn.functional.one_hot(y, logits.shape[1]).float()
+    return (err.norm(dim=1) * (h.pow(2).sum(1) + 1).sqrt()).numpy()
+
+
+def scoring_run(x, y, xt, yt, seed: int, epochs: float, work: Path) -> dict:
+    """Train on all data; return scores, teacher logits and test accuracy (cached in ``work``)."""
+    out = work / f"full_seed{seed}.npz"
+    if out.is_file():
+        with np.load(out) as f:
+            return dict(f)
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    dyn = TrainingDynamics(len(x))
+    early: dict[str, np.ndarray] = {}
+
+    def score_early(epoch: int, m: torch.nn.Module) -> None:
+        if epoch == 0:  # "early in training": after the first pass, as in Paul et al. (2021)
+            logits, h = batched_logits_and_embeddings(m, x)
+            early["el2n"] = el2n_from_logits(logits, y)
+            early["grand"] = grand_last_layer_from(logits, h, y)
+
+    steps = Budget("equal-epochs", epochs).steps(len(x), len(x), BATCH)
+    fit(model, x, y, steps=steps, batch_size=BATCH, lr=LR, seed=seed, dynamics=dyn, on_epoch_end=score_early,
+        checkpoint_path=work / f"full_seed{seed}.ckpt")
+    res = {
+        **early,
+        "forgetting": dyn.forgetting(),
+        "aum": dyn.aum(),
+        "teacher_logits": batched_logits(model, x).numpy(),
+        "test_acc": np.float64(accuracy(model, xt, yt)),
+    }
+    np.savez(out, **res)
+    return res
+
+
+def subset_for(method: str, frac_removed: float, scores: dict, n: int, seed: int) -> np.ndarray:
+    keep = round((1 - frac_removed) * n)
+    if method in ("random", "random+kd"):
+        return select(np.zeros(n), keep, "random", seed=seed)
+    if method == "ccs":
+        return select(scores["aum"], keep, "ccs", beta=ccs_default_beta(frac_removed), bins=50, seed=seed)
+    return select(scores[method], keep, "hardest", seed=seed)
+
+
+def run_subset(x, y, xt, yt, idx, seed, epochs, teacher_logits=None, frac_removed=0.0) -> float:
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    kd = kd_defaults(frac_removed) if teacher_logits is not None else {}
+    steps = Budget("equal-epochs", epochs).steps(len(idx), len(x), BATCH)
+    fit(model, x, y, idx, steps=steps, batch_size=BATCH, lr=LR, seed=seed, teacher_logits=teacher_logits, **kd)
+    return accuracy(model, xt, yt)
+
+
+def write_report(log: Path, meta: dict, md: Path, png: Path) -> None:
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["seed"] in meta["seeds"]]
+    full = [r["acc"] for r in rows if r["method"] == "full"]
+    table: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        if r["method"] != "full":
+            table.setdefault((r["method"], r["removed"]), []).append(r["acc"])
+    lines = [
+        "# Data pruning on Fashion-MNIST (SmallCNN)",
+        "",
+        (f"Test accuracy (%) on the 10k test set, mean ± std over seeds {meta['seeds']}; "
+        f"training set 60k; budget: equal epochs ({meta['epochs']} passes over whatever is kept, "
+        f"batch {BATCH}, SGD + one-cycle lr {LR}). Threads: {meta['threads']}. "
+        f"Wall time of the whole table: {meta['wall_min']:.1f} min (shared 2-core CPU)."),
+        "",
+        (f"Scores come from full-data runs of {meta['score_epochs']} epochs (one per seed, averaged over seeds); "
+        f"those runs are also the KD teachers (test accuracy {meta['teacher_acc']})."),
+        "",
+        f"Full data ({meta['epochs']} epochs): **{100 * np.mean(full):.2f} ± {100 * np.std(full):.2f}**"
+        if full else "",
+        "",
+        "| method | " + " | ".join(f"{int(100 * f)}% removed" for f in FRACTIONS_REMOVED) + " |",
+        "|---|" + "---|" * len(FRACTIONS_REMOVED),
+    ]
+    for m in METHODS:
+        cells = []
+        for f in FRACTIONS_REMOVED:
+            v = table.get((m, f))
+            cells.append(f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}" if v else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", meta.get("notes", "")]
+    md.write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [100 * f for f in FRACTIONS_REMOVED]
+    for m in METHODS:
+        mu = [100 * np.mean(table[(m, f)]) if (m, f) in table else np.nan for f in FRACTIONS_REMOVED]
+        sd = [100 * np.std(table[(m, f)]) if (m, f) in table else np.nan for f in FRACTIONS_REMOVED]
+        ax.errorbar(xs, mu, yerr=sd, marker="o", capsize=3, label=m)
+    if full:
+        ax.axhline(100 * np.mean(full), color="gray", ls="--", label="full data")
+    ax.set_xlabel("% of training set removed")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Fashion-MNIST, SmallCNN, {meta['epochs']} epochs (equal-epochs budget)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=float, default=1.0, help="passes over the kept subset (equal epochs)")
+    ap.add_argument("--score-epochs", type=float, default=3.0, help="passes of the full-data scoring runs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="6k/2k examples, for a smoke test")
+    ap.add_argument("--work", type=Path, default=Path(os.path.expanduser("~/.cache/prunekit/bench/data_pruning")))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "runs.jsonl"
+    x, y = fashion_mnist("train").tensors()
+    xt, yt = fashion_mnist("test").tensors()
+    if args.quick:
+        x, y, xt, yt = x[:6000], y[:6000], xt[:2000], yt[:2000]
+    done = set()
+    if log.is_file():
+        done = {(r["method"], r["removed"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    t0 = time.time()
+    full = {}
+    for seed in args.seeds:
+        full[seed] = scoring_run(x, y, xt, yt, seed, args.score_epochs, work)
+        print(f"[{time.time() - t0:7.0f}s] scoring/teacher run seed {seed}: "
+              f"{100 * float(full[seed]['test_acc']):.2f}%", flush=True)
+    scores = {k: np.mean([full[s][k] for s in args.seeds], axis=0) for k in ("el2n", "grand", "forgetting", "aum")}
+    np.savez(work / "scores_mean.npz", **scores)
+    for seed in args.seeds:
+        if ("full", 0.0, seed) not in done:
+            acc = run_subset(x, y, xt, yt, np.arange(len(x)), seed, args.epochs)
+            with log.open("a") as f:
+                f.write(json.dumps({"method": "full", "removed": 0.0, "seed": seed, "acc": acc}) + "\n")
+            print(f"[{time.time() - t0:7.0f}s] seed {seed} full data {100 * acc:.2f}%", flush=True)
+        for frac in FRACTIONS_REMOVED:
+            for method in METHODS:
+                if (method, frac, seed) in done:
+                    continue
+                idx = subset_for(method, frac, scores, len(x), seed)
+                teacher = torch.as_tensor(full[seed]["teacher_logits"]) if method == "random+kd" else None
+                acc = run_subset(x, y, xt, yt, idx, seed, args.epochs, teacher, frac)
+                with log.open("a") as f:
+                    f.write(json.dumps({"method": method, "removed": frac, "seed": seed, "acc": acc}) + "\n")
+                print(f"[{time.time() - t0:7.0f}s] seed {seed} removed {frac:.0%} {method:11s} {100 * acc:.2f}%",
+                      flush=True)
+    teacher = [100 * float(full[s]["test_acc"]) for s in args.seeds]
+    meta = {"seeds": args.seeds, "epochs": args.epochs, "threads": args.threads, "score_epochs": args.score_epochs,
+            "teacher_acc": f"{np.mean(teacher):.2f} ± {np.std(teacher):.2f}",
+            "wall_min": (time.time() - t0) / 60}
+    (work / "meta.json").write_text(json.dumps(meta))
+    if not args.quick:
+        write_report(log, meta, RESULTS / "data_pruning_fashion_mnist.md", RESULTS / "data_pruning_fashion_mnist.png")
+    else:
+        write_report(log, meta, work / "quick.md", work / "quick.png")
+
+
+if __name__ == "__main__":
+    main()

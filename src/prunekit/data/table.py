@@ -1,0 +1,203 @@
+"""The score table: one row per (example, score, seed, checkpoint), keyed by a stable id.
+
+Columns: ``id`` (``"<index>:<hash>"``), ``index`` (position in the dataset as it was scored),
+``hash`` (content hash, see :mod:`prunekit.data.ids`), ``label``, ``score`` (name), ``value``,
+``seed``, ``checkpoint`` (epoch or step; -1 when not applicable) and ``direction`` (always
+``"higher=harder"`` plus a note for scores whose sign was flipped, e.g. AUM).
+
+Saved as ``scores.parquet`` (if pyarrow is available) or ``scores.npz``, next to a
+``manifest.json`` describing the dataset, scores, seeds and format. Rows can be appended one
+checkpoint at a time, which is what makes scoring resumable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunekit.data.ids import align, make_id
+
+COLUMNS = ("id", "index", "hash", "label", "score", "value", "seed", "checkpoint", "direction")
+AGGREGATES = ("mean", "median", "max", "min")
+
+
+@dataclass
+class ScoreTable:
+    """Long-format per-example scores plus a manifest (free-form metadata)."""
+
+    rows: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ building
+    def add(
+        self,
+        score: str,
+        values: np.ndarray,
+        hashes: Sequence[str],
+        *,
+        labels: Sequence[int] | None = None,
+        seed: int = -1,
+        checkpoint: int = -1,
+        direction: str = "higher=harder",
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        """Append one score vector (one value per example, in dataset order unless ``indices``)."""
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) != len(hashes):
+            raise ValueError(f"{len(values)} values but {len(hashes)} example hashes")
+        indices = np.arange(len(values)) if indices is None else np.asarray(indices)
+        labels = [-1] * len(values) if labels is None else list(labels)
+        self.rows["id"] += [make_id(i, h) for i, h in zip(indices, hashes)]
+        self.rows["index"] += [int(i) for i in indices]
+        self.rows["hash"] += list(hashes)
+        self.rows["label"] += [int(v) for v in labels]
+        self.rows["score"] += [score] * len(values)
+        self.rows["value"] += values.tolist()
+        self.rows["seed"] += [int(seed)] * len(values)
+        self.rows["checkpoint"] += [int(checkpoint)] * len(values)
+        self.rows["direction"] += [direction] * len(values)
+
+    def __len__(self) -> int:
+        return len(self.rows["id"])
+
+    # ------------------------------------------------------------------ reading
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {c: np.asarray(v) for c, v in self.rows.items()}
+
+    @property
+    def score_names(self) -> list[str]:
+        return sorted(set(self.rows["score"]))
+
+    def n_examples(self) -> int:
+        return len(set(self.rows["index"]))
+
+    def runs(self, score: str) -> list[tuple[int, int]]:
+        """The (seed, checkpoint) pairs recorded for ``score``."""
+        a = self._arrays()
+        m = a["score"] == score
+        return sorted(set(zip(a["seed"][m].tolist(), a["checkpoint"][m].tolist())))
+
+    def vector(self, score: str, seed: int | None = None, checkpoint: int | None = None,
+               aggregate: str = "mean") -> np.ndarray:
+        """Scores in dataset-index order, aggregated over the selected seeds/checkpoints."""
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+        a = self._arrays()
+        m = a["score"] == score
+        if not m.any():
+            raise KeyError(f"score {score!r} not in table; available: {', '.join(self.score_names) or 'none'}")
+        if seed is not None:
+            m &= a["seed"] == seed
+        if checkpoint is not None:
+            m &= a["checkpoint"] == checkpoint
+        if not m.any():
+            raise KeyError(f"score {score!r} has no rows for seed={seed}, checkpoint={checkpoint}")
+        n = int(a["index"].max()) + 1
+        idx, val = a["index"][m], a["value"][m].astype(np.float64)
+        runs = list(zip(a["seed"][m].tolist(), a["checkpoint"][m].tolist()))
+        keys = sorted(set(runs))
+        mat = np.full((len(keys), n), np.nan)
+        pos = {k: i for i, k in enumerate(keys)}
+        mat[[pos[r] for r in runs], idx] = val
+        return getattr(np, f"nan{aggregate}")(mat, axis=0)
+
+    def hashes(self) -> list[str]:
+        """Content hash per dataset index."""
+        a = self._arrays()
+        n = int(a["index"].max()) + 1
+        out = [""] * n
+        for i, h in zip(a["index"].tolist(), a["hash"].tolist()):
+            out[i] = h
+        return out
+
+    def labels(self) -> np.ndarray:
+        a = self._arrays()
+        out = np.full(int(a["index"].max()) + 1, -1, dtype=np.int64)
+        out[a["index"]] = a["label"]
+        return out
+
+    def vector_for(self, score: str, target_hashes: Sequence[str], **kwargs) -> np.ndarray:
+        """Scores reordered to another ordering of the same examples (matched by content hash)."""
+        return align(self.hashes(), self.vector(score, **kwargs), target_hashes)
+
+    def direction(self, score: str) -> str:
+        a = self._arrays()
+        return str(a["direction"][a["score"] == score][0])
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, folder: str | Path, fmt: str = "parquet") -> Path:
+        """Write ``scores.parquet`` or ``scores.npz`` and ``manifest.json`` into ``folder``."""
+        if fmt not in ("parquet", "npz"):
+            raise ValueError(f"format {fmt!r} is not one of parquet, npz")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        a = self._arrays()
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            path = folder / "scores.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            pq.write_table(pa.table({c: a[c] for c in COLUMNS}), tmp)
+        else:
+            path = folder / "scores.npz"
+            tmp = folder / "scores.tmp.npz"
+            np.savez(tmp, **{c: a[c] for c in COLUMNS})
+        tmp.replace(path)
+        manifest = {
+            **self.manifest,
+            "format": fmt,
+            "file": path.name,
+            "columns": list(COLUMNS),
+            "scores": {s: {"direction": self.direction(s), "runs": self.runs(s)} for s in self.score_names},
+            "n_examples": self.n_examples(),
+            "n_rows": len(self),
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ScoreTable:
+        folder = Path(folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        path = folder / manifest["file"]
+        if manifest["format"] == "parquet":
+            import pyarrow.parquet as pq
+
+            cols = pq.read_table(path).to_pydict()
+        else:
+            with np.load(path) as f:
+                cols = {c: f[c].tolist() for c in COLUMNS}
+        rows = {c: list(cols[c]) for c in COLUMNS}
+        extra = {k: v for k, v in manifest.items() if k not in ("format", "file", "columns", "scores",
+                                                                   "n_examples", "n_rows")}
+        return cls(rows, extra)
+
+
+def stability_report(table: ScoreTable, score: str | None = None) -> list[dict[str, Any]]:
+    """Rank agreement between seeds: Spearman's rho and Kendall's tau for every pair of seeds.
+
+    For each score, the per-seed vector is the mean over that seed's checkpoints. Kendall's tau
+    is computed on at most 20,000 examples (a fixed random sample) to keep it fast.
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    out = []
+    for name in [score] if score else table.score_names:
+        seeds = sorted({s for s, _ in table.runs(name)})
+        vecs = {s: table.vector(name, seed=s) for s in seeds}
+        sample = np.random.default_rng(0).permutation(len(vecs[seeds[0]]))[:20000] if seeds else None
+        for i, a in enumerate(seeds):
+            for b in seeds[i + 1 :]:
+                va, vb = vecs[a], vecs[b]
+                out.append({
+                    "score": name, "seed_a": a, "seed_b": b,
+                    "spearman": float(spearmanr(va, vb).statistic),
+                    "kendall": float(kendalltau(va[sample], vb[sample]).statistic),
+                })
+    return out

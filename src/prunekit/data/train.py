@@ -1,0 +1,183 @@
+"""Train a classifier on a kept subset, plainly or with knowledge distillation (KD).
+
+KD follows Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (2015):
+
+``L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``
+
+Ben-Baruch et al., "Distilling the Knowledge in Data Pruning" (2024) show that training the pruned
+subset against a teacher trained on the *full* data recovers much of the lost accuracy, that
+random + KD is a strong baseline, and that the teacher should get *more* weight the more data is
+removed. :func:`kd_defaults` encodes that as ``alpha = 0.5 + 0.3 * fraction_removed`` (0.5 with no
+pruning, 0.77 at 90% removed) with ``T = 2``. This schedule is prunekit's default, not a constant
+from the paper. It is deliberately milder than "almost all teacher": in short runs (one pass over a
+20% random subset of Fashion-MNIST, 32 steps) we measured T=4/alpha=0.85 at 43% test accuracy vs 66%
+without KD, T=2/alpha=0.85 at 63% and T=4/alpha=0.5 at 66%; KD pays off with longer training.
+Override it when you tune.
+
+The budget is always explicit (:class:`Budget`): *equal epochs* (each example of the subset seen
+as often as in the full-data run, so smaller subsets train for fewer steps) or *equal iterations*
+(the same number of optimizer steps as the full-data run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.data.dynamics import TrainingDynamics
+
+BUDGET_KINDS = ("equal-epochs", "equal-iterations")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train a subset, relative to a full-data run of ``epochs`` epochs."""
+
+    kind: str
+    epochs: float
+
+    def __post_init__(self):
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+        if self.epochs <= 0:
+            raise ValueError(f"budget epochs must be > 0, got {self.epochs}")
+
+    def steps(self, n_subset: int, n_full: int, batch_size: int) -> int:
+        """Optimizer steps for a subset of ``n_subset`` examples out of ``n_full``."""
+        n = n_subset if self.kind == "equal-epochs" else n_full
+        return max(1, math.ceil(self.epochs * n / batch_size))
+
+
+def kd_defaults(fraction_removed: float) -> dict[str, float]:
+    """Default KD temperature and teacher weight for a pruning fraction (see module docstring)."""
+    if not 0.0 <= fraction_removed < 1.0:
+        raise ValueError(f"fraction_removed must be in [0, 1), got {fraction_removed}")
+    return {"temperature": 2.0, "alpha": 0.5 + 0.3 * fraction_removed}
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    """Hinton et al. (2015) distillation loss, the soft term scaled by ``T^2``."""
+    hard = F.cross_entropy(student_logits, labels)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: np.ndarray | None = None,
+    *,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    teacher_logits: torch.Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    dynamics: TrainingDynamics | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    checkpoint_path: str | Path | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """SGD (Nesterov momentum 0.9, one-cycle lr) on ``x[indices]`` for exactly ``steps`` steps.
+
+    ``teacher_logits`` (aligned with ``x``) switches on KD. ``dynamics`` records per-example
+    correctness/margins from the training forward passes. ``on_epoch_end(epoch, model)`` runs
+    after each pass over the subset (e.g. to score a checkpoint). With ``checkpoint_path`` the
+    full training state is saved after every pass and a rerun resumes from it, so a crash loses
+    at most one epoch of work.
+    """
+    indices = torch.as_tensor(np.arange(len(x)) if indices is None else np.asarray(indices), dtype=torch.long)
+    if len(indices) == 0:
+        raise ValueError("cannot train on an empty subset")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    epoch, done = 0, 0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        epoch, done = state["epoch"] + 1, state["done"]
+        if dynamics is not None and state["dynamics"] is not None:
+            restored = TrainingDynamics.from_state_dict(state["dynamics"])
+            dynamics.correct, dynamics.margin = restored.correct, restored.margin
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=done, desc="train", leave=False)
+    model.train()
+    while done < steps:
+        perm = indices[torch.randperm(len(indices), generator=gen)]
+        if dynamics is not None:
+            dynamics.start_epoch()
+        for i in range(0, len(perm), batch_size):
+            if done == steps:
+                break
+            batch = perm[i : i + batch_size]
+            xb, yb = x[batch], y[batch]
+            logits = model(xb)
+            if teacher_logits is None:
+                loss = F.cross_entropy(logits, yb)
+            else:
+                loss = kd_loss(logits, teacher_logits[batch], yb, temperature, alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            if dynamics is not None:
+                dynamics.update(batch, logits, yb)
+            if bar is not None:
+                bar.update(1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
+            model.train()
+        if ckpt is not None:
+            _save_atomic(ckpt, {
+                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "epoch": epoch, "done": done,
+                "dynamics": dynamics.state_dict() if dynamics is not None else None,
+            })
+        epoch += 1
+    if bar is not None:
+        bar.close()
+    return model
+
+
+def _save_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    model.train(was_training)
+    return correct / len(x)
