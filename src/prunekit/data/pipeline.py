@@ -30,6 +30,8 @@ from prunekit.data.scores import (
 from prunekit.data.scores._common import batched_logits_and_embeddings
 from prunekit.data.scores.aum import DIRECTION as AUM_DIRECTION
 from prunekit.data.scores.forgetting import DIRECTION as FORGETTING_DIRECTION
+from prunekit.data.scores.geometry import DIRECTION as KCENTER_DIRECTION
+from prunekit.data.scores.random_score import DIRECTION as RANDOM_DIRECTION
 from prunekit.data.table import ScoreTable
 from prunekit.data.train import Budget, fit
 
@@ -37,7 +39,8 @@ MODEL_SCORES = ("loss", "el2n", "grand", "grand_last_layer", "entropy", "margin"
 DYNAMICS_SCORES = ("forgetting", "aum")
 OTHER_SCORES = ("random", "vog", "kcenter")
 VISION_SCORES = MODEL_SCORES + DYNAMICS_SCORES + OTHER_SCORES
-DIRECTIONS = {"forgetting": FORGETTING_DIRECTION, "aum": AUM_DIRECTION}
+DIRECTIONS = {"forgetting": FORGETTING_DIRECTION, "aum": AUM_DIRECTION, "kcenter": KCENTER_DIRECTION,
+              "random": RANDOM_DIRECTION}
 
 
 def model_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -136,7 +139,8 @@ def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out,
     labels = y.tolist()
     for seed in seeds:
         if "random" in scores:
-            table.add("random", random_scores(len(x), seed), hashes, labels=labels, seed=seed)
+            table.add("random", random_scores(len(x), seed), hashes, labels=labels, seed=seed,
+                      direction=RANDOM_DIRECTION)
         for ep in score_epochs:
             path = work / f"seed{seed}_epoch{ep}.npz"
             if path.is_file():
