@@ -1,0 +1,29 @@
+"""Pruning during training: schedules, criteria, a loop-agnostic pruner, IMP, recovery.
+
+Names are imported lazily; ``PruningCallback`` (Hugging Face ``Trainer``) imports transformers
+only when it is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ConstantSparsity": "schedules", "OneShotSparsity": "schedules", "LinearSparsity": "schedules",
+    "CubicSparsity": "schedules", "imp_sparsities": "schedules", "make_schedule": "schedules",
+    "compute_masks": "criteria", "layerwise_masks": "criteria", "global_masks": "criteria",
+    "Pruner": "pruner", "prune_once": "pruner", "prunable_weights": "pruner",
+    "IterativeMagnitudePruning": "imp", "run_imp": "imp", "snapshot": "imp", "rewind": "imp",
+    "finetune": "recovery", "perp_recover": "recovery", "MaskedLoRA": "recovery",
+    "add_masked_lora": "recovery", "merge_lora": "recovery",
+    "train": "loops", "evaluate": "loops", "make_optimizer": "loops",
+    "PruningCallback": "hf_callback",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"prunekit.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'prunekit.training' has no attribute {name!r}")

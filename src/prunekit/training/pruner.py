@@ -1,0 +1,167 @@
+"""A pruner that plugs into any PyTorch training loop.
+
+    pruner = Pruner(model, CubicSparsity(0.0, 0.9, start=100, end=2000, frequency=50))
+    pruner.attach(optimizer)
+    for step, (x, y) in enumerate(batches):
+        loss = criterion(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
+        pruner.step(step)
+
+Three things keep a pruned weight at zero: a gradient hook multiplies its gradient by the mask,
+the optimizer state (momentum, Adam moments) of pruned entries is zeroed when the mask changes,
+and the mask is re-applied after every step (weight decay or a foreign update cannot revive it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from prunekit.training.criteria import compute_masks
+from prunekit.training.schedules import ConstantSparsity
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg",
+               "acc_delta", "sum")
+
+
+def prunable_weights(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights of every Linear/Conv layer, by module name (``features.0``), minus the ``skip`` names."""
+    skip = set(skip)
+    return {name: m.weight for name, m in model.named_modules()
+            if isinstance(m, PRUNABLE) and name not in skip}
+
+
+class Pruner:
+    """Keeps ``model``'s prunable weights at the sparsity ``schedule(step)`` prescribes.
+
+    Args:
+        model: any module; its Linear/Conv weights are pruned (or those named in ``targets``).
+        schedule: a callable step -> sparsity (see :mod:`prunekit.training.schedules`).
+        criterion: ``magnitude`` or ``random``.
+        scope: ``layer`` (same sparsity everywhere) or ``global`` (one threshold).
+        floor: with ``scope='global'``, minimum fraction of each layer that is kept.
+        targets: module names to prune; default all Linear/Conv layers.
+        skip: module names to leave dense (e.g. the classifier head).
+    """
+
+    def __init__(self, model: nn.Module, schedule: Callable[[int], float], criterion: str = "magnitude",
+                 scope: str = "layer", floor: float = 0.0, targets: Iterable[str] | None = None,
+                 skip: Iterable[str] = (), seed: int = 0):
+        weights = prunable_weights(model, skip)
+        if targets is not None:
+            targets = list(targets)
+            missing = [t for t in targets if t not in weights]
+            if missing:
+                raise ValueError(f"no prunable Linear/Conv layer named {missing[0]!r}")
+            weights = {t: weights[t] for t in targets}
+        if not weights:
+            raise ValueError(f"{type(model).__name__} has no Linear/Conv weight to prune")
+        self.model = model
+        self.schedule = schedule
+        self.criterion = criterion
+        self.scope = scope
+        self.floor = floor
+        self.weights = weights
+        self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        self.target = 0.0
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.generator = torch.Generator().manual_seed(seed)
+        self._hooks = [w.register_hook(self._grad_hook(n)) for n, w in weights.items()]
+
+    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            return grad * self.masks[name].to(grad.dtype)
+        return hook
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Pruner:
+        """Also zero this optimizer's state for pruned entries whenever the masks change."""
+        if optimizer not in self.optimizers:
+            self.optimizers.append(optimizer)
+        return self
+
+    def detach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop tracking ``optimizer`` (e.g. when a training phase ends)."""
+        self.optimizers = [o for o in self.optimizers if o is not optimizer]
+
+    def step(self, step: int) -> bool:
+        """Call after ``optimizer.step()``: update masks if the schedule moved, re-apply them.
+
+        Returns ``True`` when the masks changed at this step.
+        """
+        target = float(self.schedule(step))
+        changed = target != self.target
+        if changed:
+            self.prune_to(target)
+        else:
+            self.apply_masks()
+        return changed
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float) -> None:
+        """Recompute masks at ``sparsity`` from the current weights and apply them everywhere."""
+        self.masks = compute_masks(dict(self.weights), sparsity, self.criterion, self.scope, self.floor,
+                                   self.masks, self.generator)
+        self.masks = {n: m.to(self.weights[n].device) for n, m in self.masks.items()}
+        self.target = sparsity
+        self.apply_masks()
+        self.zero_optimizer_state()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every pruned weight (and its gradient, if one is stored)."""
+        for name, w in self.weights.items():
+            w.mul_(self.masks[name])
+            if w.grad is not None:
+                w.grad.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def zero_optimizer_state(self) -> None:
+        """Zero momentum / Adam moments of pruned entries so they cannot push weights back."""
+        for opt in self.optimizers:
+            for name, w in self.weights.items():
+                state = opt.state.get(w, {})
+                for key in _STATE_KEYS:
+                    buf = state.get(key)
+                    if isinstance(buf, torch.Tensor) and buf.shape == w.shape:
+                        buf.mul_(self.masks[name])
+
+    def sparsity(self) -> float:
+        """Measured fraction of zeros in the pruned weights (not just the mask target)."""
+        zeros = sum(int((w == 0).sum()) for w in self.weights.values())
+        return zeros / sum(w.numel() for w in self.weights.values())
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of pruned entries per layer, from the masks."""
+        return {n: 1.0 - m.float().mean().item() for n, m in self.masks.items()}
+
+    def nonzeros(self) -> int:
+        """Kept weights in the pruned layers."""
+        return sum(int(m.sum()) for m in self.masks.values())
+
+    def state_dict(self) -> dict[str, object]:
+        return {"masks": {n: m.clone() for n, m in self.masks.items()}, "target": self.target}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        masks = state["masks"]
+        unknown = set(masks) - set(self.weights)
+        if unknown:
+            raise KeyError(f"mask for unknown layer {min(unknown)!r}")
+        self.masks = {n: masks[n].to(torch.bool) for n in self.weights}
+        self.target = float(state["target"])
+        self.apply_masks()
+
+    def remove(self) -> None:
+        """Detach the gradient hooks; the weights stay as they are."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def prune_once(model: nn.Module, sparsity: float, criterion: str = "magnitude", scope: str = "layer",
+               floor: float = 0.0, seed: int = 0, **kwargs) -> Pruner:
+    """One-shot pruning: a :class:`Pruner` with a constant schedule, already applied."""
+    pruner = Pruner(model, ConstantSparsity(sparsity), criterion, scope, floor, seed=seed, **kwargs)
+    pruner.step(0)
+    return pruner

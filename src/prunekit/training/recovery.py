@@ -1,0 +1,146 @@
+"""Recovering accuracy after one-shot pruning.
+
+* :func:`finetune`: retrain all weights with the masks held fixed (Han et al. 2015).
+* :func:`perp_recover`: parameter-efficient retraining after pruning (PERP; Zimmer et al. 2023,
+  "PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs"). Only biases and
+  normalization parameters are trained, optionally with low-rank adapters on the pruned layers.
+  The adapters are masked (their "MaskLoRA" variant): the layer computes with
+  (W + B A) ⊙ M, so merging them back, W <- (W + B A) ⊙ M, cannot revive a pruned weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prunekit.training.loops import make_optimizer, train
+from prunekit.training.pruner import Pruner
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+
+
+class MaskedLoRA(nn.Module):
+    """A Linear/Conv layer whose effective weight is (W + (alpha/r) B A) ⊙ M (Hu et al. 2021 LoRA, masked).
+
+    A is (r, fan_in) with Kaiming-uniform init and B is (out, r) zeros, so training starts from the
+    pruned layer exactly. ``base.weight`` is frozen; only A and B train.
+    """
+
+    def __init__(self, base: nn.Module, mask: torch.Tensor, rank: int = 4, alpha: float | None = None):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank!r}")
+        if not isinstance(base, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            raise TypeError(f"MaskedLoRA wraps Linear/Conv layers, got {type(base).__name__}")
+        self.base = base
+        self.register_buffer("mask", mask.to(base.weight.dtype))
+        out_features, fan_in = base.weight.shape[0], base.weight[0].numel()
+        device = base.weight.device
+        self.lora_a = nn.Parameter(torch.empty(rank, fan_in, device=device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=device))
+        self.scale = (alpha if alpha is not None else rank) / rank
+
+    def merged_weight(self) -> torch.Tensor:
+        """(W + scale * B A) ⊙ M, reshaped to the base weight."""
+        delta = (self.lora_b @ self.lora_a).reshape(self.base.weight.shape)
+        return (self.base.weight + self.scale * delta) * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.merged_weight()
+        if isinstance(self.base, nn.Linear):
+            return nn.functional.linear(x, weight, self.base.bias)
+        return self.base._conv_forward(x, weight, self.base.bias)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def add_masked_lora(model: nn.Module, masks: dict[str, torch.Tensor], rank: int = 4,
+                    alpha: float | None = None) -> list[str]:
+    """Wrap every layer named in ``masks`` in a :class:`MaskedLoRA`; returns the wrapped names."""
+    for name, mask in masks.items():
+        _set_submodule(model, name, MaskedLoRA(model.get_submodule(name), mask, rank, alpha))
+    return list(masks)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Fold every :class:`MaskedLoRA` back into its base layer, in place; returns how many were merged.
+
+    The merged weight is copied into the base layer's existing parameter, so a :class:`Pruner`
+    holding a reference to it keeps working.
+    """
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedLoRA)]
+    for name, module in wrapped:
+        module.base.weight.copy_(module.merged_weight())
+        _set_submodule(model, name, module.base)
+    return len(wrapped)
+
+
+def perp_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Biases, normalization weights/biases and LoRA factors: the parameters PERP trains."""
+    params, seen = [], set()
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            trainable = (isinstance(module, NORMS) or pname == "bias" or pname.startswith("lora_"))
+            if trainable and id(p) not in seen:
+                params.append(p)
+                seen.add(id(p))
+    return params
+
+
+def finetune(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.0,
+             lr: float = 0.01, optimizer: str = "sgd", **train_kwargs) -> int:
+    """Retrain every weight with ``pruner``'s masks held fixed. Returns the number of steps."""
+    frozen = _FixedMasks(pruner)
+    opt = make_optimizer(model.parameters(), optimizer, lr=lr)
+    return train(model, x, y, epochs, optimizer=opt, pruner=frozen, **train_kwargs)
+
+
+def perp_recover(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.0,
+                 lr: float = 1e-3, lora_rank: int = 0, lora_alpha: float | None = None,
+                 optimizer: str = "adamw", **train_kwargs) -> int:
+    """PERP: train only biases and norms (plus masked LoRA if ``lora_rank > 0``), then merge.
+
+    Every other parameter is frozen during recovery and unfrozen afterwards; pruned weights stay zero.
+    """
+    if lora_rank:
+        add_masked_lora(model, {n: m for n, m in pruner.masks.items()}, lora_rank, lora_alpha)
+    trainable = perp_parameters(model)
+    before = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    try:
+        opt = make_optimizer(trainable, optimizer, lr=lr, weight_decay=0.0)
+        steps = train(model, x, y, epochs, optimizer=opt, **train_kwargs)
+    finally:
+        merge_lora(model)
+        for p in model.parameters():
+            p.requires_grad_(before.get(id(p), True))
+    pruner.apply_masks()
+    return steps
+
+
+class _FixedMasks:
+    """Adapter that keeps a pruner's current masks for any step (used while fine-tuning)."""
+
+    def __init__(self, pruner: Pruner):
+        self.pruner = pruner
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        self.pruner.attach(optimizer)
+
+    def detach(self, optimizer: torch.optim.Optimizer) -> None:
+        self.pruner.detach(optimizer)
+
+    def step(self, step: int) -> bool:
+        self.pruner.apply_masks()
+        return False
