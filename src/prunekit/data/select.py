@@ -17,7 +17,7 @@ each class has), then the selector runs inside each class.
 
 A recipe is a list of steps, each narrowing the pool of the previous one, e.g.::
 
-    [{"method": "hardest", "keep": 0.9},                       # drop the 10% hardest
+    [{"method": "easiest", "keep": 0.9},                       # drop the 10% hardest
      {"method": "ccs", "keep": 0.3, "bins": 50, "class_balanced": true}]
 
 ``keep`` is a fraction of the *whole dataset* (``0 < keep <= 1``) or an integer count.
