@@ -25,4 +25,8 @@ def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarra
 
 def aum_scores(margins: np.ndarray) -> np.ndarray:
     """``-mean_t M_t`` from a ``(T, N)`` margin history (NaN where an example was not seen)."""
-    return -np.nanmean(np.asarray(margins, dtype=np.float64), axis=0)
+    m = np.asarray(margins, dtype=np.float64)
+    seen = ~np.isnan(m)
+    count = seen.sum(axis=0)
+    total = np.where(seen, m, 0.0).sum(axis=0)
+    return np.where(count > 0, -total / np.maximum(count, 1), np.nan)  # NaN: never presented

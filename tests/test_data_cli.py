@@ -1,0 +1,106 @@
+"""CLI: bad values exit 2 with one line naming the value and the choices, and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prunekit.data.cli import main
+from prunekit.data.ids import example_ids
+from prunekit.data.select import class_quotas, select
+from prunekit.data.table import ScoreTable
+
+
+@pytest.fixture()
+def score_dir(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 3, 3), generator=g, dtype=torch.uint8)
+    labels = np.repeat([0, 1], [150, 50])
+    t = ScoreTable(manifest={"dataset": "toy"})
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        t.add("el2n", rng.random(200), example_ids(x), labels=labels.tolist(), seed=seed, checkpoint=1)
+    t.save(tmp_path / "scores")
+    return tmp_path / "scores"
+
+
+BAD = [
+    (["score", "--dataset", "cifar"], "'cifar' is not one of: fashion-mnist, mnist, brown"),
+    (["score", "--scores", "el2n,bogus"], "'bogus' is not one of"),
+    (["score", "--format", "csv"], "'csv' is not one of: parquet, npz"),
+    (["score", "--score-epochs", "9", "--epochs", "3"], "out of range"),
+    (["score", "--seeds", "a,b"], "'a,b' is not a comma-separated list"),
+    (["score", "--dataset", "brown", "--scores", "el2n"], "'el2n' is not one of: lm_loss, perplexity"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_score_bad_values_exit_2_one_line_nothing_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main(["data", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--method", "hardestt", "--keep", "0.5"], "'hardestt' is not one of: hardest, easiest, band, ccs, random"),
+    (["--method", "ccs", "--keep", "-3"], "--keep '-3' is out of range"),
+    (["--method", "ccs", "--keep", "5000"], "neither a fraction"),
+    (["--method", "ccs", "--keep", "0.5", "--beta", "2"], "--beta '2' is out of range"),
+    (["--keep", "0.5", "--score", "aum"], "--score 'aum' is not one of: el2n"),
+    (["--keep", "0.5", "--aggregate", "avg"], "'avg' is not one of: mean, median, max, min"),
+])
+def test_select_bad_values(score_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "sel" / "keep.npz"
+    assert main(["data", "select", "--scores", str(score_dir), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.parent.exists()
+
+
+def test_select_missing_scores_and_bad_budget(tmp_path, capsys):
+    assert main(["data", "select", "--scores", str(tmp_path / "nope"), "--keep", "0.5", "--out",
+                 str(tmp_path / "k.npz")]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
+    sel = tmp_path / "k.npz"
+    np.savez(sel, indices=np.arange(3), mask=np.ones(3, bool), n_total=np.int64(3))
+    out = tmp_path / "train"
+    assert main(["data", "train", "--selection", str(sel), "--budget", "same-time", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'same-time' is not one of: equal-epochs, equal-iterations" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_argparse_errors_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "select", "--keep", "0.5"])  # missing --scores and --out
+    assert e.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_select_with_recipe_and_class_quotas(score_dir, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "score: el2n\n"
+        "steps:\n"
+        "  - {method: easiest, keep: 0.9}\n"
+        "  - {method: ccs, keep: 0.4, bins: 5, class_balanced: true}\n"
+    )
+    out = tmp_path / "keep.npz"
+    assert main(["data", "select", "--scores", str(score_dir), "--recipe", str(recipe), "--out", str(out)]) == 0
+    with np.load(out) as f:
+        idx, mask = f["indices"], f["mask"]
+    assert len(idx) == 80 and mask.sum() == 80
+    table = ScoreTable.load(score_dir)
+    labels = table.labels()
+    pool = select(table.vector("el2n"), 0.9, "easiest", seed=0)  # step 1 of the recipe
+    quotas = class_quotas(labels[pool], 80)  # exact, proportional to the pool that step 2 sees
+    assert {c: int((labels[idx] == c).sum()) for c in (0, 1)} == quotas
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["kept"] == 80 and summary["score"] == "el2n"
+    assert main(["data", "report", "--scores", str(score_dir)]) == 0
+    assert "Spearman" in capsys.readouterr().out
