@@ -1,0 +1,254 @@
+"""``prunekit prune|eval|inspect|demo`` (and ``train``/``data`` where those packages are present).
+
+Every bad input is a one-line error on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+DEMO_OUT = "out/smollm2-135m-wanda50"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--option expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_step_args(p: argparse.ArgumentParser) -> None:
+    from prunekit.registry import method_names
+
+    p.add_argument("--method", default=None, help=f"one of: {', '.join(method_names())} (default wanda)")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights pruned per layer (default 0.5)")
+    p.add_argument("--pattern", default=None, help="unstructured | per-row | N:M such as 2:4 (N pruned of every M)")
+    p.add_argument("--allocation", default=None, help="uniform | global | owl (layer-wise sparsity)")
+    p.add_argument("--targets", default=None, help="comma list of class names or re:<regex> (default Linear)")
+    p.add_argument("--ignore", default=None, help="comma list of class names or re:<regex> to skip")
+    p.add_argument("--option", action="append", default=[], help="method option key=value, e.g. percdamp=0.02")
+    p.add_argument("--calibration", default=None, help="brown | brown:<genres> | text file (default brown)")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
+    p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
+    p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too override its first step")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune neural networks and their data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="one-shot pruning of a causal LM")
+    p.add_argument("--model", required=True, help="smollm2-135m, a local folder, or a Hugging Face hub id")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    _add_step_args(p)
+    _add_output_args(p)
+
+    e = sub.add_parser("eval", help="perplexity on a fixed protocol")
+    e.add_argument("--model", required=True)
+    e.add_argument("--text", default="brown:a", help="text source (default brown:a, press reportage)")
+    e.add_argument("--nwindows", type=int, default=32)
+    e.add_argument("--seqlen", type=int, default=512)
+    _add_output_args(e)
+
+    i = sub.add_parser("inspect", help="sparsity report: per-layer zeros, N:M validity, parameters")
+    i.add_argument("--model", required=True)
+    _add_output_args(i)
+
+    d = sub.add_parser("demo", help="prune the embedded SmolLM2-135M with Wanda 50%% and compare perplexity")
+    d.add_argument("--nsamples", type=int, default=64)
+    d.add_argument("--nwindows", type=int, default=32)
+    d.add_argument("--out", default=DEMO_OUT)
+    d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    _add_output_args(d)
+
+    for name in ("training", "data"):  # sub-CLIs owned by their packages
+        try:
+            module = importlib.import_module(f"prunekit.{name}.cli")
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
+
+
+def recipe_from_args(args):
+    from prunekit.recipe import CalibrationConfig, PruneStep, Recipe, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe(steps=[], calibration=CalibrationConfig())
+    step = {
+        "method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "allocation": args.allocation,
+        "targets": args.targets.split(",") if args.targets else None,
+        "ignore": args.ignore.split(",") if args.ignore else None,
+        "options": dict(_parse_option(o) for o in args.option) or None, "seed": args.seed,
+    }
+    given = {k: v for k, v in step.items() if v is not None}
+    if not recipe.steps or given:
+        base = recipe.to_dict()["steps"][0] if recipe.steps else {}
+        if "method" in given and given["method"] != base.get("method"):
+            base = {k: v for k, v in base.items() if k not in ("options", "pattern")}
+        if "pattern" in given and "sparsity" not in given:
+            base.pop("sparsity", None)
+        new = PruneStep(**{**base, **given})
+        recipe.steps = [new, *recipe.steps[1:]]
+    calib = recipe.calibration
+    for key in ("nsamples", "seqlen", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(calib, key, value)
+    if args.calibration is not None:
+        calib.source = args.calibration
+    CalibrationConfig(**vars(calib))  # re-validate
+    return recipe
+
+
+def cmd_prune(args) -> int:
+    from prunekit.io import check_output, save_pretrained
+    from prunekit.models import load_model, load_tokenizer, resolve_model_path
+
+    recipe = recipe_from_args(args)
+    path = resolve_model_path(args.model)
+    check_output(args.out, args.overwrite, inputs=(args.model, path))
+    import prunekit
+
+    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet)
+    out = save_pretrained(model, args.out, tokenizer, manifest=_manifest(result), overwrite=args.overwrite,
+                          source=path)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "out": str(out)}, default=str))
+    elif not args.quiet:
+        print(result.summary())
+        print(f"saved to {out}")
+    return 0
+
+
+def _manifest(result) -> dict:
+    data = result.to_dict()
+    return {
+        "recipe": data["recipe"],
+        "calibration": data["calibration"],
+        "timings": {**data["timings"], "total_s": data["seconds"]},
+        "sparsity": data["sparsity"],
+        "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
+                               "method": r["method"]} for r in data["layers"]},
+    }
+
+
+def cmd_eval(args) -> int:
+    from prunekit.evaluate.perplexity import perplexity
+    from prunekit.models import load_model, load_tokenizer
+
+    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds}))
+    else:
+        print(f"perplexity {r.perplexity:.2f} on {r.windows} windows x {args.seqlen} tokens of {args.text} "
+              f"({r.seconds:.1f} s)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from prunekit.evaluate.sparsity import format_report, sparsity_report
+    from prunekit.models import load_model
+
+    report = sparsity_report(load_model(args.model))
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    import torch
+
+    import prunekit
+    from prunekit.evaluate.perplexity import perplexity
+    from prunekit.io import read_manifest, save_pretrained
+    from prunekit.models import load_model, load_tokenizer
+    from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    overwrite = out.exists() and read_manifest(out).get("demo") is True
+    from prunekit.io import check_output
+
+    check_output(out, overwrite)
+    say = (lambda *a: None) if args.quiet or args.json else print
+    say(f"prunekit demo: SmolLM2-135M, Wanda 50% per-row, calibration brown (genres b-r, "
+        f"{args.nsamples} x 512 tokens), evaluation brown:a ({args.nwindows} x 512 tokens), "
+        f"{torch.get_num_threads()} threads")
+    model, tokenizer = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
+    dense = perplexity(model, tokenizer, "brown:a", args.nwindows, progress=not args.quiet)
+    say(f"dense perplexity  {dense.perplexity:8.2f}")
+    recipe = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=args.nsamples))
+    t0 = time.perf_counter()
+    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    pruned = perplexity(model, tokenizer, "brown:a", args.nwindows, progress=not args.quiet)
+    say(f"pruned perplexity {pruned.perplexity:8.2f}  ({pruned.perplexity / dense.perplexity:.2f}x dense)")
+    say(result.summary(max_rows=8))
+    say(f"pruning took {seconds:.1f} s; peak RSS {result.peak_rss_mb:,.0f} MB")
+    saved = save_pretrained(model, out, tokenizer, manifest={**_manifest(result), "demo": True},
+                            overwrite=overwrite, source="smollm2-135m")
+    say(f"saved to {saved}  (try: prunekit eval --model {saved})")
+    if args.json:
+        print(json.dumps({"dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
+                          "sparsity": result.sparsity, "seconds": seconds, "peak_rss_mb": result.peak_rss_mb,
+                          "out": str(saved)}))
+    return 0
+
+
+def _silence_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "json", False):
+        args.quiet = True
+    if getattr(args, "quiet", False):
+        _silence_transformers()
+    try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        return args.run(args)
+    except (UsageError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from prunekit.masks import (
+    Pattern,
+    global_ratios,
+    mask_from_scores,
+    outlier_ratio,
+    owl_ratios,
+    parse_pattern,
+)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_unstructured_exact_count(sparsity):
+    scores = torch.randn(37, 64)
+    mask = mask_from_scores(scores, sparsity, Pattern("unstructured"))
+    assert int(mask.sum()) == round(sparsity * scores.numel())
+    # the pruned ones are exactly the lowest scores
+    if mask.any() and (~mask).any():
+        assert scores[mask].max() <= scores[~mask].min()
+
+
+def test_per_row_exact_count_in_every_row():
+    scores = torch.randn(20, 50)
+    mask = mask_from_scores(scores, 0.4, Pattern("per-row"))
+    assert (mask.sum(dim=1) == 20).all()
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "3:8"])
+def test_nm_has_n_zeros_in_every_group(spec):
+    p = parse_pattern(spec)
+    scores = torch.randn(16, 64)
+    mask = mask_from_scores(scores, p.sparsity, p)
+    groups = mask.reshape(16, 64 // p.m, p.m).sum(dim=2)
+    assert (groups == p.n).all()
+
+
+def test_ties_broken_by_index_deterministically():
+    scores = torch.ones(4, 8)  # all tied, like 4-bit quantized weights
+    mask = mask_from_scores(scores, 0.5, Pattern("per-row"))
+    assert mask[:, :4].all() and not mask[:, 4:].any()
+    assert torch.equal(mask, mask_from_scores(scores.clone(), 0.5, Pattern("per-row")))
+
+
+@pytest.mark.parametrize("spec", ["4:4", "5:4", "0:4", "2-4", "dense"])
+def test_bad_patterns_rejected(spec):
+    with pytest.raises(ValueError, match="pattern"):
+        parse_pattern(spec)
+
+
+def test_global_ratios_match_a_brute_force_global_threshold():
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(10, 10) * 0.1, "b": torch.rand(10, 10), "c": torch.rand(5, 20) * 2}
+    ratios = global_ratios(scores, 0.5)
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    threshold = flat.sort().values[149]  # 150 of 300 pruned
+    for name, s in scores.items():
+        assert ratios[name] == pytest.approx(float((s <= threshold).float().mean()))
+    total = sum(ratios[n] * s.numel() for n, s in scores.items())
+    assert total == pytest.approx(150)
+    assert ratios["a"] > ratios["b"] > ratios["c"]
+
+
+def test_owl_ratios_mean_and_direction():
+    d = [0.01, 0.05, 0.02, 0.09]
+    r = owl_ratios(d, 0.7, lam=0.08)
+    assert sum(r) / len(r) == pytest.approx(0.7)
+    assert max(r) - min(r) == pytest.approx(0.16)
+    assert r[3] == min(r) and r[0] == max(r)  # most outliers -> least pruned
+
+
+def test_outlier_ratio_counts_entries_above_m_times_mean():
+    s = torch.tensor([1.0] * 99 + [1000.0])
+    assert outlier_ratio(s, 5.0) == pytest.approx(0.01)
