@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     _add_step_args(p)
+    g = p.add_argument_group("structured pruning (physically removes channels, heads or blocks)")
+    g.add_argument("--structure", default=None, help="comma list of mlp,heads,blocks")
+    g.add_argument("--ratio", type=float, default=None, help="fraction of the structures' parameters removed")
+    g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (with --structure blocks)")
+    g.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this")
     _add_output_args(p)
 
     e = sub.add_parser("eval", help="perplexity on a fixed protocol")
@@ -121,6 +126,10 @@ def recipe_from_args(args):
 
 
 def cmd_prune(args) -> int:
+    if args.structure:
+        from prunekit.structured.cli import run_prune
+
+        return run_prune(args)
     from prunekit.io import check_output, save_pretrained
     from prunekit.models import load_model, load_tokenizer, resolve_model_path
 

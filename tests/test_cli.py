@@ -1,0 +1,112 @@
+"""CLI: every bad input is one line on stderr, exit code 2, and nothing written."""
+
+import json
+
+import pytest
+import torch
+
+from prunekit.cli import main
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random Llama (hidden 60, so M=8 does not divide it) with SmolLM2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=60, intermediate_size=120, num_hidden_layers=2,
+                      num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small(folder, out, *extra):
+    return ["prune", "--model", folder, "--out", out, "--nsamples", "4", "--seqlen", "32", "--quiet", *extra]
+
+
+BAD = {
+    "sparsity above 1": (["--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+    "sparsity 1": (["--sparsity", "1"], "sparsity must be in [0, 1)"),
+    "negative sparsity": (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+    "N >= M": (["--pattern", "4:4"], "need 0 < N < M"),
+    "M does not divide width": (["--pattern", "2:8"], "does not divide its input width 60"),
+    "unknown method": (["--method", "wandaa"], "did you mean 'wanda'"),
+    "unknown allocation": (["--allocation", "owll"], "unknown allocation 'owll'"),
+    "unknown option": (["--method", "sparsegpt", "--option", "dampp=0.1"], "unknown option 'dampp'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_prune_flags(case, tiny_folder, tmp_path, capsys):
+    flags, message = BAD[case]
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, *small(tiny_folder, out, *flags))
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_model_path(tmp_path, capsys):
+    code, _, err = run(capsys, *small(tmp_path / "nope", tmp_path / "out"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "out").exists()
+
+
+def test_recipe_with_unknown_key(tiny_folder, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - method: wanda\n    sparsty: 0.5\n")
+    code, _, err = run(capsys, *small(tiny_folder, tmp_path / "out", "--recipe", recipe))
+    assert code == 2 and "unknown key 'sparsty' in steps[0]" in err and "sparsity" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_text_shorter_than_one_window(tiny_folder, tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("Only a few words here.")
+    code, _, err = run(capsys, *small(tiny_folder, tmp_path / "out", "--calibration", text))
+    assert code == 2 and "shorter than one window of 32" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_equal_to_input_or_existing(tiny_folder, tmp_path, capsys):
+    before = sorted(p.name for p in tiny_folder.iterdir())
+    code, _, err = run(capsys, *small(tiny_folder, tiny_folder))
+    assert code == 2 and "input model folder" in err
+    assert sorted(p.name for p in tiny_folder.iterdir()) == before
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    code, _, err = run(capsys, *small(tiny_folder, existing))
+    assert code == 2 and "already exists" in err and list(existing.iterdir()) == []
+
+
+def test_prune_eval_inspect_round_trip(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, stdout, _ = run(capsys, *small(tiny_folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--json",
+                                         "--calibration", "brown:r"))
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["sparsity"] == pytest.approx(0.5) and result["out"] == str(out)
+    manifest = json.loads((out / "prunekit.json").read_text())
+    assert manifest["recipe"]["steps"][0]["method"] == "sparsegpt"
+    assert manifest["calibration"] == "brown:r"
+    assert len(manifest["layers"]) == 14
+    code, stdout, _ = run(capsys, "inspect", "--model", out, "--json")
+    report = json.loads(stdout)
+    assert code == 0 and all(layer["nm"]["2:4"] for layer in report["layers"])
+    code, stdout, _ = run(capsys, "eval", "--model", out, "--text", "brown:r", "--nwindows", "2", "--seqlen", "64",
+                          "--json")
+    metrics = json.loads(stdout)
+    assert code == 0 and set(metrics) == {"perplexity", "tokens", "seconds"} and metrics["tokens"] == 128
+    # a second run to the same --out is refused; --overwrite replaces it atomically
+    assert run(capsys, *small(tiny_folder, out))[0] == 2
+    code, _, _ = run(capsys, *small(tiny_folder, out, "--overwrite", "--method", "magnitude"))
+    assert code == 0
+    assert json.loads((out / "prunekit.json").read_text())["recipe"]["steps"][0]["method"] == "magnitude"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pruned")]  # no temp folders left
