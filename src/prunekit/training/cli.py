@@ -199,7 +199,8 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     if c["method"] == "dense":
         run_training()
     elif c["method"] == "gradual":
-        start, end = int(c["prune_start"] * total), max(int(c["prune_end"] * total), int(c["prune_start"] * total) + 1)
+        start = int(c["prune_start"] * total)
+        end = max(int(c["prune_end"] * total), start + 1)
         schedule = make_schedule(c["schedule"], c["sparsity"], start, end, c["frequency"])
         pruner = Pruner(model, schedule, c["criterion"], c["scope"], c["floor"], seed=c["seed"])
         run_training(pruner, desc=f"gradual {c['schedule']}")
