@@ -66,7 +66,33 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a folder written by prunekit with the stock transformers classes (no remote code)."""
-    from transformers import AutoModelForCausalLM
+    """Load a folder written by prunekit with the stock transformers classes (no remote code).
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    Folders with per-layer widths (``"layer_shapes"`` in ``prunekit.json``, written by structured
+    pruning) are rebuilt from their config, the recorded linears are replaced by modules of the
+    recorded shapes, and then the safetensors weights are loaded strictly (tied weights aside).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shapes = read_manifest(path).get("layer_shapes")
+    if not shapes:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    from safetensors.torch import load_file
+
+    from prunekit.structured.export import apply_layer_shapes
+
+    config = AutoConfig.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    apply_layer_shapes(model, shapes)
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{str(path)!r} has no .safetensors weights")
+    state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"weights in {str(path)!r} do not match layer_shapes: missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {sorted(unexpected)}")
+    if tied:
+        model.tie_weights()
+    return model.to(dtype).eval()

@@ -1,0 +1,32 @@
+"""First-order Taylor importance of a group (LLM-Pruner, Ma et al. 2023, eq. 3-4, element-wise).
+
+Removing weight w_k changes the calibration loss by about -g_k w_k, g_k = dL/dw_k. The group
+score sums the element estimates over everything the unit owns:
+
+    score(u) = sum_{k in u} | w_k * g_k |
+
+with g the gradient of the mean next-token loss averaged over the calibration windows.
+Scores estimate a loss change, so they are comparable across layers (no standardization).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunekit.models.adapters import weight_view
+from prunekit.structured.criteria.base import Criterion, ScoreContext
+from prunekit.structured.groups import Group
+
+
+class Taylor(Criterion):
+    name = "taylor"
+    needs = frozenset({"gradients"})
+
+    def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        def value(name, module):
+            g_w, g_b = ctx.stats.gradients[name]
+            w = weight_view(module)
+            b = (module.bias * g_b).abs() if module.bias is not None and g_b is not None else None
+            return (w * g_w).abs(), b
+
+        return group.unit_sums(value)

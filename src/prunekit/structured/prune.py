@@ -1,0 +1,239 @@
+"""``prune_structured``: score coupled groups, allocate a parameter budget, physically remove.
+
+Flow: validate the request -> calibration statistics on the dense model (only what the criterion
+needs) -> per-unit scores for every MLP / attention group -> kept units per group (uniform, global
+or per-block budget, rounded) -> bias compensation (FLAP) -> slice the layers -> remove whole blocks
+(depth pruning) -> rewrite the config and record per-layer shapes for saving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from prunekit.models.adapters import Adapter, adapter_for, weight_view
+from prunekit.structured import allocate
+from prunekit.structured.criteria import Criterion, ScoreContext, build_criterion
+from prunekit.structured.criteria.block_importance import blocks_to_remove
+from prunekit.structured.export import layer_shapes, rewrite_config
+from prunekit.structured.groups import ATTENTION, KINDS, Group, attention_counts, find_groups
+from prunekit.structured.shrink import add_to_bias, remove_units
+from prunekit.structured.stats import Statistics, collect_activations, collect_gradients
+
+STRUCTURES = (*KINDS, "blocks")
+ALLOCATIONS = ("uniform", "global", "blocks")
+
+
+@dataclass
+class StructuredResult:
+    method: str
+    structure: tuple[str, ...]
+    ratio: float
+    allocation: str
+    mlp_widths: list[int] = field(default_factory=list)  # per remaining block
+    heads: list[int] = field(default_factory=list)  # query heads per remaining block
+    kv_heads: list[int] = field(default_factory=list)
+    removed_blocks: list[int] = field(default_factory=list)  # indices in the original model
+    parameters_before: int = 0
+    parameters_after: int = 0
+    block_parameters_before: int = 0
+    block_parameters_after: int = 0
+    bias_compensation: bool = False
+    layer_shapes: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def removed_fraction(self) -> float:
+        """Fraction of the decoder blocks' parameters removed."""
+        return 1.0 - self.block_parameters_after / max(self.block_parameters_before, 1)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "removed_fraction": self.removed_fraction}
+
+    def summary(self) -> str:
+        widths = sorted(set(self.mlp_widths))
+        heads = sorted(set(self.heads))
+        return (f"{self.method} ({self.allocation}) on {','.join(self.structure)}: "
+                f"{self.parameters_before:,} -> {self.parameters_after:,} parameters; decoder blocks "
+                f"{self.removed_fraction:.1%} smaller; {len(self.mlp_widths)} blocks"
+                f"{f' (removed {self.removed_blocks})' if self.removed_blocks else ''}; MLP widths {widths[0]}"
+                f"..{widths[-1]}; heads {heads[0]}..{heads[-1]}; {self.seconds:.1f} s")
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], ratio: float | None,
+                  remove: int | None, allocation: str | None) -> None:
+    """One-line ValueErrors for requests that cannot be honoured."""
+    for s in structure:
+        if s not in STRUCTURES:
+            raise ValueError(f"structure {s!r} is not available for {adapter.family} models; "
+                             f"choose from {', '.join(STRUCTURES)}")
+    if not structure:
+        raise ValueError(f"no structure given; choose from {', '.join(STRUCTURES)}")
+    channel = [s for s in structure if s != "blocks"]
+    if channel and ratio is None:
+        raise ValueError(f"structure {','.join(channel)} needs a ratio in [0, 1)")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio {ratio} is outside [0, 1): it is the fraction of the structure's parameters removed")
+    if "blocks" in structure:
+        n = len(adapter.blocks)
+        k = remove if remove is not None else (round(ratio * n) if ratio is not None and not channel else None)
+        if k is None:
+            raise ValueError("structure blocks needs --remove N (or a ratio when blocks is the only structure)")
+        if not 0 <= k < n:
+            raise ValueError(f"remove {k} blocks is outside [0, {n - 1}]: the model has {n} blocks")
+    if allocation is not None and allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation {allocation!r} is unknown; choose from {', '.join(ALLOCATIONS)}")
+    build_criterion(method)  # raises for unknown methods
+
+
+def needed_statistics(criterion: Criterion, structure, compensate: bool, method: str) -> set[str]:
+    needs = set(criterion.needs)
+    if compensate:
+        needs.add("activations")
+    if "blocks" in structure and method != "random":
+        needs.add("similarity")
+    return needs
+
+
+def gather_statistics(adapter: Adapter, windows: torch.Tensor, needs: set[str], progress: bool = False,
+                      stats: Statistics | None = None) -> Statistics:
+    """Collect what ``needs`` asks for on the (still dense) model; reuse what ``stats`` already has."""
+    stats = stats or Statistics()
+    if needs & {"activations", "similarity"} and not stats.block_similarity:
+        groups = find_groups(adapter, KINDS)
+        consumers = {g.consumer[0]: g.consumer[1] for g in groups}
+        collect_activations(adapter, windows, consumers, stats, progress)
+    if "gradients" in needs and not stats.gradients:
+        layers = {name: m for i in range(len(adapter.blocks)) for name, m in adapter.linears(i).items()}
+        collect_gradients(adapter, windows, layers, stats, progress)
+    return stats
+
+
+def compensate_bias(group: Group, keep: torch.Tensor, stats: Statistics) -> None:
+    """FLAP eq. 6: fold the mean contribution of the removed input channels into the output bias."""
+    name, module, cols = group.consumer
+    removed = torch.ones(group.n_units, dtype=torch.bool)
+    removed[keep] = False
+    if not removed.any():
+        return
+    idx = cols[removed].reshape(-1)
+    mean = stats.activations[name].mean[idx].to(weight_view(module).dtype)
+    add_to_bias(module, weight_view(module)[:, idx] @ mean)
+
+
+def remove_blocks(adapter: Adapter, indices: list[int]) -> None:
+    """Delete whole blocks, renumber the attention layer indices (KV cache slots) and the config."""
+    blocks = adapter.blocks
+    keep = [b for i, b in enumerate(blocks) if i not in set(indices)]
+    parent_name, _, child = adapter.block_prefix.rpartition(".")
+    setattr(adapter.model.get_submodule(parent_name), child, nn.ModuleList(keep))
+    for i, block in enumerate(adapter.blocks):
+        attn = block.get_submodule(ATTENTION[adapter.family])
+        if hasattr(attn, "layer_idx"):
+            attn.layer_idx = i
+        if hasattr(block, "layer_idx"):
+            block.layer_idx = i
+    cfg = adapter.model.config
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in set(indices)]
+    cfg.num_hidden_layers = len(keep)
+
+
+def _calibration_windows(adapter, calibration, tokenizer, nsamples, seqlen, seed) -> torch.Tensor:
+    from prunekit.datasets.text import calibration_windows
+
+    if isinstance(calibration, torch.Tensor):
+        return calibration_windows(calibration, None, nsamples, min(seqlen, calibration.shape[1]), seed)
+    if tokenizer is None:
+        from prunekit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(adapter.model.config._name_or_path)
+    return calibration_windows(calibration, tokenizer, nsamples, seqlen, seed)
+
+
+def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[str, ...] | str = ("mlp", "heads"),
+                     ratio: float | None = 0.2, remove: int | None = None, calibration="brown", tokenizer=None,
+                     nsamples: int = 64, seqlen: int = 512, seed: int = 0, allocation: str | None = None,
+                     round_to: int = 8, floor: float = 0.05, bias_compensation: bool | None = None,
+                     statistics: Statistics | None = None, progress: bool = False,
+                     **options) -> StructuredResult:
+    """Physically remove MLP channels, attention heads (whole kv groups) and/or blocks of ``model`` in place.
+
+    ``ratio`` is the fraction of the chosen structures' parameters removed (for ``blocks`` alone:
+    of the blocks); ``remove`` is a number of blocks. ``statistics`` may pass calibration statistics
+    collected earlier on the same dense model (see :mod:`prunekit.structured.stats`).
+    """
+    start = time.perf_counter()
+    structure = tuple(s.strip() for s in structure.split(",")) if isinstance(structure, str) else tuple(structure)
+    adapter = adapter_for(model)
+    check_request(adapter, method, structure, ratio, remove, allocation)
+    criterion = build_criterion(method, **options)
+    allocation = allocation or criterion.allocation
+    compensate = criterion.bias_compensation if bias_compensation is None else bias_compensation
+    blocks_before = count(adapter.blocks)
+    result = StructuredResult(method, structure, ratio or 0.0, allocation, parameters_before=count(model),
+                              block_parameters_before=blocks_before, bias_compensation=compensate)
+    needs = needed_statistics(criterion, structure, compensate, method)
+    stats = statistics or Statistics()
+    if needs:
+        t0 = time.perf_counter()
+        windows = _calibration_windows(adapter, calibration, tokenizer, nsamples, seqlen, seed)
+        with torch.no_grad() if "gradients" not in needs else torch.enable_grad():
+            stats = gather_statistics(adapter, windows, needs, progress, stats)
+        result.timings["statistics_s"] = time.perf_counter() - t0
+    generator = torch.Generator().manual_seed(seed)
+    channel_kinds = tuple(s for s in structure if s != "blocks")
+    if channel_kinds and ratio:
+        t0 = time.perf_counter()
+        _prune_channels(adapter, criterion, channel_kinds, ratio, allocation, round_to, floor, compensate,
+                        ScoreContext(stats, generator))
+        result.timings["channels_s"] = time.perf_counter() - t0
+    if "blocks" in structure:
+        n = remove if remove is not None else round(ratio * len(adapter.blocks))
+        result.removed_blocks = blocks_to_remove(stats.block_similarity, n, generator, random=method == "random")
+        remove_blocks(adapter, result.removed_blocks)
+    rewrite_config(adapter)
+    result.layer_shapes = layer_shapes(model)
+    _describe(adapter, result)
+    result.parameters_after = count(model)
+    result.block_parameters_after = count(adapter.blocks)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _prune_channels(adapter, criterion, kinds, ratio, allocation, round_to, floor, compensate, ctx) -> None:
+    groups = find_groups(adapter, kinds)
+    scores = [criterion.score(g, ctx) for g in groups]
+    if allocation == "uniform":
+        keeps = allocate.uniform(groups, scores, ratio, round_to)
+    elif allocation == "global":
+        keeps = allocate.global_(groups, scores, ratio, criterion.standardize, floor, round_to)
+    else:
+        costs = [sum(g.n_units * g.unit_cost for g in groups if g.block == b) for b in range(len(adapter.blocks))]
+        ratios = criterion.block_ratios(ctx.stats.block_similarity, ratio, costs) if hasattr(
+            criterion, "block_ratios") else [ratio] * len(costs)
+        keeps = allocate.per_block(groups, scores, dict(enumerate(ratios)), criterion.standardize, floor, round_to)
+    with torch.no_grad():
+        for g, keep in zip(groups, keeps):
+            if compensate:
+                compensate_bias(g, keep, ctx.stats)
+            remove_units(g, keep, adapter.family)
+
+
+def _describe(adapter: Adapter, result: StructuredResult) -> None:
+    from prunekit.structured.groups import MLP_LAYOUT
+
+    consumer = MLP_LAYOUT[adapter.family][1]
+    for i, block in enumerate(adapter.blocks):
+        result.mlp_widths.append(weight_view(block.get_submodule(consumer)).shape[1])
+        n_q, n_kv, _ = attention_counts(adapter, i)
+        result.heads.append(n_q)
+        result.kv_heads.append(n_kv)
