@@ -122,3 +122,23 @@ def test_cli_scores_brown_with_smollm2(tmp_path, capsys):
     t = ScoreTable.load(out)
     assert t.n_examples() == 2 and set(t.score_names) == {"lm_loss", "perplexity"}
     assert t.manifest["documents"] == ["ca01", "ca02"]
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_selection_with_kd_on_real_mnist(tmp_path):
+    import json
+
+    from prunekit.data.cli import main
+    from prunekit.data.select import Selection
+    from prunekit.datasets.vision import mnist
+
+    n = len(mnist("train"))
+    keep = select(np.zeros(n), 0.3, "random", seed=0)
+    Selection(keep, n).save(tmp_path / "keep.npz")
+    out = tmp_path / "train"
+    assert main(["data", "train", "--dataset", "mnist", "--selection", str(tmp_path / "keep.npz"), "--budget",
+                 "equal-iterations", "--epochs", "1", "--kd", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["budget"] == "equal-iterations" and res["steps"] == -(-n // 128)  # as many steps as 1 full epoch
+    assert res["kd"]["alpha"] == pytest.approx(0.5 + 0.3 * (1 - len(keep) / n)) and res["kd"]["temperature"] == 2.0
+    assert res["test_accuracy"] > 0.8
