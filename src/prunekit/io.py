@@ -69,30 +69,42 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a folder written by prunekit with the stock transformers classes (no remote code).
 
     Folders with per-layer widths (``"layer_shapes"`` in ``prunekit.json``, written by structured
-    pruning) are rebuilt from their config, the recorded linears are replaced by modules of the
-    recorded shapes, and then the safetensors weights are loaded strictly (tied weights aside).
+    pruning) load in three steps: ``from_pretrained`` loads everything whose shape the config
+    describes (with transformers' own key renames and weight tying); the recorded linears are
+    replaced by modules of the recorded shapes; their weights and biases are copied from the
+    safetensors files, and a missing one is an error.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
     shapes = read_manifest(path).get("layer_shapes")
     if not shapes:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     from prunekit.structured.export import apply_layer_shapes
 
-    config = AutoConfig.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the mismatched blocks are expected: they are rebuilt below
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, ignore_mismatched_sizes=True)
+    finally:
+        logging.set_verbosity(verbosity)
     apply_layer_shapes(model, shapes)
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{str(path)!r} has no .safetensors weights")
-    state = {k: v for f in files for k, v in load_file(str(f)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"weights in {str(path)!r} do not match layer_shapes: missing {sorted(set(missing) - tied)}, "
-                           f"unexpected {sorted(unexpected)}")
-    if tied:
-        model.tie_weights()
+    files = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            files.update({key: file for key in f})
+    with torch.no_grad():
+        for name in shapes.get("linears", {}):
+            module = model.get_submodule(name)
+            for kind in ("weight", "bias"):
+                param = getattr(module, kind)
+                key = f"{name}.{kind}"
+                if param is None:
+                    continue
+                if key not in files:
+                    raise RuntimeError(f"{str(path)!r} has no tensor {key!r} although layer_shapes lists {name!r}")
+                with safe_open(str(files[key]), framework="pt") as f:
+                    param.copy_(f.get_tensor(key))
     return model.to(dtype).eval()

@@ -64,8 +64,8 @@ def remove_units(group: Group, keep: torch.Tensor, family: str) -> None:
     """Keep only units ``keep`` (sorted unit indices) of ``group``; everything else is sliced away."""
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     for _, module, rows in group.producers:
-        keep_rows(module, rows[keep].reshape(-1))
+        keep_rows(module, rows[keep].reshape(-1).sort().values)  # positional order keeps fused [q | k | v]
     _, consumer, cols = group.consumer
-    keep_cols(consumer, cols[keep].reshape(-1))
+    keep_cols(consumer, cols[keep].reshape(-1).sort().values)
     if group.kind == "heads":
         set_head_count(group.attention, family, len(keep) * group.heads_per_unit, group.head_dim)
