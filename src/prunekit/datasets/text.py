@@ -121,11 +121,11 @@ def _check_length(n_tokens: int, seqlen: int, source) -> None:
 
 
 def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``)."""
-    if isinstance(source, torch.Tensor) and source.dim() == 2:
-        if source.shape[1] < seqlen:
-            raise TextTooShortError(f"pre-tokenized windows have {source.shape[1]} tokens, need {seqlen}")
-        return source[:nsamples, :seqlen].long()
+    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``).
+
+    A 2-D tensor is taken as ready-made windows (its first ``nsamples`` rows, its own length)."""
+    if isinstance(source, torch.Tensor) and source.dim() == 2:  # already windows: used as given
+        return source[:nsamples].long()
     stream = token_stream(source, tokenizer)
     _check_length(len(stream), seqlen, source)
     gen = torch.Generator().manual_seed(seed)

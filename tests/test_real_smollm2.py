@@ -1,0 +1,73 @@
+"""The real embedded model: SmolLM2-135M on real Brown text (slow; runs in CI)."""
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.datasets.text import calibration_windows, evaluation_windows
+from prunekit.evaluate.perplexity import window_nlls
+from prunekit.masks import parse_pattern
+from prunekit.methods.base import LayerContext, LayerStats
+from prunekit.models import adapter_for, load_model
+from prunekit.models.adapters import weight_view
+from prunekit.registry import build_method
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    return load_model(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def calib(smollm2_tokenizer):
+    return calibration_windows("brown", smollm2_tokenizer, nsamples=8, seqlen=256, seed=0)
+
+
+def layer_inputs(model, name, windows):
+    module = dict(model.named_modules())[name]
+    xs = []
+    handle = module.register_forward_pre_hook(lambda m, a: xs.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for i in range(0, len(windows), 4):
+            model(windows[i : i + 4])
+    handle.remove()
+    return module, torch.cat(xs)
+
+
+@pytest.mark.parametrize("layer", ["model.layers.5.self_attn.q_proj", "model.layers.12.mlp.down_proj"])
+def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude(model, calib, layer):
+    module, x = layer_inputs(model, layer, calib)
+    stats = LayerStats(x.shape[1], want_hessian=True)
+    stats.add(x, samples=len(calib))
+    w = weight_view(module).clone()
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        new = w.clone()
+        mask = build_method(method).prune_layer(new, 0.5, parse_pattern("per-row"), LayerContext(layer, stats))
+        new[mask] = 0
+        assert ((new == 0).sum(dim=1) >= w.shape[1] // 2).all()
+        errors[method] = (x @ (w - new).T).norm().item()
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+
+
+def test_wanda_end_to_end_and_plain_reload(model, calib, smollm2_tokenizer, smollm2_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ev = evaluation_windows("brown:a", smollm2_tokenizer, nwindows=2, seqlen=256)
+    dense_nll = window_nlls(model, ev).mean()
+    pruned = load_model(smollm2_path)
+    result = prunekit.prune(pruned, method="wanda", sparsity=0.5, calibration=calib, progress=False)
+    assert len(result.layers) == 30 * 7
+    for m in adapter_for(pruned).linears(17).values():
+        w = weight_view(m)
+        assert ((w == 0).sum(dim=1) == w.shape[1] // 2).all()
+    assert torch.equal(pruned.lm_head.weight, model.lm_head.weight)  # embeddings and lm_head untouched
+    pruned_nll = window_nlls(pruned, ev).mean()
+    # 50% Wanda costs well under a doubling of NLL-perplexity ratio (magnitude is ~15x on this model)
+    assert torch.exp(pruned_nll - dense_nll) < 3.0
+    out = prunekit.save_pretrained(pruned, tmp_path / "wanda50", smollm2_tokenizer, source=str(smollm2_path))
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(pruned(ev[:1]).logits, reloaded(ev[:1]).logits)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from prunekit.datasets.text import (
+    TextTooShortError,
+    brown_files,
+    brown_text,
+    calibration_windows,
+    evaluation_windows,
+    parse_genres,
+)
+
+
+def test_genre_specs():
+    assert parse_genres("a") == "a"
+    assert parse_genres("b-h") == "bcdefgh"
+    assert parse_genres("jk") == "jk"
+    assert parse_genres("") == "bcdefghjklmnpr"  # default calibration: everything but press reportage
+    assert parse_genres("h-l") == "hjkl"  # the corpus has no genre i
+    for bad in ("z", "h-b", "a-z"):
+        with pytest.raises(ValueError, match="Brown genre"):
+            parse_genres(bad)
+
+
+def test_brown_files_and_cleaning():
+    press = brown_files("a")
+    assert [p.name for p in press[:2]] == ["ca01", "ca02"] and len(press) == 44
+    assert len(brown_files(parse_genres(""))) == 500 - 44
+    text = brown_text("a")
+    assert text.startswith("The Fulton County Grand Jury said Friday an investigation of Atlanta's")
+    assert "/at" not in text and "``" not in text and " ." not in text[:2000]
+
+
+class CharTokenizer:
+    def __call__(self, text, add_special_tokens=False, return_attention_mask=False):
+        return {"input_ids": [ord(c) % 256 for c in text]}
+
+
+def test_windows_are_reproducible_and_checked():
+    stream = torch.arange(1000)
+    a = calibration_windows(stream, None, nsamples=5, seqlen=64, seed=3)
+    b = calibration_windows(stream, None, nsamples=5, seqlen=64, seed=3)
+    assert torch.equal(a, b) and a.shape == (5, 64)
+    assert (a[:, 1:] - a[:, :-1] == 1).all()  # contiguous windows of the stream
+    ev = evaluation_windows(stream, None, nwindows=3, seqlen=100)
+    assert torch.equal(ev.reshape(-1), torch.arange(300))
+    with pytest.raises(TextTooShortError, match="shorter than one window"):
+        calibration_windows(["tiny text"], CharTokenizer(), nsamples=2, seqlen=64)
+    with pytest.raises(FileNotFoundError, match="neither 'brown"):
+        calibration_windows("no_such_file.txt", CharTokenizer())
