@@ -187,9 +187,7 @@ def cmd_score(args) -> int:
         hashes = example_ids(x)
         table = score_classifier(x, y, hashes, names, args.out, seeds=seeds, epochs=epochs,
                                  score_epochs=score_epochs, progress=not args.no_progress,
-                                 meta={**meta, "threads": torch.get_num_threads()})
-        if args.format != "parquet":
-            table.save(args.out, args.format)
+                                 meta={**meta, "threads": torch.get_num_threads()}, fmt=args.format)
     print(f"wrote {len(table)} rows ({', '.join(table.score_names)}) to {args.out}")
     return 0
 

@@ -78,6 +78,7 @@ def score_classifier(
     kcenter_centers: int | None = 2000,
     progress: bool = True,
     meta: dict | None = None,
+    fmt: str = "parquet",
 ) -> ScoreTable:
     """Score every example of ``(x, y)``; returns (and saves into ``out``) the :class:`ScoreTable`."""
     unknown = sorted(set(scores) - set(VISION_SCORES))
@@ -129,10 +130,10 @@ def score_classifier(
             res["vog"] = vog_scores(ckpts, x, y) if len(ckpts) >= 2 else np.full(len(x), np.nan)
         np.savez(work / f"seed{seed}_final.tmp.npz", **res)
         (work / f"seed{seed}_final.tmp.npz").replace(final)
-    return assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta)
+    return assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt)
 
 
-def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta) -> ScoreTable:
+def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt="parquet") -> ScoreTable:
     """Collect the per-checkpoint score files of ``work`` into one table and save it."""
     table = ScoreTable(manifest={**(meta or {}), "seeds": list(seeds), "epochs": epochs,
                                  "score_epochs": list(score_epochs)})
@@ -155,5 +156,5 @@ def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out,
                     if name in scores:
                         table.add(name, f[name], hashes, labels=labels, seed=seed, checkpoint=epochs,
                                   direction=DIRECTIONS.get(name, "higher=harder"))
-    table.save(out)
+    table.save(out, fmt)
     return table
