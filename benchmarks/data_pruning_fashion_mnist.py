@@ -132,9 +132,10 @@ def write_report(log: Path, meta: dict, md: Path, png: Path) -> None:
         cells = []
         for f in FRACTIONS_REMOVED:
             v = table.get((m, f))
-            cells.append(f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}" if v else "–")
+            short = f" (n={len(v)})" if v and len(v) < len(meta["seeds"]) else ""
+            cells.append(f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}{short}" if v else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", meta.get("notes", "")]
+    lines += ["", *shape_check(table), "", meta.get("notes", "")]
     md.write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -159,6 +160,36 @@ def write_report(log: Path, meta: dict, md: Path, png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+SCORE_BASED = ("el2n", "grand", "forgetting", "aum")
+
+
+def shape_check(table: dict[tuple[str, float], list[float]]) -> list[str]:
+    """Compare with the shape published for CIFAR-10 (Zheng et al. 2023, Fig. 1 / Table 1)."""
+
+    def mean(m, f):
+        return 100 * float(np.mean(table[(m, f)])) if (m, f) in table else float("nan")
+
+    def sd(m, f):
+        return 100 * float(np.std(table[(m, f)])) if (m, f) in table else float("nan")
+
+    out = ["## Does Fashion-MNIST show the published CIFAR-10 shape?", ""]
+    r30, r90 = mean("random", 0.3), mean("random", 0.9)
+    at30 = ", ".join(f"{m} {mean(m, 0.3) - r30:+.2f}" for m in SCORE_BASED)
+    ok30 = sum(mean(m, 0.3) >= r30 - sd("random", 0.3) for m in SCORE_BASED)
+    out.append(f"* **30% removed, score-based ≥ random?** Difference to random ({r30:.2f}): {at30} points; "
+               f"{ok30}/{len(SCORE_BASED)} scores are at or above random minus one std.")
+    at90 = ", ".join(f"{m} {mean(m, 0.9) - r90:+.2f}" for m in SCORE_BASED)
+    far = sum(mean(m, 0.9) < r90 - 10 for m in SCORE_BASED)
+    out.append(f"* **90% removed, score-based far below random?** Difference to random ({r90:.2f}): {at90} points; "
+               f"{far}/{len(SCORE_BASED)} are more than 10 points below.")
+    c90 = mean("ccs", 0.9)
+    out.append(f"* **90% removed, CCS ≥ random?** CCS {c90:.2f} ± {sd('ccs', 0.9):.2f} vs random "
+               f"{r90:.2f} ± {sd('random', 0.9):.2f} ({c90 - r90:+.2f} points).")
+    k = ", ".join(f"{int(100 * f)}%: {mean('random+kd', f) - mean('random', f):+.2f}" for f in FRACTIONS_REMOVED)
+    out.append(f"* **random + KD vs random** (points): {k}.")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=float, default=1.0, help="passes over the kept subset (equal epochs)")
@@ -169,7 +200,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="6k/2k examples, for a smoke test")
     ap.add_argument("--work", type=Path, default=Path(os.path.expanduser("~/.cache/prunekit/bench/data_pruning")))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the run log")
+    ap.add_argument("--notes", default="", help="free text appended to the report")
     args = ap.parse_args()
+    if args.report_only:
+        work = args.work / ("quick" if args.quick else "full")
+        meta = {**json.loads((work / "meta.json").read_text()), "notes": args.notes}
+        write_report(work / "runs.jsonl", meta, RESULTS / "data_pruning_fashion_mnist.md",
+                     RESULTS / "data_pruning_fashion_mnist.png")
+        return
     torch.set_num_threads(args.threads)
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
