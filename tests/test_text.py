@@ -48,3 +48,12 @@ def test_windows_are_reproducible_and_checked():
         calibration_windows(["tiny text"], CharTokenizer(), nsamples=2, seqlen=64)
     with pytest.raises(FileNotFoundError, match="neither 'brown"):
         calibration_windows("no_such_file.txt", CharTokenizer())
+
+
+def test_piecewise_tokenization_equals_whole_stream(smollm2_tokenizer):
+    from prunekit.datasets.text import _pieces, token_stream
+
+    text = brown_text("a")
+    assert len(list(_pieces(text))) >= 3
+    whole = smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert token_stream("brown:a", smollm2_tokenizer).tolist() == whole

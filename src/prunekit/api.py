@@ -182,8 +182,9 @@ def walk_blocks(adapter: Adapter, windows: torch.Tensor, chunk_size: int, per_bl
     blocks = adapter.blocks
     inputs = capture_block_inputs(adapter.model, blocks[0], windows, chunk_size)
     for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
-        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian)
+        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian, consume=True)
         inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
+        del outputs
 
 
 # ------------------------------------------------------------------ allocation

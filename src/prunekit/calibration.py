@@ -14,7 +14,8 @@
 3. The block's outputs are the next block's inputs; memory is one block's activations.
 
 Layers fed the very same input tensor (q/k/v, gate/up) share one statistics object, so a
-Hessian X^T X is accumulated once for the three attention projections.
+Hessian X^T X is accumulated once for the three attention projections, and the later siblings are
+pruned on first arrival, with no second barrier (so no chunk waits holding the q or gate output).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class _LockStep:
         self.finished: set[int] = set()
         self.errors: list[BaseException] = []
         self.stats: dict[str, LayerStats] = {}
-        self.shared: set[str] = set()
+        self.shared: dict[str, str] = {}  # layer -> the layer whose input (and statistics) it shares
+        self.done_names: set[str] = set()
         self.seen_inputs: dict[int, list[tuple[weakref.ref, str]]] = {}
         self.local = threading.local()
 
@@ -107,7 +109,7 @@ class _LockStep:
             owner = next((name for ref, name in seen if ref() is x), None)
             if owner is not None:
                 self.stats[gate.name] = self.stats[owner]
-                self.shared.add(gate.name)
+                self.shared[gate.name] = owner
             else:
                 self.stats[gate.name] = LayerStats(x.shape[-1], want_hessian=self.want_hessian)
         if gate.name not in self.shared:
@@ -119,6 +121,7 @@ class _LockStep:
 
     def _release(self, gate: _LayerGate) -> None:
         gate.done = True
+        self.done_names.add(gate.name)
         self.on_ready(gate.name, gate.module, self.stats.get(gate.name))
         self.cond.notify_all()
 
@@ -129,7 +132,9 @@ class _LockStep:
             return
         self._record_input(gate, args[0], chunk)
         gate.arrived.add(chunk)
-        if self._ready(gate):
+        # a layer fed the same tensor as an already-pruned layer (k/v after q, up after gate) has
+        # complete statistics already: prune it now instead of parking every chunk at its entrance
+        if self._ready(gate) or self.shared.get(gate.name) in self.done_names:
             self._release(gate)
             return
         while not gate.done:
@@ -155,9 +160,12 @@ class _LockStep:
 
 def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.Module],
               on_ready: Callable[[str, nn.Module, LayerStats | None], None],
-              want_hessian: bool = False) -> list[torch.Tensor]:
+              want_hessian: bool = False, consume: bool = False) -> list[torch.Tensor]:
     """Push all chunks through ``block`` in lock-step; ``on_ready(name, module, stats)`` prunes a layer
-    once every chunk's input to it has been seen. Returns the block's outputs, one per chunk."""
+    once every chunk's input to it has been seen. Returns the block's outputs, one per chunk.
+
+    With ``consume=True`` each chunk's input is dropped as soon as its output exists, so a block
+    never holds both all inputs and all outputs."""
     step = _LockStep(layers, len(inputs), want_hessian, on_ready)
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
 
@@ -168,6 +176,8 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
                 with torch.no_grad():
                     item = inputs[chunk]
                     outputs[chunk] = block_output(block(item.hidden, *item.args, **item.kwargs))
+                if consume:
+                    item.hidden = None
             except BaseException as err:  # noqa: BLE001 - handed to the main thread below
                 step.fail(err)
             finally:
