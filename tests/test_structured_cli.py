@@ -1,0 +1,87 @@
+"""The structured branch of ``prunekit prune`` and the speed receipt, on tiny models and real SmolLM2."""
+
+import json
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.cli import main
+from prunekit.evaluate.speed import flops_per_token, linear_weights, speed_receipt
+from prunekit.io import read_manifest
+from prunekit.structured import prune_structured
+from prunekit.structured.cli import parse_options, parse_structure
+from tests.conftest import tiny_model, tiny_windows
+
+
+def test_speed_receipt_counts_what_was_removed():
+    dense = tiny_model("llama")
+    pruned = tiny_model("llama")
+    prune_structured(pruned, method="magnitude", structure=("mlp", "heads"), ratio=0.5, allocation="uniform")
+    receipt = speed_receipt(dense, pruned, seq_len=32, decode_tokens=4, runs=1, prompt_len=4)
+    assert receipt.pruned.parameters == sum(p.numel() for p in pruned.parameters())
+    assert receipt.parameter_ratio < 1 and receipt.flops_ratio < 1
+    assert receipt.dense.prefill_s > 0 and receipt.pruned.decode_tokens_per_s > 0
+    # 2 MACs per linear weight plus causal attention: 4 x heads*head_dim x mean context, per block
+    attention = 2 * 4 * 4 * 16 * (32 + 1) / 2
+    assert flops_per_token(dense, 32) == pytest.approx(2 * linear_weights(dense) + attention)
+    assert "torch threads" in receipt.summary()
+
+
+def test_option_and_structure_parsing():
+    assert parse_options(["allocation=global", "floor=0.1", "bias_compensation=false"]) == {
+        "allocation": "global", "floor": 0.1, "bias_compensation": False}
+    assert parse_structure("mlp, heads") == ("mlp", "heads")
+    with pytest.raises(ValueError, match="'filters'.*mlp, heads, blocks"):
+        parse_structure("mlp,filters")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options(["nokey"])
+
+
+@pytest.mark.slow
+def test_cli_on_smollm2_uniform_and_per_layer_round_trips(smollm2_path, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    ids = tiny_windows(1, 24, seed=1) * 7
+    uni = tmp_path / "uniform"
+    assert main(["prune", "--model", str(smollm2_path), "--structure", "mlp,heads", "--ratio", "0.2",
+                 "--method", "magnitude", "--out", str(uni), "--option", "allocation=uniform",
+                 "--option", "receipt=false", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layer_shapes"] == {} and report["out"] == str(uni)
+    assert set(report["structured"]["mlp_widths"]) == {1296} and set(report["structured"]["heads"]) == {6}
+    model = AutoModelForCausalLM.from_pretrained(uni).eval()  # plain transformers, rewritten config
+    assert model.config.intermediate_size == 1296 and model.config.num_key_value_heads == 2
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (6 * 64, 576)
+
+    per_layer = tmp_path / "flap"
+    assert main(["prune", "--model", str(smollm2_path), "--structure", "mlp,heads", "--ratio", "0.3",
+                 "--method", "flap", "--out", str(per_layer), "--nsamples", "2", "--seqlen", "64",
+                 "--option", "speed_runs=1", "--quiet"]) == 0
+    manifest = read_manifest(per_layer)
+    assert manifest["layer_shapes"]["linears"] and manifest["speed"]["flops_ratio"] < 0.85
+    widths = manifest["structured"]["mlp_widths"]
+    assert len(set(widths)) > 1 and all(w % 8 == 0 for w in widths)
+    reloaded = prunekit.load_model(per_layer)
+    assert reloaded.model.layers[0].mlp.down_proj.bias is not None  # FLAP bias compensation
+    with torch.no_grad():
+        logits = reloaded(ids).logits
+    assert logits.isfinite().all()
+    with pytest.raises(Exception):  # noqa: B017 - plain transformers must not load per-layer shapes silently
+        AutoModelForCausalLM.from_pretrained(per_layer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, needle", [
+    (["--structure", "mlp", "--ratio", "1.0"], "ratio 1.0"),
+    (["--structure", "filters", "--ratio", "0.2"], "'filters'"),
+    (["--structure", "mlp", "--ratio", "0.2", "--method", "sparsegpt"], "'sparsegpt'"),
+    (["--structure", "heads", "--ratio", "0.9", "--option", "allocation=uniform"], "every attention head"),
+])
+def test_cli_bad_requests_exit_2_and_write_nothing(smollm2_path, tmp_path, capsys, argv, needle):
+    out = tmp_path / "never"
+    code = main(["prune", "--model", str(smollm2_path), "--out", str(out), "--method", "magnitude", *argv]
+                if "--method" not in argv else ["prune", "--model", str(smollm2_path), "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
