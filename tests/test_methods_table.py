@@ -130,3 +130,12 @@ def test_unsupported_model_is_a_clear_error():
     with pytest.raises(ValueError, match="supported families: Llama"):
         prunekit.prune(BertModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                             intermediate_size=64)), method="magnitude")
+
+
+def test_explicit_block_device_gives_the_same_model():
+    """``device=`` moves each block (and its inputs) there in turn; on CPU the result is identical."""
+    a, b = tiny_model("llama"), tiny_model("llama")
+    prunekit.prune(a, recipe("sparsegpt", sparsity=0.5), calibration=tiny_windows(), progress=False)
+    prunekit.prune(b, recipe("sparsegpt", sparsity=0.5), calibration=tiny_windows(), progress=False, device="cpu")
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na

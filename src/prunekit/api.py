@@ -95,13 +95,14 @@ def as_recipe(recipe=None, **step_fields) -> Recipe:
 
 
 def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progress: bool = True,
-          **step_fields) -> PruneResult:
+          device: torch.device | str | None = None, **step_fields) -> PruneResult:
     """Prune ``model`` in place and return a :class:`PruneResult`.
 
     ``recipe`` is a :class:`Recipe`, a :class:`PruneStep`, a dict, a YAML/JSON path, or omitted
     in favour of step fields (``prune(model, method="wanda", sparsity=0.5)``). ``calibration``
     overrides the recipe's calibration source: ``"brown"``, ``"brown:b-h"``, a text file, a list
-    of strings, or a LongTensor of token ids (windows x seqlen).
+    of strings, or a LongTensor of token ids (windows x seqlen). ``device`` runs each block on
+    that device in turn while the model and activations stay where they are.
     """
     recipe = as_recipe(recipe, **step_fields)
     calib = recipe.calibration
@@ -110,7 +111,7 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     adapter = adapter_for(model)
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(source))
     for step in recipe.steps:
-        _run_step(adapter, step, calib, source, tokenizer, result, progress)
+        _run_step(adapter, step, calib, source, tokenizer, result, progress, device)
     result.parameters = sum(p.numel() for p in model.parameters())
     result.targeted = sum(r.shape[0] * r.shape[1] for r in result.layers)
     result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in result.layers))
@@ -136,7 +137,7 @@ def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> t
     return calibration_windows(source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
 
 
-def _run_step(adapter, step, calib, source, tokenizer, result, progress) -> None:
+def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=None) -> None:
     method = step.build()
     pattern = parse_pattern(step.pattern)
     per_block = _target_layers(adapter, step)
@@ -146,7 +147,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress) -> None
     needs_data = method.needs_calibration or step.allocation == "owl"
     windows = _windows(adapter, calib, source, tokenizer) if needs_data else None
     t0 = time.perf_counter()
-    ratios = _allocate(adapter, step, per_block, windows, calib, progress)
+    ratios = _allocate(adapter, step, per_block, windows, calib, progress, device)
     result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
     grad_norms = {}
     if "gradients" in method.needs:
@@ -168,7 +169,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress) -> None
     t0 = time.perf_counter()
     if method.needs_calibration:
         walk_blocks(adapter, windows, calib.chunk_size, per_block, prune_layer,
-                    want_hessian="hessian" in method.needs, progress=progress, desc=f"{step.method}")
+                    want_hessian="hessian" in method.needs, progress=progress, desc=f"{step.method}", device=device)
     else:
         for layers in tqdm(per_block, desc=step.method, disable=not progress, leave=False):
             for name, module in layers.items():
@@ -177,29 +178,38 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress) -> None
 
 
 def walk_blocks(adapter: Adapter, windows: torch.Tensor, chunk_size: int, per_block: list[dict[str, nn.Module]],
-                on_ready, want_hessian: bool = False, progress: bool = True, desc: str = "blocks") -> None:
-    """Feed the calibration windows through the blocks one at a time (see :mod:`prunekit.calibration`)."""
+                on_ready, want_hessian: bool = False, progress: bool = True, desc: str = "blocks",
+                device: torch.device | str | None = None) -> None:
+    """Feed the calibration windows through the blocks one at a time (see :mod:`prunekit.calibration`).
+
+    With ``device`` set (e.g. "cuda"), each block visits that device for its turn only, and the
+    activations between blocks stay with the model (e.g. on the CPU)."""
     blocks = adapter.blocks
     inputs = capture_block_inputs(adapter.model, blocks[0], windows, chunk_size)
     for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
-        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian, consume=True)
+        home = next(block.parameters()).device
+        if device is not None:
+            block.to(device)
+        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian, consume=True, device=device)
+        if device is not None:
+            block.to(home)
         inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
         del outputs
 
 
 # ------------------------------------------------------------------ allocation
 
-def _allocate(adapter, step, per_block, windows, calib, progress) -> dict[str, float]:
+def _allocate(adapter, step, per_block, windows, calib, progress, device=None) -> dict[str, float]:
     names = [name for layers in per_block for name in layers]
     if step.allocation == "uniform":
         return {name: step.sparsity for name in names}
     if step.allocation == "global":
         scores = {name: weight_view(m).abs() for layers in per_block for name, m in layers.items()}
         return global_ratios(scores, step.sparsity)
-    return _owl_allocation(adapter, step, per_block, windows, calib, progress)
+    return _owl_allocation(adapter, step, per_block, windows, calib, progress, device)
 
 
-def _owl_allocation(adapter, step, per_block, windows, calib, progress) -> dict[str, float]:
+def _owl_allocation(adapter, step, per_block, windows, calib, progress, device=None) -> dict[str, float]:
     """OWL: one dense pass collects Wanda scores; each block's outlier ratio sets its sparsity."""
     block_scores: dict[int, list[torch.Tensor]] = {}
     block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
@@ -207,7 +217,8 @@ def _owl_allocation(adapter, step, per_block, windows, calib, progress) -> dict[
     def collect(name, module, stats):
         block_scores.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
 
-    walk_blocks(adapter, windows, calib.chunk_size, per_block, collect, progress=progress, desc="owl scores")
+    walk_blocks(adapter, windows, calib.chunk_size, per_block, collect, progress=progress, desc="owl scores",
+                device=device)
     used = sorted(block_scores)
     d = [outlier_ratio(torch.cat(block_scores[i]), step.owl_m) for i in used]
     block_ratio = dict(zip(used, owl_ratios(d, step.sparsity, step.owl_lambda)))

@@ -158,14 +158,27 @@ class _LockStep:
         self.cond.notify_all()
 
 
+def to_device(value, device):
+    """Move tensors, also inside tuples/lists/dicts (rotary embeddings, masks), to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
 def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.Module],
               on_ready: Callable[[str, nn.Module, LayerStats | None], None],
-              want_hessian: bool = False, consume: bool = False) -> list[torch.Tensor]:
+              want_hessian: bool = False, consume: bool = False,
+              device: torch.device | str | None = None) -> list[torch.Tensor]:
     """Push all chunks through ``block`` in lock-step; ``on_ready(name, module, stats)`` prunes a layer
     once every chunk's input to it has been seen. Returns the block's outputs, one per chunk.
 
     With ``consume=True`` each chunk's input is dropped as soon as its output exists, so a block
-    never holds both all inputs and all outputs."""
+    never holds both all inputs and all outputs. With ``device`` set, the block runs there while
+    the activations between blocks stay where they were (e.g. on the CPU)."""
     step = _LockStep(layers, len(inputs), want_hessian, on_ready)
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
 
@@ -175,7 +188,13 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
             try:
                 with torch.no_grad():
                     item = inputs[chunk]
-                    outputs[chunk] = block_output(block(item.hidden, *item.args, **item.kwargs))
+                    here = item.hidden.device
+                    if device is None:
+                        out = block(item.hidden, *item.args, **item.kwargs)
+                    else:
+                        out = block(item.hidden.to(device), *to_device(item.args, device),
+                                    **to_device(item.kwargs, device))
+                    outputs[chunk] = block_output(out).to(here)
                 if consume:
                     item.hidden = None
             except BaseException as err:  # noqa: BLE001 - handed to the main thread below

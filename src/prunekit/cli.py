@@ -45,6 +45,8 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
     p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too override its first step")
+    p.add_argument("--device", default=None, help="run each block on this device in turn (e.g. cuda); "
+                   "the model and activations stay on the CPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +142,7 @@ def cmd_prune(args) -> int:
 
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
-    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet)
+    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=args.device)
     out = save_pretrained(model, args.out, tokenizer, manifest=_manifest(result), overwrite=args.overwrite,
                           source=path)
     if args.json:
