@@ -1,0 +1,401 @@
+"""Filter pruning of generic CNNs through a channel dependency graph traced with ``torch.fx``.
+
+Every tensor with channels carries a list of *segments* (channel space, size, spatial multiplier):
+
+* a convolution (groups=1) or linear layer consumes its input spaces and starts a new space, its
+  output channels ("producer");
+* batch norm, activations, pooling and dropout pass the spaces through; a depthwise convolution
+  (groups = in = out) too, sliced together with them;
+* ``+``, ``*`` and ``-`` between two channel tensors tie their spaces (residual connections:
+  everything summed must keep the same channels) - a union-find merges them;
+* ``torch.cat`` along channels concatenates segments; ``flatten``/``view(n, -1)`` before a linear
+  layer multiplies each channel into ``H*W`` columns.
+
+A merged space is one prunable group when it has a producer and never reaches the model output, the
+image input, or an operation the tracer does not understand (those spaces are left intact).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+                nn.LeakyReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PASS_FUNCTIONS = {F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.sigmoid, torch.sigmoid, torch.relu, torch.tanh,
+                  F.dropout, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.leaky_relu}
+PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float"}
+TIE_FUNCTIONS = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, operator.iadd}
+
+
+class Tracer(fx.Tracer):
+    """Convolutions, linears and norms (also subclasses with padding children) and parameter-free
+    modules are leaves; containers are traced through."""
+
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)) or not list(m.children())
+
+
+@dataclass
+class Segment:
+    space: int
+    size: int
+    mult: int = 1  # columns per channel after flatten
+
+
+@dataclass
+class CnnGroup:
+    """Channels that are removed together: rows of producers, slices of norms/depthwise convs, and
+    columns of consumers (``offset`` in channels within the consumer's input, ``mult`` columns each)."""
+
+    size: int
+    producers: list[str] = field(default_factory=list)  # conv / linear names (output rows)
+    passengers: list[str] = field(default_factory=list)  # batch norms and depthwise convs
+    consumers: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+class _Graph:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.parent: list[int] = []
+        self.sizes: list[int] = []
+        self.blocked: set[int] = set()
+        self.producers: dict[int, list[str]] = {}
+        self.passengers: dict[int, list[str]] = {}
+        self.consumers: dict[int, list[tuple[str, int, int]]] = {}
+
+    def new(self, size: int) -> int:
+        self.parent.append(len(self.parent))
+        self.sizes.append(size)
+        return len(self.parent) - 1
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[b] = a
+            if self.sizes[a] != self.sizes[b]:
+                self.blocked.update((a, b))
+
+    def block(self, segs) -> None:
+        for seg in segs or []:
+            self.blocked.add(seg.space)
+
+    def consume(self, name: str, segs) -> None:
+        offset = 0
+        for seg in segs:
+            self.consumers.setdefault(seg.space, []).append((name, offset, seg.mult))
+            offset += seg.size
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes]
+
+
+def _channels(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) >= 2 else None
+
+
+def _spatial(node: fx.Node) -> int:
+    shape = node.meta["tensor_meta"].shape
+    return int(math.prod(shape[2:])) if len(shape) > 2 else 1
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tuple[_Graph, fx.GraphModule]:
+    gm = fx.GraphModule(model, Tracer().trace(model))
+    ShapeProp(gm).propagate(example)
+    g = _Graph(model)
+    segs: dict[fx.Node, list[Segment] | None] = {}
+    for node in gm.graph.nodes:
+        segs[node] = _visit(g, node, segs, model)
+    return g, gm
+
+
+def _visit(g: _Graph, node: fx.Node, segs, model: nn.Module):
+    ins = [segs.get(a) for a in _tensor_args(node)]
+    first = ins[0] if ins else None
+    if node.op == "placeholder":
+        c = _channels(node)
+        if c is None:
+            return None
+        s = g.new(c)
+        g.blocked.add(s)
+        return [Segment(s, c)]
+    if node.op == "output":
+        for s in ins:
+            g.block(s)
+        return None
+    if node.op == "call_module":
+        return _visit_module(g, node, model.get_submodule(node.target), first, ins)
+    if node.op == "call_function" and node.target in TIE_FUNCTIONS:
+        tensors = [s for s in ins if s is not None]
+        if len(tensors) == 2 and len(tensors[0]) == len(tensors[1]) == 1:
+            g.union(tensors[0][0].space, tensors[1][0].space)
+            return tensors[0]
+        if len(tensors) == 1:
+            return tensors[0]
+        for s in tensors:
+            g.block(s)
+        return None
+    if node.op == "call_function" and node.target is torch.cat:
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        parts = [segs.get(a) for a in node.args[0]]
+        if dim == 1 and all(p is not None for p in parts):
+            return [seg for p in parts for seg in p]
+        for p in parts:
+            g.block(p)
+        return None
+    if _is_flatten(node):
+        return [Segment(s.space, s.size, s.mult * _spatial(node.all_input_nodes[0])) for s in first]
+    if (node.op == "call_function" and node.target in PASS_FUNCTIONS) or (
+            node.op == "call_method" and node.target in PASS_METHODS):
+        return first
+    if node.op == "call_method" and node.target in ("size", "dim") or node.op == "get_attr":
+        return None
+    for s in ins:
+        g.block(s)
+    return None
+
+
+def _is_flatten(node: fx.Node) -> bool:
+    flat_fn = node.op == "call_function" and node.target is torch.flatten
+    flat_m = node.op == "call_method" and node.target == "flatten"
+    view = node.op == "call_method" and node.target in ("view", "reshape") and len(node.args) == 3 and node.args[2] == -1
+    meta = node.meta.get("tensor_meta")
+    return (flat_fn or flat_m or view) and meta is not None and len(meta.shape) == 2
+
+
+def _visit_module(g: _Graph, node: fx.Node, m: nn.Module, first, ins):
+    if isinstance(m, nn.Flatten) and first is not None:
+        if m.start_dim != 1:
+            g.block(first)
+            return None
+        return [Segment(s.space, s.size, s.mult * _spatial(node.all_input_nodes[0])) for s in first]
+    if isinstance(m, nn.Conv2d):
+        if first is None:
+            return None
+        depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
+        if depthwise and len(first) == 1:
+            g.passengers.setdefault(first[0].space, []).append(node.target)
+            return first
+        if m.groups != 1:
+            g.block(first)
+            s = g.new(m.out_channels)
+            g.blocked.add(s)
+            return [Segment(s, m.out_channels)]
+        g.consume(node.target, first)
+        s = g.new(m.out_channels)
+        g.producers.setdefault(s, []).append(node.target)
+        return [Segment(s, m.out_channels)]
+    if isinstance(m, nn.Linear):
+        if first is not None:
+            g.consume(node.target, first)
+        s = g.new(m.out_features)
+        g.producers.setdefault(s, []).append(node.target)
+        return [Segment(s, m.out_features)]
+    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        if first is not None and len(first) == 1:
+            g.passengers.setdefault(first[0].space, []).append(node.target)
+            return first
+        g.block(first)
+        return None
+    if isinstance(m, PASS_MODULES) or not list(m.parameters()):
+        return first
+    for s in ins:
+        g.block(s)
+    return None
+
+
+def find_cnn_groups(model: nn.Module, example: torch.Tensor) -> list[CnnGroup]:
+    """Prunable channel groups of ``model`` (traced on ``example``), in order of first appearance."""
+    g, _ = build_graph(model, example)
+    roots: dict[int, CnnGroup] = {}
+    blocked = {g.find(s) for s in g.blocked}
+    for s in range(len(g.parent)):
+        r = g.find(s)
+        group = roots.setdefault(r, CnnGroup(g.sizes[r]))
+        group.producers += g.producers.get(s, [])
+        group.passengers += g.passengers.get(s, [])
+        group.consumers += g.consumers.get(s, [])
+    return [grp for r, grp in roots.items() if r not in blocked and grp.producers]
+
+
+# ------------------------------------------------------------------ scores and removal
+
+def _out_rows(m: nn.Module) -> torch.Tensor:
+    return m.weight.detach().reshape(m.weight.shape[0], -1)
+
+
+def magnitude_scores(model: nn.Module, group: CnnGroup, p: int = 2) -> torch.Tensor:
+    """Group L_p norm over producer filters, depthwise filters and consumer input columns."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for name in group.producers:
+        total += _out_rows(model.get_submodule(name)).double().abs().pow(p).sum(dim=1)
+    for name in group.passengers:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):
+            total += _out_rows(m).double().abs().pow(p).sum(dim=1)
+    for name, offset, mult in group.consumers:
+        w = model.get_submodule(name).weight.detach().double()
+        cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # in x rest
+        cols = cols[offset * mult : (offset + group.size) * mult].reshape(group.size, -1)
+        total += cols.abs().pow(p).sum(dim=1)
+    return total.pow(1.0 / p)
+
+
+def remove_channels(model: nn.Module, plan: list[tuple[CnnGroup, torch.Tensor]]) -> None:
+    """Apply all groups' kept channel indices at once (consumer columns of several groups included)."""
+    rows: dict[str, torch.Tensor] = {}
+    cols: dict[str, torch.Tensor] = {}
+
+    def mask(table, name, n):
+        return table.setdefault(name, torch.ones(n, dtype=torch.bool))
+
+    for group, keep in plan:
+        drop = torch.ones(group.size, dtype=torch.bool)
+        drop[keep] = False
+        for name in group.producers + group.passengers:
+            m = model.get_submodule(name)
+            n = m.weight.shape[0] if hasattr(m, "weight") and m.weight is not None else m.num_features
+            mask(rows, name, n)[drop.nonzero().flatten()] = False
+        for name, offset, mult in group.consumers:
+            m = model.get_submodule(name)
+            idx = (offset + drop.nonzero().flatten())[:, None] * mult + torch.arange(mult)
+            mask(cols, name, m.weight.shape[1])[idx.flatten()] = False
+    with torch.no_grad():
+        for name, keep in rows.items():
+            _slice_out(model.get_submodule(name), keep)
+        for name, keep in cols.items():
+            _slice_in(model.get_submodule(name), keep)
+
+
+def _slice_out(m: nn.Module, keep: torch.Tensor) -> None:
+    for attr in ("weight", "bias"):
+        p = getattr(m, attr, None)
+        if p is not None:
+            setattr(m, attr, nn.Parameter(p.data[keep].clone(), requires_grad=p.requires_grad))
+    n = int(keep.sum())
+    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        m.running_mean = m.running_mean[keep].clone()
+        m.running_var = m.running_var[keep].clone()
+        m.num_features = n
+    elif isinstance(m, nn.Conv2d):
+        if m.groups > 1:  # depthwise: in = out = groups
+            m.groups = m.in_channels = n
+        m.out_channels = n
+    elif isinstance(m, nn.Linear):
+        m.out_features = n
+
+
+def _slice_in(m: nn.Module, keep: torch.Tensor) -> None:
+    m.weight = nn.Parameter(m.weight.data[:, keep].clone(), requires_grad=m.weight.requires_grad)
+    if isinstance(m, nn.Conv2d):
+        m.in_channels = int(keep.sum())
+    else:
+        m.in_features = int(keep.sum())
+
+
+def cnn_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of convolutions and linear layers for one forward of ``example``."""
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        else:
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+@dataclass
+class CnnResult:
+    widths: dict[str, int]  # kept channels per group, keyed by its first producer
+    flops_before: int
+    flops_after: int
+    parameters_before: int
+    parameters_after: int
+    channel_ratio: float  # fraction of each group's channels removed (before rounding)
+
+    @property
+    def flops_removed(self) -> float:
+        return 1.0 - self.flops_after / max(self.flops_before, 1)
+
+
+def _kept(size: int, ratio: float, round_to: int) -> int:
+    kept = size - round(ratio * size)
+    if round_to > 1 and size >= round_to:
+        kept = max(round_to, round_to * round(kept / round_to))
+    return max(1, min(size, kept))
+
+
+def _plan(model, groups, ratio, round_to, method, generator) -> list[tuple[CnnGroup, torch.Tensor]]:
+    plan = []
+    for grp in groups:
+        k = _kept(grp.size, ratio, round_to)
+        if method == "random":
+            score = torch.rand(grp.size, generator=generator, dtype=torch.float64)
+        else:
+            score = magnitude_scores(model, grp, p=1 if method == "l1" else 2)
+        plan.append((grp, torch.argsort(score, descending=True, stable=True)[:k].sort().values))
+    return plan
+
+
+def prune_cnn(model: nn.Module, example: torch.Tensor, ratio: float | None = None, flops: float | None = None,
+              method: str = "magnitude", round_to: int = 8, seed: int = 0) -> CnnResult:
+    """Remove the same fraction of channels from every prunable group of a CNN, in place.
+
+    Give ``ratio`` (fraction of each group's channels) or ``flops`` (fraction of the FLOPs to remove;
+    the channel ratio is found by bisection). Kept widths are multiples of ``round_to``.
+    """
+    import copy
+
+    if method not in ("magnitude", "l1", "l2", "random"):
+        raise ValueError(f"method {method!r} is not available for CNN filters; choose from magnitude, l1, l2, random")
+    if (ratio is None) == (flops is None):
+        raise ValueError("give exactly one of ratio (channels) or flops (fraction of FLOPs removed)")
+    target = ratio if ratio is not None else flops
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"{'ratio' if ratio is not None else 'flops'} {target} is outside [0, 1)")
+    model.eval()
+    groups = find_cnn_groups(model, example)
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no prunable channel groups (structure 'filters')")
+    before = cnn_flops(model, example)
+    params_before = sum(p.numel() for p in model.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    if flops is not None:
+        lo, hi = 0.0, 0.95
+        for _ in range(12):  # bisection on the channel ratio
+            mid = (lo + hi) / 2
+            trial = copy.deepcopy(model)
+            remove_channels(trial, _plan(trial, find_cnn_groups(trial, example), mid, round_to, method, gen))
+            lo, hi = (mid, hi) if 1 - cnn_flops(trial, example) / before < flops else (lo, mid)
+        ratio = hi
+    gen = torch.Generator().manual_seed(seed)
+    remove_channels(model, _plan(model, groups, ratio, round_to, method, gen))
+    widths = {grp.producers[0]: _kept(grp.size, ratio, round_to) for grp in groups}
+    return CnnResult(widths, before, cnn_flops(model, example), params_before,
+                     sum(p.numel() for p in model.parameters()), ratio)

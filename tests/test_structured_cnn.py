@@ -1,0 +1,103 @@
+"""Filter pruning of CNNs through the traced channel dependency graph."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.structured.cnn import cnn_flops, find_cnn_groups, prune_cnn
+from prunekit.zoo import SmallCNN
+
+
+class ResidualDepthwiseNet(nn.Module):
+    """Stem -> two residual blocks (expand 1x1, depthwise 3x3, project 1x1 + skip) -> concat of two
+    branches -> global pool -> linear, plus a flatten head on the side."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                          nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16)) for _ in range(2))
+        self.left = nn.Conv2d(16, 24, 1)
+        self.right = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(40, 10)
+        self.side = nn.Linear(40 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        y = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1)
+        side = torch.flatten(nn.functional.adaptive_avg_pool2d(y, 4), 1)
+        return self.head(pooled) + self.side(side)
+
+
+def randomize_bn(model):
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model.eval()
+
+
+def zero_channels(model, group, idx):
+    """Make channels ``idx`` of a group carry exact zeros and contribute nothing."""
+    with torch.no_grad():
+        for name in group.producers + group.passengers:
+            m = model.get_submodule(name)
+            m.weight[idx] = 0.0
+            if getattr(m, "bias", None) is not None:
+                m.bias[idx] = 0.0
+        for name, offset, mult in group.consumers:
+            w = model.get_submodule(name).weight
+            for c in idx.tolist():
+                w[:, (offset + c) * mult : (offset + c + 1) * mult] = 0.0
+
+
+def test_groups_follow_residuals_depthwise_and_concat():
+    model = randomize_bn(ResidualDepthwiseNet())
+    groups = {g.producers[0]: g for g in find_cnn_groups(model, torch.randn(1, 3, 8, 8))}
+    residual = groups["stem.0"]  # the stem and both project convs are summed: one group
+    assert set(residual.producers) == {"stem.0", "blocks.0.6", "blocks.1.6"}
+    assert {"stem.1", "blocks.0.7", "blocks.1.7"} <= set(residual.passengers)
+    expand = groups["blocks.0.0"]
+    assert "blocks.0.3" in expand.passengers and ("blocks.0.6", 0, 1) in expand.consumers  # depthwise rides along
+    assert ("head", 24, 1) in groups["right"].consumers and ("side", 24, 16) in groups["right"].consumers
+    assert "head" not in groups  # the logits are the model output: never pruned
+
+
+@pytest.mark.parametrize("net", ["residual", "smallcnn"])
+def test_removing_zero_channels_keeps_outputs(net):
+    model = randomize_bn(ResidualDepthwiseNet()) if net == "residual" else SmallCNN().eval()
+    example = torch.randn(2, 3, 8, 8) if net == "residual" else torch.randn(2, 1, 28, 28)
+    groups = find_cnn_groups(model, example[:1])
+    assert groups
+    for g in groups:
+        zero_channels(model, g, torch.arange(0, g.size, 4))  # a quarter of every group
+    before = model(example)
+    result = prune_cnn(model, example[:1], ratio=0.25, round_to=1)
+    torch.testing.assert_close(model(example), before, atol=1e-5, rtol=1e-5)
+    assert all(w == g.size * 3 // 4 for w, g in zip(result.widths.values(), groups))
+    assert result.flops_after < result.flops_before and result.parameters_after < result.parameters_before
+
+
+def test_flops_target_and_rounding():
+    model = randomize_bn(ResidualDepthwiseNet())
+    example = torch.randn(1, 3, 8, 8)
+    result = prune_cnn(model, example, flops=0.3, round_to=8)
+    assert result.flops_removed >= 0.3 - 0.05
+    assert all(w % 8 == 0 and w >= 8 for w in result.widths.values())
+    assert cnn_flops(model, example) == result.flops_after
+    assert model(example).shape == (1, 10)
+
+
+def test_bad_cnn_requests():
+    with pytest.raises(ValueError, match="ratio 1.0"):
+        prune_cnn(SmallCNN(), torch.randn(1, 1, 28, 28), ratio=1.0)
+    with pytest.raises(ValueError, match="method 'flap'.*magnitude"):
+        prune_cnn(SmallCNN(), torch.randn(1, 1, 28, 28), ratio=0.2, method="flap")
