@@ -25,6 +25,7 @@ def run_cli(argv, capsys):
     (["--scope", "global", "--floor", "0.5", "--sparsity", "0.9"], "0.5"),
     (["--recovery", "perp"], "perp"),
     (["--lr", "nan"], "nan"),
+    (["--method", "imp", "--rate", "1.2"], "1.2"),
 ])
 def test_bad_flag_values_exit_2_with_one_line_naming_the_value(argv, named, capsys):
     code, out, err = run_cli(argv, capsys)

@@ -6,7 +6,7 @@ a one-line error naming it and exit code 2.
 
     prunekit train --method gradual --sparsity 0.9 --schedule cubic --epochs 3
     prunekit train --method oneshot --sparsity 0.8 --recovery perp --lora-rank 4
-    prunekit train --method imp --sparsity 0.9 --rounds 4 --rewind-step 100
+    prunekit train --method imp --rounds 4 --rate 0.2 --rewind-step 100
     prunekit train --recipe recipe.yaml --quiet --json
 """
 
@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "model": "cnn", "depth": 8, "width": None, "dataset": "fashion-mnist", "epochs": 1.0, "batch_size": 128,
     "lr": 0.05, "optimizer": "sgd", "method": "dense", "sparsity": 0.9, "schedule": "cubic",
     "prune_start": 0.1, "prune_end": 0.6, "frequency": 10, "criterion": "magnitude", "scope": "layer",
-    "floor": 0.0, "rounds": 3, "rewind_step": 0, "recovery": "none", "recovery_epochs": 0.5,
+    "floor": 0.0, "rounds": 3, "rate": None, "rewind_step": 0, "recovery": "none", "recovery_epochs": 0.5,
     "recovery_lr": None, "lora_rank": 0, "limit": None, "seed": 0, "threads": None, "output": None,
     "json": False, "quiet": False,
 }
@@ -34,7 +34,7 @@ CHOICES = {
 }
 INTS = ("depth", "width", "batch_size", "frequency", "rounds", "rewind_step", "lora_rank", "limit", "seed",
         "threads")
-FLOATS = ("epochs", "lr", "sparsity", "prune_start", "prune_end", "floor", "recovery_epochs", "recovery_lr")
+FLOATS = ("epochs", "lr", "rate", "sparsity", "prune_start", "prune_end", "floor", "recovery_epochs", "recovery_lr")
 
 
 class ConfigError(ValueError):
@@ -130,6 +130,7 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["frequency"] >= 1, "frequency", ">= 1")
     need(0 <= c["floor"] <= 1 - c["sparsity"], "floor", f"in [0, 1 - sparsity] = [0, {1 - c['sparsity']:.4g}]")
     need(c["rounds"] >= 1, "rounds", ">= 1")
+    need(c["rate"] is None or 0 < c["rate"] < 1, "rate", "in (0, 1)")
     need(c["rewind_step"] >= 0, "rewind_step", ">= 0")
     need(c["recovery_epochs"] > 0, "recovery_epochs", "> 0")
     need(c["recovery_lr"] is None or c["recovery_lr"] > 0, "recovery_lr", "> 0")
@@ -216,7 +217,8 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
             perp_recover(model, pruner, x, y, c["recovery_epochs"], lr=c["recovery_lr"] or 1e-3,
                          lora_rank=c["lora_rank"], desc="PERP", **fit)
     else:
-        rate = 1.0 - (1.0 - c["sparsity"]) ** (1.0 / c["rounds"])
+        # k rounds of p% each: --rate p, or the p that reaches --sparsity after --rounds rounds
+        rate = c["rate"] or 1.0 - (1.0 - c["sparsity"]) ** (1.0 / c["rounds"])
         imp = IterativeMagnitudePruning(model, sparsities=imp_sparsities(c["rounds"], rate),
                                         rewind_step=c["rewind_step"], scope=c["scope"], floor=c["floor"])
         run_training(imp.pruner, imp.on_step, desc="IMP dense")
