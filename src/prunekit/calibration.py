@@ -130,17 +130,29 @@ class _LockStep:
         chunk = self.local.chunk
         if gate.done or chunk in gate.arrived:
             return
+        # statistics are summed in chunk order, whatever order the threads wake up in, so the
+        # same data always gives bit-identical statistics (and masks)
+        while not gate.done and not all(c in gate.arrived or c in self.finished for c in range(chunk)):
+            self._wait()
+        if gate.done:
+            return
         self._record_input(gate, args[0], chunk)
         gate.arrived.add(chunk)
+        self.cond.notify_all()
         # a layer fed the same tensor as an already-pruned layer (k/v after q, up after gate) has
         # complete statistics already: prune it now instead of parking every chunk at its entrance
         if self._ready(gate) or self.shared.get(gate.name) in self.done_names:
             self._release(gate)
             return
         while not gate.done:
-            if self.errors:
-                raise _Aborted
-            self.cond.wait()
+            self._wait()
+        if self.errors:
+            raise _Aborted
+
+    def _wait(self) -> None:
+        if self.errors:
+            raise _Aborted
+        self.cond.wait()
         if self.errors:
             raise _Aborted
 
