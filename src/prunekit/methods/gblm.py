@@ -25,5 +25,6 @@ class GBLM(Method):
 
     def prune_layer(self, weight, sparsity, pattern, ctx):
         activation_term = ctx.stats.column_norms().unsqueeze(0)
-        scores = weight.abs() * (self.alpha * ctx.grad_norms.to(weight.dtype) + activation_term)
+        grad = ctx.grad_norms.to(device=weight.device, dtype=weight.dtype)
+        scores = weight.abs() * (self.alpha * grad + activation_term)
         return mask_from_scores(scores, sparsity, pattern)

@@ -17,5 +17,5 @@ class Random(Method):
     name = "random"
 
     def prune_layer(self, weight, sparsity, pattern, ctx):
-        scores = torch.rand(weight.shape, generator=ctx.generator)
+        scores = torch.rand(weight.shape, generator=ctx.generator).to(weight.device)
         return mask_from_scores(scores, sparsity, pattern)
