@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"prunekit.{name}.cli")
         except ImportError:
             continue
-        module.add_parser(sub)
+        module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
 
