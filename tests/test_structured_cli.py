@@ -53,20 +53,27 @@ def test_cli_on_smollm2_uniform_and_per_layer_round_trips(smollm2_path, tmp_path
     model = AutoModelForCausalLM.from_pretrained(uni).eval()  # plain transformers, rewritten config
     assert model.config.intermediate_size == 1296 and model.config.num_key_value_heads == 2
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (6 * 64, 576)
+    same = prunekit.load_model(smollm2_path)
+    prune_structured(same, method="magnitude", structure="mlp,heads", ratio=0.2, allocation="uniform")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, same(ids).logits)  # the saved model is the pruned model
 
     per_layer = tmp_path / "flap"
     assert main(["prune", "--model", str(smollm2_path), "--structure", "mlp,heads", "--ratio", "0.3",
                  "--method", "flap", "--out", str(per_layer), "--nsamples", "2", "--seqlen", "64",
-                 "--option", "speed_runs=1", "--quiet"]) == 0
+                 "--calibration", "brown:r", "--option", "speed_runs=1", "--option", "speed_seqlen=64",
+                 "--option", "speed_decode=4", "--quiet"]) == 0
     manifest = read_manifest(per_layer)
     assert manifest["layer_shapes"]["linears"] and manifest["speed"]["flops_ratio"] < 0.85
     widths = manifest["structured"]["mlp_widths"]
     assert len(set(widths)) > 1 and all(w % 8 == 0 for w in widths)
     reloaded = prunekit.load_model(per_layer)
     assert reloaded.model.layers[0].mlp.down_proj.bias is not None  # FLAP bias compensation
+    same = prunekit.load_model(smollm2_path)
+    prune_structured(same, method="flap", structure="mlp,heads", ratio=0.3, nsamples=2, seqlen=64,
+                     calibration="brown:r", tokenizer=prunekit.load_tokenizer(smollm2_path))
     with torch.no_grad():
-        logits = reloaded(ids).logits
-    assert logits.isfinite().all()
+        torch.testing.assert_close(reloaded(ids).logits, same(ids).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(Exception):  # noqa: B017 - plain transformers must not load per-layer shapes silently
         AutoModelForCausalLM.from_pretrained(per_layer)
 

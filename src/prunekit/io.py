@@ -94,7 +94,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     files = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            files.update({key: file for key in f})
+            files.update({key: file for key in f.keys()})
     with torch.no_grad():
         for name in shapes.get("linears", {}):
             module = model.get_submodule(name)

@@ -12,7 +12,7 @@ import json
 from prunekit.structured.criteria import NAMES
 
 PIPELINE_OPTIONS = {"allocation": str, "floor": float, "bias_compensation": bool}
-RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int}
+RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int, "speed_seqlen": int, "speed_decode": int}
 
 
 def parse_options(items: list[str] | None) -> dict:
@@ -67,7 +67,9 @@ def run_prune(args) -> int:
     if dense is not None:
         from prunekit.evaluate.speed import speed_receipt
 
-        receipt = speed_receipt(dense, model, runs=int(receipt_options.get("speed_runs", 3)))
+        receipt = speed_receipt(dense, model, runs=int(receipt_options.get("speed_runs", 3)),
+                                seq_len=int(receipt_options.get("speed_seqlen", 512)),
+                                decode_tokens=int(receipt_options.get("speed_decode", 64)))
     manifest = {"structured": result.to_dict(), "layer_shapes": result.layer_shapes,
                 "speed": receipt.to_dict() if receipt else None}
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
