@@ -26,6 +26,9 @@ def run_cli(argv, capsys):
     (["--recovery", "perp"], "perp"),
     (["--lr", "nan"], "nan"),
     (["--method", "imp", "--rate", "1.2"], "1.2"),
+    (["--criterion", "snip"], "snip"),
+    (["--criterion", "wanda", "--calibration", "0"], "0"),
+    (["--method", "imp", "--criterion", "wanda"], "wanda"),
 ])
 def test_bad_flag_values_exit_2_with_one_line_naming_the_value(argv, named, capsys):
     code, out, err = run_cli(argv, capsys)
@@ -75,3 +78,15 @@ def test_recipe_plus_flag_override_trains_and_prunes_real_fashion_mnist(tmp_path
     for name, mask in saved["masks"].items():
         weight = saved["model"][f"{name}.weight"]
         assert torch.all(weight[~mask] == 0)
+
+
+@pytest.mark.slow
+def test_one_shot_gblm_from_the_cli_on_real_fashion_mnist(capsys):
+    """The foundation's data-aware GBLM criterion, scored on 32 training images, then fine-tuned."""
+    code, out, _ = run_cli(["--method", "oneshot", "--criterion", "gblm", "--calibration", "32", "--sparsity", "0.7",
+                            "--recovery", "finetune", "--recovery-epochs", "0.25", "--epochs", "1", "--batch-size", "64",
+                            "--limit", "1024", "--quiet", "--json", "--threads", "1"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert result["accuracy"] > 0.3

@@ -12,6 +12,7 @@ _LAZY = {
     "ConstantSparsity": "schedules", "OneShotSparsity": "schedules", "LinearSparsity": "schedules",
     "CubicSparsity": "schedules", "imp_sparsities": "schedules", "make_schedule": "schedules",
     "compute_masks": "criteria", "layerwise_masks": "criteria", "global_masks": "criteria",
+    "data_scores": "data_criteria", "collect_stats": "data_criteria",
     "Pruner": "pruner", "prune_once": "pruner", "prunable_weights": "pruner",
     "IterativeMagnitudePruning": "imp", "run_imp": "imp", "snapshot": "imp", "rewind": "imp",
     "finetune": "recovery", "perp_recover": "recovery", "MaskedLoRA": "recovery",

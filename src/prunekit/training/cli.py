@@ -24,16 +24,16 @@ DEFAULTS: dict[str, Any] = {
     "lr": 0.05, "optimizer": "sgd", "method": "dense", "sparsity": 0.9, "schedule": "cubic",
     "prune_start": 0.1, "prune_end": 0.6, "frequency": 10, "criterion": "magnitude", "scope": "layer",
     "floor": 0.0, "rounds": 3, "rate": None, "rewind_step": 0, "recovery": "none", "recovery_epochs": 0.5,
-    "recovery_lr": None, "lora_rank": 0, "limit": None, "seed": 0, "threads": None, "output": None,
+    "recovery_lr": None, "lora_rank": 0, "calibration": 128, "limit": None, "seed": 0, "threads": None, "output": None,
     "json": False, "quiet": False,
 }
 CHOICES = {
     "model": ("cnn", "resnet"), "dataset": ("fashion-mnist", "mnist"), "optimizer": ("sgd", "adamw"),
     "method": ("dense", "gradual", "oneshot", "imp"), "schedule": ("cubic", "linear", "constant", "oneshot"),
-    "criterion": ("magnitude", "random"), "scope": ("layer", "global"), "recovery": ("none", "finetune", "perp"),
+    "criterion": ("magnitude", "random", "wanda", "gblm"), "scope": ("layer", "global"), "recovery": ("none", "finetune", "perp"),
 }
-INTS = ("depth", "width", "batch_size", "frequency", "rounds", "rewind_step", "lora_rank", "limit", "seed",
-        "threads")
+INTS = ("depth", "width", "batch_size", "frequency", "rounds", "rewind_step", "lora_rank", "calibration", "limit",
+        "seed", "threads")
 FLOATS = ("epochs", "lr", "rate", "sparsity", "prune_start", "prune_end", "floor", "recovery_epochs", "recovery_lr")
 
 
@@ -135,12 +135,15 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["recovery_epochs"] > 0, "recovery_epochs", "> 0")
     need(c["recovery_lr"] is None or c["recovery_lr"] > 0, "recovery_lr", "> 0")
     need(c["lora_rank"] >= 0, "lora_rank", ">= 0")
+    need(c["calibration"] >= 1, "calibration", ">= 1")
     need(c["limit"] is None or c["limit"] >= c["batch_size"], "limit", f">= batch size {c['batch_size']}")
     need(c["depth"] >= 8 and (c["depth"] - 2) % 6 == 0, "depth", "6n + 2 with n >= 1 (8, 14, 20, ...)")
     need(c["width"] is None or c["width"] >= 1, "width", ">= 1")
     need(c["threads"] is None or c["threads"] >= 1, "threads", ">= 1")
     if c["recovery"] != "none" and c["method"] != "oneshot":
         raise ConfigError(f"--recovery {c['recovery']!r} needs --method oneshot, got {c['method']!r}")
+    if c["method"] == "imp" and c["criterion"] != "magnitude":
+        raise ConfigError(f"--method imp prunes by magnitude; --criterion {c['criterion']!r} is not used by it")
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +193,9 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     model = _build_model(c)
     total = round(c["epochs"] * steps_per_epoch(len(y), c["batch_size"]))
     fit = {"batch_size": c["batch_size"], "seed": c["seed"], "quiet": c["quiet"]}
+    # wanda / gblm score weights on the first --calibration training images (gblm also on their labels)
+    crit = {"seed": c["seed"], "calibration": (x[: c["calibration"]], y[: c["calibration"]])
+            if c["criterion"] in ("wanda", "gblm") else None}
 
     def run_training(pruner=None, on_step=None, desc="train") -> None:
         opt = make_optimizer(model.parameters(), c["optimizer"], lr=c["lr"])
@@ -203,12 +209,12 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
         start = int(c["prune_start"] * total)
         end = max(int(c["prune_end"] * total), start + 1)
         schedule = make_schedule(c["schedule"], c["sparsity"], start, end, c["frequency"])
-        pruner = Pruner(model, schedule, c["criterion"], c["scope"], c["floor"], seed=c["seed"])
+        pruner = Pruner(model, schedule, c["criterion"], c["scope"], c["floor"], **crit)
         run_training(pruner, desc=f"gradual {c['schedule']}")
     elif c["method"] == "oneshot":
         run_training(desc="dense")
         result["dense_accuracy"] = evaluate(model, xt, yt)
-        pruner = prune_once(model, c["sparsity"], c["criterion"], c["scope"], c["floor"], seed=c["seed"])
+        pruner = prune_once(model, c["sparsity"], c["criterion"], c["scope"], c["floor"], **crit)
         result["pruned_accuracy"] = evaluate(model, xt, yt)
         if c["recovery"] == "finetune":
             finetune(model, pruner, x, y, c["recovery_epochs"], lr=c["recovery_lr"] or c["lr"] / 5,

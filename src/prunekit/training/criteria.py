@@ -16,7 +16,7 @@ import math
 
 import torch
 
-CRITERIA = ("magnitude", "random")
+CRITERIA = ("magnitude", "random", "wanda", "gblm")  # the last two need calibration data (data_criteria.py)
 SCOPES = ("layer", "global")
 
 
@@ -100,11 +100,20 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float, floor: float 
 
 def compute_masks(weights: dict[str, torch.Tensor], sparsity: float, criterion: str = "magnitude",
                   scope: str = "layer", floor: float = 0.0, masks: dict[str, torch.Tensor] | None = None,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Masks at ``sparsity`` for ``weights`` (name -> tensor), monotone w.r.t. the previous ``masks``."""
+                  generator: torch.Generator | None = None,
+                  scores: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Masks at ``sparsity`` for ``weights`` (name -> tensor), monotone w.r.t. the previous ``masks``.
+
+    ``scores`` (name -> tensor shaped like the weight) replaces ``criterion``'s own scores; the
+    data-aware criteria (``wanda``, ``gblm``) get theirs from :func:`prunekit.training.data_criteria.data_scores`.
+    """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    scores = {n: score(w, criterion, generator) for n, w in weights.items()}
+    if scores is None:
+        if criterion in ("wanda", "gblm"):
+            raise ValueError(f"criterion {criterion!r} needs calibration data: pass scores from "
+                             f"data_criteria.data_scores (Pruner(..., calibration=...) does this)")
+        scores = {n: score(w, criterion, generator) for n, w in weights.items()}
     if scope == "layer":
         return layerwise_masks(scores, sparsity, masks)
     if scope == "global":

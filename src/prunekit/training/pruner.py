@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from prunekit.training.criteria import compute_masks
+from prunekit.training.criteria import CRITERIA, compute_masks
+from prunekit.training.data_criteria import DATA_CRITERIA, data_scores
 from prunekit.training.schedules import ConstantSparsity
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -39,16 +40,27 @@ class Pruner:
     Args:
         model: any module; its Linear/Conv weights are pruned (or those named in ``targets``).
         schedule: a callable step -> sparsity (see :mod:`prunekit.training.schedules`).
-        criterion: ``magnitude`` or ``random``.
+        criterion: ``magnitude``, ``random``, or a data-aware criterion from the one-shot foundation
+            (``wanda``, ``gblm``; see :mod:`prunekit.training.data_criteria`), which needs ``calibration``.
         scope: ``layer`` (same sparsity everywhere) or ``global`` (one threshold).
         floor: with ``scope='global'``, minimum fraction of each layer that is kept.
         targets: module names to prune; default all Linear/Conv layers.
         skip: module names to leave dense (e.g. the classifier head).
+        calibration: inputs ``x`` (``wanda``) or ``(x, y)`` (``gblm``) scored at every mask update.
+        loss_fn: ``loss_fn(logits, y)`` for ``gblm``'s gradients; default cross-entropy.
     """
 
     def __init__(self, model: nn.Module, schedule: Callable[[int], float], criterion: str = "magnitude",
                  scope: str = "layer", floor: float = 0.0, targets: Iterable[str] | None = None,
-                 skip: Iterable[str] = (), seed: int = 0):
+                 skip: Iterable[str] = (), seed: int = 0, calibration=None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+        if criterion in DATA_CRITERIA and calibration is None:
+            raise ValueError(f"criterion {criterion!r} scores weights on data: pass calibration=x "
+                             f"(or (x, y) for 'gblm')")
+        if criterion == "gblm" and not isinstance(calibration, (tuple, list)):
+            raise ValueError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
         weights = prunable_weights(model, skip)
         if targets is not None:
             targets = list(targets)
@@ -64,6 +76,10 @@ class Pruner:
         self.scope = scope
         self.floor = floor
         self.weights = weights
+        self.calibration = calibration
+        self.loss_fn = loss_fn
+        named = dict(model.named_modules())
+        self.modules = {n: named[n] for n in weights}
         self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
         self.target = 0.0
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -101,8 +117,11 @@ class Pruner:
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
         """Recompute masks at ``sparsity`` from the current weights and apply them everywhere."""
+        scores = None
+        if self.criterion in DATA_CRITERIA:
+            scores = data_scores(self.model, self.modules, self.criterion, self.calibration, self.loss_fn)
         self.masks = compute_masks(dict(self.weights), sparsity, self.criterion, self.scope, self.floor,
-                                   self.masks, self.generator)
+                                   self.masks, self.generator, scores)
         self.masks = {n: m.to(self.weights[n].device) for n, m in self.masks.items()}
         self.target = sparsity
         self.apply_masks()

@@ -1,0 +1,146 @@
+"""Data-aware criteria from the one-shot foundation, usable while training.
+
+When a batch of training data is at hand, the pruner can rank weights with the foundation's
+calibration-based scores instead of |W| alone:
+
+* ``wanda`` — |W_ij| · ||X_j||₂ (Sun et al. 2023; :func:`prunekit.methods.wanda.wanda_scores`),
+  where X_j is input feature j of the layer over the calibration batch.
+* ``gblm`` — |W_ij| · (α · G_ij + ||X_j||₂) (Das et al. 2023; α from
+  :class:`prunekit.methods.gblm.GBLM`), G_ij = sqrt(Σ_samples g_ij²) with g the gradient of each
+  sample's own loss.
+
+Both are recomputed from the *current* model every time the masks are updated, so a gradual
+schedule uses the activations of the partly trained, partly pruned network. For a Conv2d layer the
+"input features" are the im2col patch entries (channel × kernel position, the order of
+``weight.reshape(out, -1)``), so the scores line up with the flattened kernel. SparseGPT is not a
+score (it reconstructs the weights, which training then overwrites), so it is not offered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from prunekit.methods.base import LayerStats
+
+DATA_CRITERIA = ("wanda", "gblm")
+
+
+def _check_supported(name: str, module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        return
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError(f"data-aware criteria need groups=1 convolutions; layer {name!r} has "
+                             f"groups={module.groups}")
+        if module.padding_mode != "zeros" or isinstance(module.padding, str) and module.padding != "valid":
+            raise ValueError(f"data-aware criteria need explicit zero padding; layer {name!r} has "
+                             f"padding={module.padding!r}, padding_mode={module.padding_mode!r}")
+        return
+    raise ValueError(f"data-aware criteria support Linear and Conv2d layers, not {type(module).__name__} "
+                     f"{name!r}")
+
+
+def layer_inputs_2d(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as a (rows x fan_in) matrix whose columns match ``weight.reshape(out, -1)``."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, module.in_features)
+    padding = 0 if module.padding == "valid" else module.padding
+    cols = nn.functional.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def split_calibration(calibration) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x`` or ``(x, y)`` → ``(x, y or None)``."""
+    if isinstance(calibration, (tuple, list)):
+        if len(calibration) != 2:
+            raise ValueError(f"calibration must be x or (x, y), got a sequence of {len(calibration)}")
+        return calibration[0], calibration[1]
+    return calibration, None
+
+
+def collect_stats(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor,
+                  batch_size: int = 256) -> dict[str, LayerStats]:
+    """Wanda's ||X_j||² sums for every layer in ``modules`` over the calibration inputs ``x``.
+
+    Runs in eval mode (batch-norm statistics are not updated) and without gradients.
+    """
+    stats = {}
+    for name, module in modules.items():
+        _check_supported(name, module)
+        stats[name] = LayerStats(in_features=module.weight[0].numel())
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            stats[name].add(layer_inputs_2d(module, inputs[0].detach()), samples=inputs[0].shape[0])
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(x[i: i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return stats
+
+
+def gradient_norms(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """GBLM's G = sqrt(Σ_i g_i²) per weight, g_i the gradient of sample i's loss (one backward per sample).
+
+    Uses ``torch.autograd.grad``, so the ``.grad`` of the parameters (the training step's) is untouched.
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = list(weights.values())
+    sums = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # the pruner updates masks under no_grad
+            for i in range(len(x)):
+                loss = loss_fn(model(x[i: i + 1]), y[i: i + 1])
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for (n, _), g in zip(weights.items(), grads):
+                    if g is not None:
+                        sums[n] += g.detach().float().pow(2)
+    finally:
+        model.train(was_training)
+    return {n: s.sqrt() for n, s in sums.items()}
+
+
+def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str, calibration,
+                loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Scores shaped like each layer's weight under ``wanda`` or ``gblm`` on the calibration batch."""
+    from prunekit.methods.gblm import GBLM
+    from prunekit.methods.wanda import wanda_scores
+
+    if criterion not in DATA_CRITERIA:
+        raise ValueError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")
+    x, y = split_calibration(calibration)
+    device = next(iter(modules.values())).weight.device
+    x = x.to(device)
+    stats = collect_stats(model, modules, x)
+    grads = None
+    if criterion == "gblm":
+        if y is None:
+            raise ValueError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
+        grads = gradient_norms(model, {n: m.weight for n, m in modules.items()}, x, y.to(device), loss_fn)
+    scores = {}
+    for name, module in modules.items():
+        w = module.weight.detach()
+        w2d = w.reshape(w.shape[0], -1).float()
+        if criterion == "wanda":
+            s = wanda_scores(w2d, stats[name])
+        else:
+            g = grads[name].reshape(w2d.shape)
+            s = w2d.abs() * (GBLM.alpha * g + stats[name].column_norms().unsqueeze(0))
+        scores[name] = s.reshape(w.shape)
+    return scores
