@@ -92,3 +92,44 @@ def test_cli_bad_requests_exit_2_and_write_nothing(smollm2_path, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_structured_recipe_yaml_python_and_flags_agree(tmp_path):
+    from prunekit.cli import build_parser
+    from prunekit.structured.cli import recipe_from_args
+    from prunekit.structured.recipe import StructuredRecipe, StructuredStep, load_structured_recipe
+
+    path = tmp_path / "flap.yaml"
+    path.write_text("structured: {method: flap, structure: [mlp, heads], ratio: 0.3, allocation: blocks, round_to: 16}\n"
+                    "calibration: {nsamples: 4, seqlen: 32}\n")
+    recipe = load_structured_recipe(path)
+    assert recipe.structured.structure == "mlp,heads"
+    assert StructuredRecipe.from_dict(recipe.to_dict()) == recipe
+    recipe.calibration.source = tiny_windows()
+    by_recipe, by_call = tiny_model("llama"), tiny_model("llama")
+    result = recipe.apply(by_recipe)
+    expected = prune_structured(by_call, method="flap", structure="mlp,heads", ratio=0.3, allocation="blocks",
+                                round_to=16, calibration=tiny_windows(), nsamples=4, seqlen=32)
+    assert result.mlp_widths == expected.mlp_widths and all(w % 16 == 0 for w in result.mlp_widths)
+    ids = tiny_windows(1, 16, seed=3)
+    with torch.no_grad():
+        assert torch.equal(by_recipe(ids).logits, by_call(ids).logits)
+
+    def parse(*argv):
+        return recipe_from_args(build_parser().parse_args(["prune", "--model", "m", "--out", "o", *argv]))
+
+    flags, receipt = parse("--recipe", str(path), "--ratio", "0.2", "--nsamples", "8",
+                           "--option", "bias_compensation=false", "--option", "speed_runs=1")
+    step = flags.structured
+    assert (step.method, step.ratio, step.allocation, step.round_to, step.bias_compensation) == (
+        "flap", 0.2, "blocks", 16, False)
+    assert (flags.calibration.nsamples, flags.calibration.seqlen) == (8, 32) and receipt == {"speed_runs": 1}
+    assert parse("--structure", "mlp", "--ratio", "0.2", "--allocation", "global")[0].structured.allocation == "global"
+    depth = parse("--structure", "blocks", "--remove", "4")[0].structured
+    assert (depth.remove, depth.ratio) == (4, None)
+    with pytest.raises(ValueError, match="unknown key 'ratios' in structured"):
+        StructuredRecipe.from_dict({"structured": {"ratios": 0.2}})
+    with pytest.raises(ValueError, match="allocation 'owl'"):
+        parse("--structure", "mlp", "--ratio", "0.2", "--allocation", "owl")
+    with pytest.raises(ValueError, match="ratio 1.0"):
+        StructuredStep(ratio=1.0)

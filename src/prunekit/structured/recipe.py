@@ -1,0 +1,131 @@
+"""Structured recipes: the same structured prune from CLI flags, Python or a YAML/JSON file.
+
+::
+
+    structured:
+      method: flap
+      structure: mlp,heads      # or a list; blocks alone takes remove: N (or ratio)
+      ratio: 0.2
+      allocation: global        # uniform | global | blocks; default: the method's own
+      round_to: 8
+      options: {bias_compensation: true}
+    calibration: {source: "brown:b-r", nsamples: 64, seqlen: 512, seed: 0}
+
+Unknown keys and bad values are one-line ``ValueError``s naming the key and the choices. The
+``calibration`` section is the one of :class:`prunekit.recipe.CalibrationConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunekit.recipe import CalibrationConfig
+
+
+@dataclass
+class StructuredStep:
+    method: str = "flap"  # a structured criterion (prunekit.structured.criteria.NAMES)
+    structure: str | list[str] = "mlp,heads"  # mlp, heads, blocks (comma string or list)
+    ratio: float | None = 0.2  # fraction of the structures' parameters removed
+    remove: int | None = None  # blocks to remove (structure blocks)
+    allocation: str | None = None  # uniform | global | blocks; None: the method's default
+    round_to: int = 8  # kept MLP widths are multiples of this
+    floor: float = 0.05  # global/blocks: every layer keeps at least this fraction of its units
+    bias_compensation: bool | None = None  # None: the method's default (FLAP: on)
+    options: dict = field(default_factory=dict)  # criterion options, e.g. {"beta": 0.5} for cfsp
+
+    def __post_init__(self) -> None:
+        from prunekit.structured.criteria import build_criterion
+        from prunekit.structured.prune import ALLOCATIONS
+        from prunekit.structured.cli import parse_structure
+
+        if isinstance(self.structure, (list, tuple)):
+            self.structure = ",".join(self.structure)
+        parts = parse_structure(self.structure)
+        if parts == ("blocks",) and self.remove is not None:
+            self.ratio = None  # remove N blocks: the ratio would be ignored
+        build_criterion(self.method, **self.options)  # unknown methods and options
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio {self.ratio} is outside [0, 1): it is the fraction of the structure's "
+                             "parameters removed")
+        if self.allocation is not None and self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation {self.allocation!r} is unknown; choose from {', '.join(ALLOCATIONS)}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`prunekit.structured.prune_structured`."""
+        return {"method": self.method, "structure": self.structure, "ratio": self.ratio, "remove": self.remove,
+                "allocation": self.allocation, "round_to": self.round_to, "floor": self.floor,
+                "bias_compensation": self.bias_compensation, **self.options}
+
+
+@dataclass
+class StructuredRecipe:
+    structured: StructuredStep = field(default_factory=StructuredStep)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StructuredRecipe:
+        if not isinstance(data, dict):
+            raise ValueError(f"a structured recipe must be a mapping, got {type(data).__name__}")
+        _reject_unknown(data, cls, "structured recipe")
+        step = data.get("structured", {})
+        _reject_unknown(step, StructuredStep, "structured")
+        calib = data.get("calibration", {})
+        _reject_unknown(calib, CalibrationConfig, "calibration")
+        return cls(StructuredStep(**step), CalibrationConfig(**calib))
+
+    def apply(self, model, tokenizer=None, progress: bool = False, statistics=None):
+        """Prune ``model`` in place; returns the :class:`~prunekit.structured.prune.StructuredResult`."""
+        from prunekit.structured.prune import prune_structured
+
+        c = self.calibration
+        return prune_structured(model, calibration=c.source, tokenizer=tokenizer, nsamples=c.nsamples,
+                                seqlen=c.seqlen, seed=c.seed, progress=progress, statistics=statistics,
+                                **self.structured.kwargs())
+
+
+def _reject_unknown(data, cls: type, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {data!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in allowed:
+            raise ValueError(f"unknown key {key!r} in {where} (choices: {', '.join(allowed)})")
+
+
+def is_structured_recipe(path: str | Path | None) -> bool:
+    """Whether the recipe file at ``path`` has a top-level ``structured`` section."""
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        data = _read(Path(path))
+    except Exception:  # noqa: BLE001 - a file that does not parse is not ours to judge here
+        return False
+    return isinstance(data, dict) and "structured" in data
+
+
+def load_structured_recipe(path: str | Path) -> StructuredRecipe:
+    """Read a structured recipe from a .yaml/.yml or .json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    return StructuredRecipe.from_dict(_read(path) or {})
+
+
+def _read(path: Path):
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
