@@ -73,3 +73,14 @@ def test_owl_ratios_mean_and_direction():
 def test_outlier_ratio_counts_entries_above_m_times_mean():
     s = torch.tensor([1.0] * 99 + [1000.0])
     assert outlier_ratio(s, 5.0) == pytest.approx(0.01)
+
+
+def test_lean_allocator_applies_on_glibc_once():
+    import platform
+
+    from prunekit.memory import lean_allocator, peak_rss_mb
+
+    on_glibc = platform.libc_ver()[0] == "glibc"
+    assert lean_allocator() is on_glibc  # mallopt accepted both settings
+    assert lean_allocator() is on_glibc  # and a second call changes nothing
+    assert 50 < peak_rss_mb() < 100_000  # MB, not KB or bytes

@@ -7,7 +7,6 @@ complete, pass the pruned outputs on -> report.
 
 from __future__ import annotations
 
-import resource
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from prunekit.calibration import BlockInputs, capture_block_inputs, run_block
 from prunekit.datasets.text import calibration_windows, describe_source
 from prunekit.masks import check_pattern_fits, global_ratios, outlier_ratio, owl_ratios, parse_pattern
 from prunekit.methods.base import LayerContext, LayerStats
+from prunekit.memory import lean_allocator, peak_rss_mb
 from prunekit.methods.wanda import wanda_scores
 from prunekit.models.adapters import Adapter, adapter_for, weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
@@ -73,10 +73,6 @@ class PruneResult:
         return "\n".join(lines)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def as_recipe(recipe=None, **step_fields) -> Recipe:
     """Accept a Recipe, a PruneStep, a dict, a recipe file path, or plain step fields."""
     if recipe is None:
@@ -105,6 +101,7 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     that device in turn while the model and activations stay where they are.
     """
     recipe = as_recipe(recipe, **step_fields)
+    lean_allocator()  # one malloc arena for the runner's threads (see memory.py)
     calib = recipe.calibration
     source = calib.source if calibration is None else calibration
     start = time.perf_counter()
