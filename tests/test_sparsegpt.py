@@ -86,3 +86,16 @@ def test_singular_hessian_recovers_with_damping():
     x = torch.randn(3, 8)  # 3 tokens for 8 inputs: rank-deficient
     u = inverse_hessian_factor(x.T @ x + 0.0, 0.01)
     assert torch.isfinite(u).all()
+
+
+@pytest.mark.parametrize("d", [16, 61, 576])
+def test_block_triangular_gram_equals_full_product(d):
+    torch.manual_seed(d)
+    stats = LayerStats(d, want_hessian=True)
+    chunks = [torch.randn(2, 37, d) for _ in range(3)]
+    for c in chunks:
+        stats.add(c, samples=2)
+    x = torch.cat(chunks).reshape(-1, d).double()
+    h = stats.full_hessian()
+    torch.testing.assert_close(h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
+    assert torch.equal(h, h.T)

@@ -63,7 +63,7 @@ class SparseGPT(Method):
     def prune_layer(self, weight, sparsity, pattern, ctx):
         rows, cols = weight.shape
         w = weight.float().clone()
-        hessian = ctx.stats.hessian.clone()
+        hessian = ctx.stats.full_hessian()
         dead = hessian.diagonal() == 0
         hessian[dead, dead] = 1.0
         w[:, dead] = 0.0
