@@ -38,6 +38,17 @@ def test_bad_flag_values_exit_2_with_one_line_naming_the_value(argv, named, caps
     assert named in err and err.startswith("prunekit train: error:")
 
 
+def test_existing_output_or_missing_folder_is_refused_before_training(tmp_path, capsys):
+    existing = tmp_path / "model.pt"
+    existing.write_bytes(b"keep me")
+    code, out, err = run_cli(["--output", str(existing)], capsys)
+    assert code == 2 and out == "" and str(existing) in err and len(err.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"keep me"
+    code, _, err = run_cli(["--output", str(tmp_path / "no" / "model.pt")], capsys)
+    assert code == 2 and "existing folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_bad_recipes_exit_2(tmp_path, capsys):
     bad_value = tmp_path / "r.yaml"
     bad_value.write_text("method: gradual\nsparsity: 2\n")
@@ -74,7 +85,7 @@ def test_recipe_plus_flag_override_trains_and_prunes_real_fashion_mnist(tmp_path
     assert result["method"] == "gradual"
     assert result["sparsity"] == pytest.approx(0.8, abs=1e-3)  # the flag won over the recipe
     assert result["accuracy"] > 0.3  # 16 steps on 1k real images: well above chance (0.1)
-    saved = torch.load(out_file, weights_only=False)
+    saved = torch.load(out_file, weights_only=True)
     for name, mask in saved["masks"].items():
         weight = saved["model"][f"{name}.weight"]
         assert torch.all(weight[~mask] == 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(0 <= c["prune_start"] < 1, "prune_start", "in [0, 1)")
     need(c["prune_start"] < c["prune_end"] <= 1, "prune_end", f"in ({c['prune_start']}, 1]")
     need(c["frequency"] >= 1, "frequency", ">= 1")
+    if c["output"] is not None:  # checked before training: an hour of work must not end in a refusal
+        out = os.path.abspath(c["output"])
+        need(not os.path.exists(out), "output", "a path that does not exist yet (nothing is overwritten)")
+        need(os.path.isdir(os.path.dirname(out)), "output", "in an existing folder")
     need(0 <= c["floor"] <= 1 - c["sparsity"], "floor", f"in [0, 1 - sparsity] = [0, {1 - c['sparsity']:.4g}]")
     need(c["rounds"] >= 1, "rounds", ">= 1")
     need(c["rate"] is None or 0 < c["rate"] < 1, "rate", "in (0, 1)")
@@ -238,7 +243,10 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     result["sparsity"] = pruner.sparsity() if pruner is not None else 0.0
     if c["output"]:
         state = {"model": model.state_dict(), "masks": pruner.masks if pruner else {}, "config": c}
-        torch.save(state, c["output"])
+        out = os.path.abspath(c["output"])
+        tmp = f"{out}.tmp-{os.getpid()}"  # written beside the target, then renamed: never half a file
+        torch.save(state, tmp)
+        os.replace(tmp, out)
         result["output"] = c["output"]
     return result
 
