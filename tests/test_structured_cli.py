@@ -133,3 +133,19 @@ def test_structured_recipe_yaml_python_and_flags_agree(tmp_path):
         parse("--structure", "mlp", "--ratio", "0.2", "--allocation", "owl")
     with pytest.raises(ValueError, match="ratio 1.0"):
         StructuredStep(ratio=1.0)
+
+
+def test_a_structured_recipe_alone_takes_the_structured_branch(tmp_path, monkeypatch):
+    import prunekit.structured.cli as structured_cli
+
+    seen = []
+    monkeypatch.setattr(structured_cli, "run_prune", lambda args: seen.append(args.recipe) or 0)
+    path = tmp_path / "s.yaml"
+    path.write_text("structured: {method: flap, structure: mlp, ratio: 0.2}\n")
+    assert main(["prune", "--model", "m", "--recipe", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert seen == [str(path)]
+    unstructured = tmp_path / "u.yaml"
+    unstructured.write_text("steps: [{method: magnitude, sparsity: 0.5}]\n")
+    assert main(["prune", "--model", str(tmp_path / "missing"), "--recipe", str(unstructured),
+                 "--out", str(tmp_path / "o2")]) == 2  # the one-shot branch: missing model, exit 2
+    assert seen == [str(path)]

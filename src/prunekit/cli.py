@@ -128,7 +128,9 @@ def recipe_from_args(args):
 
 
 def cmd_prune(args) -> int:
-    if args.structure:
+    from prunekit.structured.recipe import is_structured_recipe
+
+    if args.structure or is_structured_recipe(args.recipe):  # physical removal: prunekit.structured
         from prunekit.structured.cli import run_prune
 
         return run_prune(args)
