@@ -88,51 +88,35 @@ class SparseGPT(Method):
         remaining columns must absorb (W[:, i2:] -= E @ Hinv[i1:i2, i2:])."""
         d = hinv1.diagonal()
         if pattern.kind == "n:m":
-            return _solve_nm(w1, hinv1, pattern)
-        if pattern.kind == "unstructured":
+            mask1 = None  # chosen group by group from the weights updated so far
+        elif pattern.kind == "unstructured":
             k = block_quota(sparsity * rows, i1, i2)
             mask1 = lowest_k((w1.pow(2) / d.pow(2)).reshape(-1), k).reshape(w1.shape)
         else:
             mask1 = lowest_k(w1.pow(2) / d.pow(2), block_quota(sparsity, i1, i2), dim=1)
-        err = obs_errors(w1, hinv1, mask1)
-        return apply_errors(w1, hinv1, err, mask1), mask1, err
+        return obs_columns(w1, hinv1, mask1, pattern)
 
 
-def obs_errors(w1: torch.Tensor, hinv1: torch.Tensor, mask1: torch.Tensor, row_chunk: int = 256) -> torch.Tensor:
-    """The OBS errors of pruning ``mask1`` column by column, all at once.
-
-    Column by column, e_i = m_i * (w_i - sum_{j<i} e_j U_ji) / U_ii with U = ``hinv1`` upper
-    triangular: for each row this is the triangular system E_r A_r = (W * M)_r, where A_r keeps
-    U on the row's pruned positions and the identity elsewhere. Solving the rows as one batched
-    triangular solve replaces SparseGPT's per-column Python loop with the same arithmetic.
-    """
-    err = torch.empty_like(w1)
-    eye = torch.eye(w1.shape[1], dtype=w1.dtype, device=w1.device)
-    for r0 in range(0, w1.shape[0], row_chunk):
-        m = mask1[r0 : r0 + row_chunk].to(w1.dtype)
-        a = hinv1.unsqueeze(0) * (m.unsqueeze(2) * m.unsqueeze(1)) + eye * (1 - m).unsqueeze(2)
-        b = (w1[r0 : r0 + row_chunk] * m).unsqueeze(1)
-        err[r0 : r0 + row_chunk] = torch.linalg.solve_triangular(a, b, upper=True, left=False).squeeze(1)
-    return err
-
-
-def apply_errors(w1: torch.Tensor, hinv1: torch.Tensor, err: torch.Tensor, mask1: torch.Tensor) -> torch.Tensor:
-    """Kept weights after absorbing the errors of the pruned columns before them; pruned ones zero."""
-    return (w1 - err @ torch.triu(hinv1, diagonal=1)).masked_fill_(mask1, 0.0)
-
-
-def _solve_nm(w1, hinv1, pattern):
-    """N:M: choose each group's mask from the weights updated so far, solve it, update the rest."""
-    mask1 = torch.zeros_like(w1, dtype=torch.bool)
-    err = torch.zeros_like(w1)
+def obs_columns(w1: torch.Tensor, hinv1: torch.Tensor, mask1: torch.Tensor | None, pattern) -> tuple:
+    """SparseGPT's lazy-batch column loop over one block (Alg. 1): prune column i, spread its OBS
+    error e_i = w_i / U_ii over the block's later columns (a rank-1 update with row i of the upper
+    Cholesky factor U of H^-1). With ``mask1=None`` (N:M) each group's mask is chosen when the loop
+    reaches it, from the weights updated so far. Returns (pruned block, mask, errors)."""
     d = hinv1.diagonal()
-    for g in range(0, w1.shape[1], pattern.m):
-        h = slice(g, g + pattern.m)
-        mask1[:, h] = lowest_k(w1[:, h].pow(2) / d[h].pow(2), pattern.n, dim=1)
-        err[:, h] = obs_errors(w1[:, h], hinv1[h, h], mask1[:, h])
-        w1[:, h] = apply_errors(w1[:, h], hinv1[h, h], err[:, h], mask1[:, h])
-        w1[:, g + pattern.m :] -= err[:, h] @ hinv1[h, g + pattern.m :]
-    return w1, mask1, err
+    err = torch.zeros_like(w1)
+    if mask1 is None:
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        groups = pattern.m
+    else:
+        groups = 0
+    for i in range(w1.shape[1]):
+        if groups and i % groups == 0:
+            g = slice(i, i + groups)
+            mask1[:, g] = lowest_k(w1[:, g].pow(2) / d[g].pow(2), pattern.n, dim=1)
+        e = w1[:, i].masked_fill(~mask1[:, i], 0.0).div_(d[i])
+        w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
+        err[:, i] = e
+    return w1.masked_fill_(mask1, 0.0), mask1, err
 
 
 __all__ = ["SparseGPT", "inverse_hessian_factor", "n_pruned"]
