@@ -1,4 +1,4 @@
-"""SparseGPT's batched solver against a direct transcription of the column loop (Alg. 1)."""
+"""SparseGPT's solver against a direct transcription of the column loop (Alg. 1), and its Hessian."""
 
 import pytest
 import torch
@@ -40,7 +40,7 @@ def column_loop_reference(w, hessian, sparsity, pattern, blocksize, percdamp=0.0
 
 
 @pytest.mark.parametrize("spec", ["unstructured", "per-row", "2:4", "4:8"])
-def test_batched_solver_equals_column_loop(spec):
+def test_solver_equals_column_loop_reference(spec):
     torch.manual_seed(0)
     x = torch.randn(3000, 64) * torch.rand(64) * 3
     w = torch.randn(48, 64)
