@@ -119,7 +119,7 @@ def write_report(log: Path, meta: dict, md: Path, png: Path) -> None:
         (f"Test accuracy (%) on the {n_test:,} test images, mean ± std (population std) over seeds "
         f"{meta['seeds']}; training set {n_train:,}; budget: equal epochs ({meta['epochs']} passes over whatever is kept, "
         f"batch {BATCH}, SGD + Nesterov + one-cycle lr {LR}, gradient norm clipped at 5). Threads: {meta['threads']}. "
-        f"Wall time of the whole table: {meta['wall_min']:.1f} min (shared 2-core CPU)."),
+        f"Wall time of the whole table: {meta['wall_min']:.1f} min (shared 2-core CPU){meta.get('wall_note', '')}."),
         "",
         (f"Scores come from full-data runs of {meta['score_epochs']} epochs (seeds {meta['score_seeds']}, "
          f"averaged); those runs are also the KD teachers (test accuracy {meta['teacher_acc']})."),
