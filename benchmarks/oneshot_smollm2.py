@@ -37,6 +37,10 @@ CONFIGS = {  # in order of importance: a partial run still answers the main ques
     "sparsegpt-70": dict(method="sparsegpt", sparsity=0.7, pattern="unstructured"),
 }
 TIMED = ("wanda-50", "sparsegpt-50")
+# llm-compressor 0.14 on the same protocol and 2-core machine, as measured in the foundation issue
+# (its text cleaning gave dense perplexity 39.2; compare perplexities as ratios to each one's dense)
+LLMC = {"dense": 39.2, "wanda-50": (84.9, 298.0), "sparsegpt-50": (72.7, 363.0), "magnitude-50": (618.5, None),
+        "peak_rss_mb": 1180.0}
 
 
 def child(name: str, threads: int, evaluate: bool) -> dict:
@@ -90,13 +94,14 @@ def table(quality: dict, timing: dict, threads: int) -> str:
         "torch thread(s). Perplexity on Brown press (first 32 x 512 tokens); "
         "calibration 64 x 512 tokens of Brown genres b-r at offsets drawn with seed 0.",
         "",
-        "| config | perplexity | x dense | prune time (s) | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|",
+        "| config | perplexity | x dense | prune time (s) |",
+        "|---|---:|---:|---:|",
     ]
     for name, r in quality.items():
         t = "" if "prune_s" not in r else f"{r['prune_s']:.0f}*"
-        lines.append(f"| {name} | {r['perplexity']:.1f} | {r['perplexity'] / dense:.2f} | {t} | {r['peak_rss_mb']:.0f}* |")
-    lines += ["", "\\* single run while other jobs shared the 2 cores: indicative only; see the timing table.", ""]
+        lines.append(f"| {name} | {r['perplexity']:.1f} | {r['perplexity'] / dense:.2f} | {t} |")
+    lines += ["", "\\* single run, 1 thread, while other jobs shared the 2 cores: indicative only; time and "
+              "peak memory are measured in the timing table below.", ""]
     if forward:
         lines += [
             f"Timing on an otherwise idle machine with {timing.get('threads', threads)} torch threads "
@@ -112,7 +117,33 @@ def table(quality: dict, timing: dict, threads: int) -> str:
             if r:
                 runs = ", ".join(f"{x:.0f}" for x in r["runs"])
                 lines.append(f"| {name} | {r['median']:.1f} | {runs} | {r['median'] / forward:.2f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", *comparison(quality, timing)]
     return "\n".join(lines)
+
+
+def comparison(quality: dict, timing: dict) -> list[str]:
+    """prunekit next to llm-compressor 0.14 (numbers from the foundation issue, same protocol/machine)."""
+    dense = quality["dense"]["perplexity"]
+    lines = ["Side by side with llm-compressor 0.14 (its numbers as measured in the foundation issue on "
+             f"this protocol and machine; its dense perplexity was {LLMC['dense']}, ours {dense:.2f} from "
+             "different whitespace handling of the Brown text, so compare the x-dense ratios):", "",
+             "| 50% unstructured | prunekit ppl (x dense) | llm-compressor ppl (x dense) | prunekit time (s) "
+             "| llm-compressor time (s) | time ratio |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("wanda-50", "sparsegpt-50", "magnitude-50"):
+        if name not in quality:
+            continue
+        ppl, ref = quality[name]["perplexity"], LLMC[name]
+        ours_t = timing.get(name, {}).get("median")
+        t = f"{ours_t:.0f}" if ours_t else ""
+        ref_t = f"{ref[1]:.0f}" if ref[1] else ""
+        ratio = f"{ours_t / ref[1]:.2f}" if ours_t and ref[1] else ""
+        lines.append(f"| {name} | {ppl:.1f} ({ppl / dense:.2f}) | {ref[0]:.1f} ({ref[0] / LLMC['dense']:.2f}) "
+                     f"| {t} | {ref_t} | {ratio} |")
+    peaks = [timing[n]["peak_rss_mb"] for n in TIMED if n in timing]
+    if peaks:
+        lines += ["", f"Peak RSS (model load + pruning, max over the timed runs): prunekit {max(peaks):.0f} MB, "
+                  f"llm-compressor {LLMC['peak_rss_mb']:.0f} MB."]
+    return lines
 
 
 def main() -> None:
