@@ -95,20 +95,21 @@ class Recipe:
     def from_dict(cls, data: dict) -> Recipe:
         if not isinstance(data, dict):
             raise ValueError(f"a recipe must be a mapping, got {type(data).__name__}")
-        _reject_unknown(data, cls, "recipe")
+        reject_unknown_keys(data, cls, "recipe")
         steps = data.get("steps", [{}])
         if isinstance(steps, dict):
             steps = [steps]
         parsed = []
         for i, step in enumerate(steps):
-            _reject_unknown(step, PruneStep, f"steps[{i}]")
+            reject_unknown_keys(step, PruneStep, f"steps[{i}]")
             parsed.append(PruneStep(**step))
         calib = data.get("calibration", {})
-        _reject_unknown(calib, CalibrationConfig, "calibration")
+        reject_unknown_keys(calib, CalibrationConfig, "calibration")
         return cls(steps=parsed, calibration=CalibrationConfig(**calib))
 
 
-def _reject_unknown(data: dict, cls: type, where: str) -> None:
+def reject_unknown_keys(data: dict, cls: type, where: str) -> None:
+    """A one-line ValueError naming the first key of ``data`` that is not a field of ``cls``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {data!r}")
     allowed = [f.name for f in dataclasses.fields(cls)]
@@ -117,16 +118,19 @@ def _reject_unknown(data: dict, cls: type, where: str) -> None:
             raise ValueError(f"unknown key {key!r} in {where} (choices: {', '.join(allowed)})")
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe from a .yaml/.yml or .json file."""
+def read_recipe_file(path: str | Path):
+    """The parsed content of a .json or YAML recipe file (``FileNotFoundError`` naming a missing one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+        return json.loads(text)
+    import yaml
 
-        data = yaml.safe_load(text)
-    return Recipe.from_dict(data or {})
+    return yaml.safe_load(text)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe from a .yaml/.yml or .json file."""
+    return Recipe.from_dict(read_recipe_file(path) or {})

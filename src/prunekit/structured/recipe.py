@@ -18,11 +18,10 @@ Unknown keys and bad values are one-line ``ValueError``s naming the key and the 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunekit.recipe import CalibrationConfig
+from prunekit.recipe import CalibrationConfig, read_recipe_file, reject_unknown_keys
 
 
 @dataclass
@@ -77,11 +76,11 @@ class StructuredRecipe:
     def from_dict(cls, data: dict) -> StructuredRecipe:
         if not isinstance(data, dict):
             raise ValueError(f"a structured recipe must be a mapping, got {type(data).__name__}")
-        _reject_unknown(data, cls, "structured recipe")
+        reject_unknown_keys(data, cls, "structured recipe")
         step = data.get("structured", {})
-        _reject_unknown(step, StructuredStep, "structured")
+        reject_unknown_keys(step, StructuredStep, "structured")
         calib = data.get("calibration", {})
-        _reject_unknown(calib, CalibrationConfig, "calibration")
+        reject_unknown_keys(calib, CalibrationConfig, "calibration")
         return cls(StructuredStep(**step), CalibrationConfig(**calib))
 
     def apply(self, model, tokenizer=None, progress: bool = False, statistics=None):
@@ -94,21 +93,12 @@ class StructuredRecipe:
                                 **self.structured.kwargs())
 
 
-def _reject_unknown(data, cls: type, where: str) -> None:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {data!r}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in allowed:
-            raise ValueError(f"unknown key {key!r} in {where} (choices: {', '.join(allowed)})")
-
-
 def is_structured_recipe(path: str | Path | None) -> bool:
     """Whether the recipe file at ``path`` has a top-level ``structured`` section."""
     if not path or not Path(path).is_file():
         return False
     try:
-        data = _read(Path(path))
+        data = read_recipe_file(path)
     except Exception:  # noqa: BLE001 - a file that does not parse is not ours to judge here
         return False
     return isinstance(data, dict) and "structured" in data
@@ -116,16 +106,4 @@ def is_structured_recipe(path: str | Path | None) -> bool:
 
 def load_structured_recipe(path: str | Path) -> StructuredRecipe:
     """Read a structured recipe from a .yaml/.yml or .json file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
-    return StructuredRecipe.from_dict(_read(path) or {})
-
-
-def _read(path: Path):
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
-    import yaml
-
-    return yaml.safe_load(text)
+    return StructuredRecipe.from_dict(read_recipe_file(path) or {})
