@@ -152,8 +152,8 @@ def main() -> None:
     ap.add_argument("--phase", choices=("quality", "timing", "table"), default="quality")
     ap.add_argument("--repeats", type=int, default=3, help="timing runs per timed config (median)")
     ap.add_argument("--only", default=None, help="comma list of configs (quality phase)")
-    ap.add_argument("--timed", default=None, help="timing phase: re-time only these configs (comma list), "
-                    "keeping the rest of the stored timing")
+    ap.add_argument("--timed", default=None, help="timing phase: re-time only these configs (comma list; "
+                    "'dense' = the forward-pass reference), keeping the rest of the stored timing")
     ap.add_argument("--fresh", action="store_true", help="recompute rows already in the results file")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "oneshot_smollm2"))
     ap.add_argument("--child", default=None)
@@ -173,14 +173,15 @@ def main() -> None:
             print(json.dumps(raw["quality"][name]), flush=True)
             raw_path.write_text(json.dumps(raw, indent=1) + "\n")
     elif args.phase == "timing":
-        timing = raw["timing"] if args.timed else {}
-        if not args.timed:
-            forwards = [run_child("dense", args.threads, False)["forward_s"] for _ in range(args.repeats)]
-            timing = {"repeats": args.repeats, "threads": args.threads, "forward_s": statistics.median(forwards),
-                      "forward_runs": forwards}
-        elif timing.get("threads") != args.threads or timing.get("repeats") != args.repeats:
+        names = args.timed.split(",") if args.timed else ["dense", *TIMED]
+        timing = raw["timing"] if args.timed else {"repeats": args.repeats, "threads": args.threads}
+        if timing.get("threads") != args.threads or timing.get("repeats") != args.repeats:
             raise SystemExit("--timed re-times configs of an earlier timing phase: use its --threads and --repeats")
-        for name in args.timed.split(",") if args.timed else TIMED:
+        if "dense" in names:  # the reference: one plain forward pass of the calibration set
+            forwards = [run_child("dense", args.threads, False)["forward_s"] for _ in range(args.repeats)]
+            timing.update(forward_s=statistics.median(forwards), forward_runs=forwards)
+            print(json.dumps({"forward_runs": forwards}), flush=True)
+        for name in [n for n in names if n != "dense"]:
             runs = [run_child(name, args.threads, False) for _ in range(args.repeats)]
             timing[name] = {"runs": [r["prune_s"] for r in runs], "median": statistics.median(r["prune_s"] for r in runs),
                             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
