@@ -32,12 +32,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def lean_allocator(mmap_threshold: int = 4 << 20) -> bool:
-    """Cap glibc malloc at one arena and mmap large buffers; a no-op off glibc or when
-    ``PRUNEKIT_KEEP_MALLOC=1``. Returns whether the settings were applied (once per process)."""
+def lean_allocator(mmap_threshold: int | None = None) -> bool:
+    """Cap glibc malloc at one arena and mmap buffers of ``mmap_threshold`` bytes or more (default:
+    ``PRUNEKIT_MMAP_THRESHOLD_MB``, else 4 MB); a no-op off glibc or when ``PRUNEKIT_KEEP_MALLOC=1``.
+    Returns whether the settings were applied (once per process)."""
     global _applied
     if _applied or os.environ.get("PRUNEKIT_KEEP_MALLOC") == "1":
         return _applied
+    if mmap_threshold is None:
+        mmap_threshold = int(float(os.environ.get("PRUNEKIT_MMAP_THRESHOLD_MB", "4")) * (1 << 20))
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
