@@ -142,7 +142,12 @@ def comparison(quality: dict, timing: dict) -> list[str]:
     peaks = [timing[n]["peak_rss_mb"] for n in TIMED if n in timing]
     if peaks:
         lines += ["", f"Peak RSS (model load + pruning, max over the timed runs): prunekit {max(peaks):.0f} MB, "
-                  f"llm-compressor {LLMC['peak_rss_mb']:.0f} MB."]
+                  f"llm-compressor {LLMC['peak_rss_mb']:.0f} MB. The fp32 weights (540 MB) and the torch + "
+                  "transformers runtime (~300-400 MB) come first; the lock-step runner then holds every "
+                  "calibration chunk's activations at a layer barrier (the down_proj input alone is 200 MB at "
+                  "64 x 512), the price of computing each matmul once. The glibc allocator setting trades time "
+                  "for memory (see src/prunekit/memory.py: Wanda 69.9 s / 1960 MB with "
+                  "PRUNEKIT_MMAP_THRESHOLD_MB=16, 92.4 s / 1553 MB with 1; glibc defaults 72.6 s / 3082 MB)."]
     return lines
 
 
