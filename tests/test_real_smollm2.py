@@ -71,3 +71,23 @@ def test_wanda_end_to_end_and_plain_reload(model, calib, smollm2_tokenizer, smol
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         assert torch.equal(pruned(ev[:1]).logits, reloaded(ev[:1]).logits)
+
+
+def test_demo_prunes_evaluates_and_saves_a_reloadable_model(smollm2_path, tmp_path, capsys):
+    """The README's first command, on fewer windows: dense vs pruned perplexity, 50% sparsity, saved."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.cli import main
+    from prunekit.io import read_manifest
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--nsamples", "4", "--nwindows", "2", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert 20 < report["dense_perplexity"] < report["pruned_perplexity"] < 50 * report["dense_perplexity"]
+    assert read_manifest(out)["demo"] is True
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    down = reloaded.model.layers[3].mlp.down_proj.weight
+    assert (down == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
