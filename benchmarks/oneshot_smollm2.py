@@ -100,7 +100,7 @@ def table(quality: dict, timing: dict, threads: int) -> str:
     for name, r in quality.items():
         t = "" if "prune_s" not in r else f"{r['prune_s']:.0f}*"
         lines.append(f"| {name} | {r['perplexity']:.1f} | {r['perplexity'] / dense:.2f} | {t} |")
-    lines += ["", "\\* single run, 1 thread, while other jobs shared the 2 cores: indicative only; time and "
+    lines += ["", "\\* single run while other jobs shared the 2 cores: indicative only; time and "
               "peak memory are measured in the timing table below.", ""]
     if forward:
         lines += [
