@@ -96,3 +96,12 @@ def test_lowest_k_equals_a_stable_sort_with_many_ties(shape, dim):
         order = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
         expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(dim, order, True)
         assert torch.equal(lowest_k(scores, k, dim), expected)
+
+
+def test_bad_mmap_threshold_setting_is_a_clear_error(monkeypatch):
+    import prunekit.memory as memory
+
+    monkeypatch.setattr(memory, "_applied", False)
+    monkeypatch.setenv("PRUNEKIT_MMAP_THRESHOLD_MB", "lots")
+    with pytest.raises(ValueError, match="PRUNEKIT_MMAP_THRESHOLD_MB.*'lots'"):
+        memory.lean_allocator()

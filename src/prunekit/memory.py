@@ -40,7 +40,11 @@ def lean_allocator(mmap_threshold: int | None = None) -> bool:
     if _applied or os.environ.get("PRUNEKIT_KEEP_MALLOC") == "1":
         return _applied
     if mmap_threshold is None:
-        mmap_threshold = int(float(os.environ.get("PRUNEKIT_MMAP_THRESHOLD_MB", "4")) * (1 << 20))
+        setting = os.environ.get("PRUNEKIT_MMAP_THRESHOLD_MB", "4")
+        try:
+            mmap_threshold = int(float(setting) * (1 << 20))
+        except ValueError:
+            raise ValueError(f"PRUNEKIT_MMAP_THRESHOLD_MB must be a number of MB, got {setting!r}") from None
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")

@@ -16,8 +16,8 @@ class LayerStats:
 
     ``sq_norms[j]`` = sum over tokens of X[:, j]^2 (Wanda's ||X_j||^2); ``full_hessian()`` = X^T X
     (SparseGPT's H, before the 2/n scaling that cancels in the solver). X^T X is symmetric, so only
-    its upper block-triangle is accumulated (``gram_upper``): 8 row blocks cost ~56% of a full
-    product, which matters because the Hessians cost almost as much as the calibration forward.
+    its upper block-triangle is accumulated (``gram_upper``): 8 row blocks took ~59% of a full
+    product's time, which matters because the Hessians cost almost as much as the calibration forward.
     """
 
     in_features: int
