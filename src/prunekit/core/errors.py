@@ -1,0 +1,22 @@
+"""The one error class of prunekit: a bad input or a refused operation.
+
+The CLI prints it as one line (``prunekit <command>: error: <message>``) and exits with code 2;
+the Python API raises it. It is a ``ValueError`` so that callers catching ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PrunekitError(ValueError):
+    """A bad value, a missing file, a refused output: the message names the value and the choices."""
+
+
+def unknown_choice(kind: str, name: object, choices: Iterable[str]) -> PrunekitError:
+    """``unknown <kind> 'x'; did you mean 'y'? (choices: ...)``."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return PrunekitError(f"unknown {kind} {name!r}{hint} (choices: {', '.join(choices) or 'none'})")
