@@ -14,9 +14,10 @@ class PrunekitError(ValueError):
     """A bad value, a missing file, a refused output: the message names the value and the choices."""
 
 
-def unknown_choice(kind: str, name: object, choices: Iterable[str]) -> PrunekitError:
-    """``unknown <kind> 'x'; did you mean 'y'? (choices: ...)``."""
+def unknown_choice(kind: str, name: object, choices: Iterable[str], where: str = "") -> PrunekitError:
+    """``unknown <kind> 'x' [of <where>]; did you mean 'y'? (choices: ...)``."""
     choices = sorted(choices)
     close = difflib.get_close_matches(str(name), choices, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return PrunekitError(f"unknown {kind} {name!r}{hint} (choices: {', '.join(choices) or 'none'})")
+    of = f" of {where}" if where else ""
+    return PrunekitError(f"unknown {kind} {name!r}{of}{hint} (choices: {', '.join(choices) or 'none'})")
