@@ -10,10 +10,10 @@ from prunekit.io import save_pretrained
 from prunekit.models import adapter_for
 from prunekit.models.adapters import weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
-from prunekit.registry import method_names
+from prunekit.core.registry import METHODS as REGISTRY
 from tests.conftest import FAMILIES, tiny_model, tiny_windows
 
-METHODS = method_names()
+METHODS = REGISTRY.names()
 
 
 def recipe(method, **kw):
@@ -77,7 +77,7 @@ def test_every_layer_is_calibrated_on_pruned_upstream_outputs():
     proof that every layer saw the outputs of the layers pruned before it."""
     model = tiny_model("llama")
     seen = {}
-    from prunekit.methods.wanda import Wanda
+    from prunekit.oneshot.wanda import Wanda
 
     original = Wanda.prune_layer
 

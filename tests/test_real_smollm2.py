@@ -7,10 +7,11 @@ import prunekit
 from prunekit.datasets.text import calibration_windows, evaluation_windows
 from prunekit.evaluate.perplexity import window_nlls
 from prunekit.masks import parse_pattern
-from prunekit.methods.base import LayerContext, LayerStats
+from prunekit.core.stats import LayerStats
+from prunekit.oneshot.base import LayerContext
 from prunekit.models import adapter_for, load_model
 from prunekit.models.adapters import weight_view
-from prunekit.registry import build_method
+from prunekit.core.registry import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude(model, calib
     errors = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
         new = w.clone()
-        mask = build_method(method).prune_layer(new, 0.5, parse_pattern("per-row"), LayerContext(layer, stats))
+        mask = METHODS.build(method).prune_layer(new, 0.5, parse_pattern("per-row"), LayerContext(layer, stats))
         new[mask] = 0
         assert ((new == 0).sum(dim=1) >= w.shape[1] // 2).all()
         errors[method] = (x @ (w - new).T).norm().item()

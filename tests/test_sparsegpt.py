@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from prunekit.masks import lowest_k, parse_pattern
-from prunekit.methods.base import LayerContext, LayerStats
-from prunekit.methods.sparsegpt import HessianNotPositiveDefinite, SparseGPT, block_quota, inverse_hessian_factor
+from prunekit.core.stats import LayerStats
+from prunekit.oneshot.base import LayerContext
+from prunekit.oneshot.sparsegpt import HessianNotPositiveDefinite, SparseGPT, block_quota, inverse_hessian_factor
 
 
 def column_loop_reference(w, hessian, sparsity, pattern, blocksize, percdamp=0.01):

@@ -19,8 +19,9 @@ from prunekit.calibration import BlockInputs, capture_block_inputs, run_block
 from prunekit.datasets.text import calibration_windows, describe_source
 from prunekit.masks import check_pattern_fits, global_ratios, outlier_ratio, owl_ratios, parse_pattern
 from prunekit.memory import lean_allocator, peak_rss_mb
-from prunekit.methods.base import LayerContext, LayerStats
-from prunekit.methods.wanda import wanda_scores
+from prunekit.core.stats import LayerStats
+from prunekit.oneshot.base import LayerContext
+from prunekit.oneshot.wanda import wanda_scores
 from prunekit.models.adapters import Adapter, adapter_for, weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
 from prunekit.targets import select_layers

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.methods.base import LayerStats
+from prunekit.core.stats import LayerStats
 
 
 class _StopForward(Exception):

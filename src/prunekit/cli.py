@@ -31,9 +31,9 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
-    from prunekit.registry import method_names
+    from prunekit.core.registry import METHODS
 
-    p.add_argument("--method", default=None, help=f"one of: {', '.join(method_names())} (default wanda)")
+    p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights pruned per layer (default 0.5)")
     p.add_argument("--pattern", default=None, help="unstructured | per-row | N:M such as 2:4 (N pruned of every M)")
     p.add_argument("--allocation", default=None, help="uniform | global | owl (layer-wise sparsity)")

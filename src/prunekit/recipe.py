@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunekit.masks import check_sparsity, parse_pattern
-from prunekit.registry import build_method, method_names, unknown_name_error
+from prunekit.core.errors import unknown_choice
+from prunekit.core.registry import METHODS
 from prunekit.targets import validate_selectors
 
 ALLOCATIONS = ("uniform", "global", "owl")
@@ -41,11 +42,10 @@ class PruneStep:
     seed: int = 0  # for random scores
 
     def __post_init__(self) -> None:
-        if self.method not in method_names():
-            raise unknown_name_error("method", self.method, method_names())
-        build_method(self.method, self.options)  # validates option keys
+        self.method = METHODS.canonical(self.method)
+        self.options = METHODS.check(self.method, self.options)  # option keys, types and ranges
         if self.pattern is None:
-            self.pattern = build_method(self.method, self.options).default_pattern
+            self.pattern = METHODS.get(self.method).default_pattern
         pattern = parse_pattern(self.pattern)
         if self.sparsity is None:
             self.sparsity = pattern.sparsity if pattern.sparsity is not None else 0.5
@@ -56,7 +56,7 @@ class PruneStep:
                 "drop --sparsity or make them agree"
             )
         if self.allocation not in ALLOCATIONS:
-            raise unknown_name_error("allocation", self.allocation, list(ALLOCATIONS))
+            raise unknown_choice("allocation", self.allocation, ALLOCATIONS)
         if self.allocation != "uniform" and pattern.kind == "n:m":
             raise ValueError(f"allocation {self.allocation!r} needs per-layer ratios; it cannot be used with N:M")
         if not 0 <= self.owl_lambda < 1:
@@ -65,7 +65,7 @@ class PruneStep:
         validate_selectors(self.ignore, "ignore")
 
     def build(self):
-        return build_method(self.method, self.options)
+        return METHODS.build(self.method, self.options)
 
 
 @dataclass

@@ -3,10 +3,10 @@
 When a batch of training data is at hand, the pruner can rank weights with the foundation's
 calibration-based scores instead of |W| alone:
 
-* ``wanda`` — |W_ij| · ||X_j||₂ (Sun et al. 2023; :func:`prunekit.methods.wanda.wanda_scores`),
+* ``wanda`` — |W_ij| · ||X_j||₂ (Sun et al. 2023; :func:`prunekit.oneshot.wanda.wanda_scores`),
   where X_j is input feature j of the layer over the calibration batch.
 * ``gblm`` — |W_ij| · (α · G_ij + ||X_j||₂) (Das et al. 2023; α from
-  :class:`prunekit.methods.gblm.GBLM`), G_ij = sqrt(Σ_samples g_ij²) with g the gradient of each
+  :class:`prunekit.oneshot.gblm.GBLM`), G_ij = sqrt(Σ_samples g_ij²) with g the gradient of each
   sample's own loss.
 
 Both are recomputed from the *current* model every time the masks are updated, so a gradual
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from prunekit.methods.base import LayerStats
+from prunekit.core.stats import LayerStats
 
 DATA_CRITERIA = ("wanda", "gblm")
 
@@ -119,8 +119,8 @@ def gradient_norms(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.
 def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str, calibration,
                 loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
     """Scores shaped like each layer's weight under ``wanda`` or ``gblm`` on the calibration batch."""
-    from prunekit.methods.gblm import GBLM
-    from prunekit.methods.wanda import wanda_scores
+    from prunekit.oneshot.gblm import GBLM
+    from prunekit.oneshot.wanda import wanda_scores
 
     if criterion not in DATA_CRITERIA:
         raise ValueError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")

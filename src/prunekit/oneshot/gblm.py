@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunekit.masks import mask_from_scores
-from prunekit.methods.base import Method
-from prunekit.registry import register
+from prunekit.core.registry import METHODS, option
+from prunekit.oneshot.base import Method
 
 
-@register
+@METHODS.register("gblm")
 @dataclass
 class GBLM(Method):
-    name = "gblm"
+    """|W| x (alpha ||grad W|| + ||X_j||): gradients and activations (Das et al. 2023)."""
+
     needs = frozenset({"norms", "gradients"})
     default_pattern = "per-row"
-    alpha: float = 100.0  # weight of the gradient term against the activation term
+    alpha: float = option(100.0, "weight of the gradient term against the activation term", min=0)
 
-    def prune_layer(self, weight, sparsity, pattern, ctx):
+    def scores(self, weight, ctx):
         activation_term = ctx.stats.column_norms().unsqueeze(0)
         grad = ctx.grad_norms.to(device=weight.device, dtype=weight.dtype)
-        scores = weight.abs() * (self.alpha * grad + activation_term)
-        return mask_from_scores(scores, sparsity, pattern)
+        return weight.abs() * (self.alpha * grad + activation_term)

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunekit.masks import mask_from_scores
-from prunekit.methods.base import Method
-from prunekit.registry import register
+from prunekit.core.registry import METHODS
+from prunekit.oneshot.base import Method
 
 
 def wanda_scores(weight, stats):
     return weight.abs() * stats.column_norms().unsqueeze(0)
 
 
-@register
+@METHODS.register("wanda")
 @dataclass
 class Wanda(Method):
-    name = "wanda"
+    """|W| x ||X_j||: weight magnitude times input activation norm (Sun et al. 2023)."""
+
     needs = frozenset({"norms"})
     default_pattern = "per-row"
 
-    def prune_layer(self, weight, sparsity, pattern, ctx):
-        return mask_from_scores(wanda_scores(weight, ctx.stats), sparsity, pattern)
+    def scores(self, weight, ctx):
+        return wanda_scores(weight, ctx.stats)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.masks import lowest_k, n_pruned
-from prunekit.methods.base import Method
-from prunekit.registry import register
+from prunekit.core.registry import METHODS, option
+from prunekit.oneshot.base import Method
 
 
 class HessianNotPositiveDefinite(RuntimeError):
@@ -52,13 +52,15 @@ def block_quota(total_per_unit: float, start: int, stop: int) -> int:
     return int(round(total_per_unit * stop)) - int(round(total_per_unit * start))
 
 
-@register
+@METHODS.register("sparsegpt")
 @dataclass
 class SparseGPT(Method):
-    name = "sparsegpt"
+    """OBS reconstruction with H = X^T X: prune and update the kept weights (Frantar & Alistarh 2023)."""
+
     needs = frozenset({"hessian"})
-    percdamp: float = 0.01  # damping as a fraction of the mean Hessian diagonal
-    blocksize: int = 128  # columns solved together (lazy batch updates, Sec. 3.4)
+    updates_weights = True
+    percdamp: float = option(0.01, "damping, as a fraction of the mean Hessian diagonal", min=0, max=10)
+    blocksize: int = option(128, "columns solved together (lazy batch updates, Sec. 3.4)", min=1)
 
     def prune_layer(self, weight, sparsity, pattern, ctx):
         rows, cols = weight.shape

@@ -1,13 +1,14 @@
-"""What every one-shot method shares: the statistics it may ask for, and the per-layer contract."""
+"""What calibration data tells about a layer: running statistics of its inputs.
+
+One statistics object serves every method that reads calibration inputs: Wanda's and GBLM's
+activation norms, SparseGPT's Hessian, and the structured criteria's channel statistics.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
-
-from prunekit.masks import Pattern
 
 
 @dataclass
@@ -54,34 +55,3 @@ class LayerStats:
     def column_norms(self) -> torch.Tensor:
         """sqrt of the per-sample mean of ||X_j||^2, the activation norm used by Wanda and GBLM."""
         return (self.sq_norms / max(self.samples, 1)).sqrt()
-
-
-@dataclass
-class LayerContext:
-    """Everything a method may use to prune one layer besides its weight."""
-
-    name: str
-    stats: LayerStats | None = None
-    grad_norms: torch.Tensor | None = None  # (out x in), for gradient-based methods
-    generator: torch.Generator | None = field(default=None, repr=False)
-
-
-class Method:
-    """A one-shot pruning method: a config dataclass with ``prune_layer``.
-
-    ``prune_layer`` receives the (out x in) weight (a view that writes through), the layer's target
-    sparsity and pattern, and a :class:`LayerContext`; it returns the bool mask of pruned weights.
-    Methods that reconstruct weights (SparseGPT) update ``weight`` in place; the runner zeroes the
-    masked entries afterwards in every case.
-    """
-
-    name: ClassVar[str]
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"norms", "hessian", "gradients"}
-    default_pattern: ClassVar[str] = "unstructured"
-
-    @property
-    def needs_calibration(self) -> bool:
-        return bool(self.needs)
-
-    def prune_layer(self, weight: torch.Tensor, sparsity: float, pattern: Pattern, ctx: LayerContext) -> torch.Tensor:
-        raise NotImplementedError

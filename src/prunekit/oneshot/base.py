@@ -1,0 +1,58 @@
+"""What every one-shot method shares: the per-layer contract and the statistics it may ask for.
+
+A method is a config dataclass registered in :data:`prunekit.core.registry.METHODS`. Most methods
+are a *criterion*: :meth:`Method.scores` rates every weight (lower = pruned first) and the core's
+:func:`~prunekit.core.masks.mask_from_scores` turns the scores into a mask under the pattern. A method
+that also updates the kept weights (SparseGPT) overrides :meth:`Method.prune_layer`. Training-time
+pruning reuses the same ``scores``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from prunekit.masks import Pattern, mask_from_scores
+from prunekit.core.stats import LayerStats
+
+NEEDS = frozenset({"norms", "hessian", "gradients"})
+
+
+@dataclass
+class LayerContext:
+    """Everything a method may use to prune one layer besides its weight."""
+
+    name: str
+    stats: LayerStats | None = None
+    grad_norms: torch.Tensor | None = None  # (out x in), for gradient-based methods
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+class Method:
+    """A one-shot pruning method.
+
+    ``needs`` declares the calibration statistics the method reads (a subset of :data:`NEEDS`):
+    ``norms`` (per-input-channel sums of squares), ``hessian`` (X^T X), ``gradients`` (per-weight
+    gradient norms). ``updates_weights`` says whether ``prune_layer`` changes the kept weights.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    default_pattern: ClassVar[str] = "unstructured"
+    updates_weights: ClassVar[bool] = False
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.needs)
+
+    def scores(self, weight: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """Importance of every weight of the (out x in) ``weight``: lower = pruned first."""
+        raise NotImplementedError(f"method {self.name!r} has no per-weight scores")
+
+    def prune_layer(self, weight: torch.Tensor, sparsity: float, pattern: Pattern, ctx: LayerContext) -> torch.Tensor:
+        """The bool mask of pruned weights (True = pruned) of the (out x in) ``weight``, a view that writes
+        through. A method that reconstructs weights updates ``weight`` in place; the runner zeroes
+        the masked entries afterwards in every case."""
+        return mask_from_scores(self.scores(weight, ctx), sparsity, pattern)
