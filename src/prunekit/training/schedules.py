@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from prunekit.core.errors import PrunekitError
+from prunekit.core.registry import SCHEDULES
+
 
 def _check_fraction(name: str, value: float, allow_one: bool = False) -> None:
     upper_ok = value <= 1.0 if allow_one else value < 1.0
@@ -34,6 +37,7 @@ def _quantize(step: int, start: int, end: int, frequency: int) -> int:
     return start + ((step - start) // frequency) * frequency
 
 
+@SCHEDULES.register("constant")
 @dataclass(frozen=True)
 class ConstantSparsity:
     """The same sparsity from ``start`` on (zero before)."""
@@ -47,7 +51,12 @@ class ConstantSparsity:
     def __call__(self, step: int) -> float:
         return self.sparsity if step >= self.start else 0.0
 
+    @classmethod
+    def from_window(cls, sparsity: float, start: int, end: int | None, frequency: int, initial: float):
+        return cls(sparsity, start)
 
+
+@SCHEDULES.register("oneshot")
 @dataclass(frozen=True)
 class OneShotSparsity:
     """Jump from zero to ``sparsity`` at step ``at`` (prune once, then keep the mask)."""
@@ -63,9 +72,24 @@ class OneShotSparsity:
     def __call__(self, step: int) -> float:
         return self.sparsity if step >= self.at else 0.0
 
+    @classmethod
+    def from_window(cls, sparsity: float, start: int, end: int | None, frequency: int, initial: float):
+        return cls(sparsity, start)
 
+
+class _Ramp:
+    """A schedule from ``initial`` at ``start`` to ``final`` at ``end``, updated every ``frequency`` steps."""
+
+    @classmethod
+    def from_window(cls, sparsity: float, start: int, end: int | None, frequency: int, initial: float):
+        if end is None:
+            raise PrunekitError(f"schedule {cls.name!r} needs an end step")
+        return cls(initial, sparsity, start, end, frequency)
+
+
+@SCHEDULES.register("linear")
 @dataclass(frozen=True)
-class LinearSparsity:
+class LinearSparsity(_Ramp):
     """Linear ramp from ``initial`` at ``start`` to ``final`` at ``end``, updated every ``frequency`` steps."""
 
     initial: float
@@ -87,8 +111,9 @@ class LinearSparsity:
         return self.initial + (self.final - self.initial) * progress
 
 
+@SCHEDULES.register("cubic", aliases=("agp",))
 @dataclass(frozen=True)
-class CubicSparsity:
+class CubicSparsity(_Ramp):
     """Automated gradual pruning (AGP), Zhu & Gupta 2017, "To prune, or not to prune", eq. (1).
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3   for t in {t0, t0 + dt, ..., t0 + n*dt},
@@ -135,14 +160,6 @@ Schedule = ConstantSparsity | OneShotSparsity | LinearSparsity | CubicSparsity
 
 def make_schedule(kind: str, sparsity: float, start: int = 0, end: int | None = None,
                   frequency: int = 1, initial: float = 0.0) -> Schedule:
-    """Build a schedule by name: ``constant``, ``oneshot``, ``linear`` or ``cubic`` (AGP)."""
-    if kind == "constant":
-        return ConstantSparsity(sparsity, start)
-    if kind == "oneshot":
-        return OneShotSparsity(sparsity, start)
-    if kind in ("linear", "cubic"):
-        if end is None:
-            raise ValueError(f"schedule {kind!r} needs an end step")
-        cls = LinearSparsity if kind == "linear" else CubicSparsity
-        return cls(initial, sparsity, start, end, frequency)
-    raise ValueError(f"unknown schedule {kind!r}; expected constant, oneshot, linear or cubic")
+    """Build a registered schedule by name (``constant``, ``oneshot``, ``linear``, ``cubic``) from a
+    pruning window: ``sparsity`` reached at ``end``, starting at ``start`` (from ``initial``)."""
+    return SCHEDULES.get(kind).from_window(sparsity, start, end, frequency, initial)
