@@ -37,31 +37,35 @@ def noisy_fashion_scores(tmp_path_factory):
     out = tmp_path_factory.mktemp("noisy")
     table = score_classifier(x, y, example_ids(x), ["el2n", "aum", "forgetting"], out, seeds=(0,), epochs=4,
                              score_epochs=(2,), progress=False)
-    return table, flipped, out
+    return table, flipped, out, (x, y)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("score", ["el2n", "aum", "forgetting"])
 def test_flipped_labels_rank_at_the_top(noisy_fashion_scores, score):
-    table, flipped, _ = noisy_fashion_scores
+    table, flipped, _, _ = noisy_fashion_scores
     auc = roc_auc(table.vector(score), flipped)
     assert auc >= 0.9, f"{score}: ROC AUC {auc:.3f}"
 
 
 @pytest.mark.slow
 def test_scoring_resumes_from_saved_checkpoints(noisy_fashion_scores):
-    """A rerun of the same scoring finds every checkpoint on disk and retrains nothing."""
+    """A rerun of the same scoring finds every checkpoint on disk and retrains nothing; other labels are refused."""
+    from prunekit.core.errors import PrunekitError
     from prunekit.data.pipeline import score_classifier
     from prunekit.datasets.vision import fashion_mnist
 
-    table, _, out = noisy_fashion_scores
-    x, y = fashion_mnist("train").tensors()
+    table, _, out, (x, y) = noisy_fashion_scores
     calls = []
-    again = score_classifier(x[:6000], y[:6000], example_ids(x[:6000]), ["el2n", "aum", "forgetting"], out,
+    again = score_classifier(x, y, example_ids(x), ["el2n", "aum", "forgetting"], out,
                              seeds=(0,), epochs=4, score_epochs=(2,), progress=False,
                              model_fn=lambda: calls.append(1))
     assert calls == []
     np.testing.assert_array_equal(again.vector("aum"), table.vector("aum"))
+    clean_x, clean_y = fashion_mnist("train").tensors()  # the same images without the flipped labels
+    with pytest.raises(PrunekitError, match="labels="):
+        score_classifier(clean_x[:6000], clean_y[:6000], example_ids(clean_x[:6000]), ["el2n", "aum", "forgetting"],
+                         out, seeds=(0,), epochs=4, score_epochs=(2,), progress=False)
 
 
 @pytest.mark.slow

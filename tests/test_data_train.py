@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.data.dynamics import TrainingDynamics
+from prunekit.data.runs import load_state
 from prunekit.data.train import Budget, fit, kd_defaults, kd_loss
 
 torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     with pytest.raises(Crash):
         fit(model, x, y, idx, steps=12, batch_size=16, seed=3, dynamics=dyn, on_epoch_end=crash_at_epoch_2,
             checkpoint_path=ckpt)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 1  # only the crashed epoch is lost
+    assert load_state(ckpt)["epoch"] == 1  # only the crashed epoch is lost (safetensors + JSON, no pickle)
     model, dyn = _model(), TrainingDynamics(96)
     fit(model, x, y, idx, steps=12, batch_size=16, seed=3, dynamics=dyn, checkpoint_path=ckpt)
     for a, b in zip(ref.parameters(), model.parameters()):

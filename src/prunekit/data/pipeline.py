@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.data.dynamics import TrainingDynamics
+from prunekit.data.runs import fingerprint, load_state, open_run, save_state
 from prunekit.data.scores import (
     el2n_from_logits,
     grand_full,
@@ -79,16 +81,38 @@ def score_classifier(
     progress: bool = True,
     meta: dict | None = None,
     fmt: str = "parquet",
+    config: dict | None = None,
 ) -> ScoreTable:
-    """Score every example of ``(x, y)``; returns (and saves into ``out``) the :class:`ScoreTable`."""
+    """Score every example of ``(x, y)``; returns (and saves into ``out``) the :class:`ScoreTable`.
+
+    ``out`` is a run folder (see :mod:`prunekit.data.runs`): its ``run.json`` records the whole
+    configuration (``config``'s entries first, e.g. the dataset name, then the scores, seeds, epochs,
+    and fingerprints of the examples and labels); rerunning resumes only that configuration.
+    """
     unknown = sorted(set(scores) - set(VISION_SCORES))
     if unknown:
-        raise ValueError(f"unknown score(s) {unknown}; choices: {', '.join(VISION_SCORES)}")
+        raise PrunekitError(f"unknown score(s) {unknown}; choices: {', '.join(VISION_SCORES)}")
+    if not scores:
+        raise PrunekitError(f"no scores requested; choices: {', '.join(VISION_SCORES)}")
+    if fmt not in ("parquet", "npz"):
+        raise PrunekitError(f"format {fmt!r} is not one of parquet, npz")
+    seeds, score_epochs = [int(s) for s in seeds], sorted(int(e) for e in score_epochs)
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise PrunekitError(f"seeds {seeds} must be distinct non-negative integers (at least one)")
+    if epochs < 1 or not score_epochs or len(set(score_epochs)) != len(score_epochs) or not (
+            1 <= score_epochs[0] and score_epochs[-1] <= epochs):
+        raise PrunekitError(f"score epochs {score_epochs} must be distinct epochs in [1, {epochs}] (at least one)")
+    if len(x) != len(y) or len(x) != len(hashes) or len(x) == 0:
+        raise PrunekitError(f"{len(x)} examples, {len(y)} labels and {len(hashes)} hashes: they must match (and be > 0)")
     if model_fn is None:
         from prunekit.zoo import SmallCNN
 
         model_fn = SmallCNN
-    out = Path(out)
+    run_config = {**(config or {}), "scores": sorted(set(scores)), "seeds": seeds, "epochs": int(epochs),
+                  "score_epochs": score_epochs, "batch_size": int(batch_size), "lr": float(lr),
+                  "kcenter_centers": kcenter_centers, "format": fmt, "n_examples": len(x),
+                  "examples": fingerprint(hashes), "labels": fingerprint(y)}
+    out = open_run(out, "data score", run_config)  # refuses another run's folder before anything is written
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     wanted_model = [s for s in scores if s in MODEL_SCORES]
@@ -111,7 +135,7 @@ def score_classifier(
                 np.savez(path.with_suffix(".tmp.npz"), **res)
                 path.with_suffix(".tmp.npz").replace(path)
             if "vog" in scores:
-                torch.save(m.state_dict(), work / f"seed{seed}_epoch{ep}.pt")
+                save_state(work / f"seed{seed}_epoch{ep}.safetensors", {"model": m.state_dict()})
 
         steps = Budget("equal-epochs", epochs).steps(len(x), len(x), batch_size)
         fit(model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed, dynamics=dyn,
@@ -124,13 +148,37 @@ def score_classifier(
             ckpts = []
             for ep in sorted(score_epochs):
                 m = model_fn()
-                m.load_state_dict(torch.load(work / f"seed{seed}_epoch{ep}.pt"))
+                _load_snapshot(m, work / f"seed{seed}_epoch{ep}.safetensors")
                 ckpts.append(m)
             ckpts.append(model)
             res["vog"] = vog_scores(ckpts, x, y) if len(ckpts) >= 2 else np.full(len(x), np.nan)
         np.savez(work / f"seed{seed}_final.tmp.npz", **res)
         (work / f"seed{seed}_final.tmp.npz").replace(final)
     return assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt)
+
+
+def _load_snapshot(model: nn.Module, path: Path) -> None:
+    state = load_state(path)  # safetensors + JSON: never runs code
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunekitError(f"VoG snapshot {str(path)!r} does not fit the model ({first}); delete it") from None
+
+
+def _read_scores(path: Path, n: int) -> dict[str, np.ndarray]:
+    """A per-checkpoint score file of ``work/``: plain float arrays of length ``n`` (object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            res = {name: np.asarray(f[name]) for name in f.files}
+        for name, v in res.items():
+            if v.shape != (n,) or v.dtype.kind not in "fiu":
+                raise ValueError(f"{name!r} has shape {v.shape} and dtype {v.dtype}, expected ({n},) numbers")
+    except Exception as exc:  # noqa: BLE001 - a broken or foreign file is one line, whatever broke
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunekitError(f"score file {str(path)!r} is not a prunekit score file ({first}); delete it to "
+                            "recompute it") from None
+    return res
 
 
 def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt="parquet") -> ScoreTable:
@@ -145,16 +193,14 @@ def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out,
         for ep in score_epochs:
             path = work / f"seed{seed}_epoch{ep}.npz"
             if path.is_file():
-                with np.load(path) as f:
-                    for name in f.files:
-                        if name in scores:
-                            table.add(name, f[name], hashes, labels=labels, seed=seed, checkpoint=ep)
+                for name, values in _read_scores(path, len(x)).items():
+                    if name in scores:
+                        table.add(name, values, hashes, labels=labels, seed=seed, checkpoint=ep)
         final = work / f"seed{seed}_final.npz"
         if final.is_file():
-            with np.load(final) as f:
-                for name in f.files:
-                    if name in scores:
-                        table.add(name, f[name], hashes, labels=labels, seed=seed, checkpoint=epochs,
-                                  direction=DIRECTIONS.get(name, "higher=harder"))
+            for name, values in _read_scores(final, len(x)).items():
+                if name in scores:
+                    table.add(name, values, hashes, labels=labels, seed=seed, checkpoint=epochs,
+                              direction=DIRECTIONS.get(name, "higher=harder"))
     table.save(out, fmt)
     return table

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunekit.core.errors import PrunekitError
+
 METHODS = ("hardest", "easiest", "band", "ccs", "random")
 STEP_KEYS = {"method", "keep", "offset", "beta", "bins", "class_balanced", "seed"}
 
@@ -65,7 +67,7 @@ def select_band(pool, scores, k, rng, offset: float = 0.0, n_total: int | None =
     skip = round(offset * (n_total or len(pool)))
     ranked = _order(pool, scores, rng)
     if skip + k > len(ranked):
-        raise ValueError(f"band offset {offset} + keep {k} exceeds the {len(ranked)} candidates")
+        raise PrunekitError(f"band offset {offset} + keep {k} exceeds the {len(ranked)} candidates")
     return ranked[skip : skip + k]
 
 
@@ -79,7 +81,7 @@ def select_ccs(pool, scores, k, rng, beta: float = 0.0, bins: int = 50, n_total:
     ranked = _order(pool, scores, rng)
     kept_pool = ranked[n_cut:]
     if k > len(kept_pool):
-        raise ValueError(f"CCS: cannot keep {k} after cutting the {n_cut} hardest of {len(pool)} candidates")
+        raise PrunekitError(f"CCS: cannot keep {k} after cutting the {n_cut} hardest of {len(pool)} candidates")
     s = scores[kept_pool]
     lo, hi = float(s.min()), float(s.max())
     edges = np.linspace(lo, hi, bins + 1)
@@ -112,7 +114,7 @@ def class_quotas(labels: np.ndarray, k: int) -> dict[int, int]:
     """
     classes, counts = np.unique(labels, return_counts=True)
     if k > counts.sum():
-        raise ValueError(f"cannot keep {k} of {counts.sum()} examples")
+        raise PrunekitError(f"cannot keep {k} of {counts.sum()} examples")
     quota = np.zeros(len(classes), dtype=np.int64)
     room = counts.copy()
     left = k
@@ -137,10 +139,13 @@ def _resolve_keep(keep: float, n_total: int) -> int:
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
         raise TypeError(f"keep must be a number, got {keep!r}")
     if isinstance(keep, (float, np.floating)) and 0 < keep <= 1:
-        return round(keep * n_total)
+        k = round(keep * n_total)
+        if k == 0:
+            raise PrunekitError(f"keep {keep!r} of {n_total} examples rounds to 0 kept; keep a larger fraction")
+        return k
     if float(keep).is_integer() and 1 <= keep <= n_total:
         return int(keep)
-    raise ValueError(f"keep {keep!r} is neither a fraction in (0, 1] nor a count in [1, {n_total}]")
+    raise PrunekitError(f"keep {keep!r} is neither a fraction in (0, 1] nor a count in [1, {n_total}]")
 
 
 def select(
@@ -156,13 +161,13 @@ def select(
 ) -> np.ndarray:
     """Indices (sorted) of exactly ``keep`` examples chosen from ``pool`` by ``method``."""
     if method not in SELECTORS:
-        raise ValueError(f"selector {method!r} is not one of {', '.join(METHODS)}")
+        raise PrunekitError(f"selector {method!r} is not one of {', '.join(METHODS)}")
     scores = np.asarray(scores, dtype=np.float64)
     n_total = len(scores)
     pool = np.arange(n_total) if pool is None else np.asarray(pool, dtype=np.int64)
     k = _resolve_keep(keep, n_total)
     if k > len(pool):
-        raise ValueError(f"cannot keep {k} examples from a pool of {len(pool)}")
+        raise PrunekitError(f"cannot keep {k} examples from a pool of {len(pool)}")
     rng = np.random.default_rng(seed)
     fn = SELECTORS[method]
     if not class_balanced:
@@ -181,28 +186,58 @@ def select(
     return np.sort(np.concatenate(parts))
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and bool(np.isfinite(v))
+
+
+def _is_whole(v: Any) -> bool:
+    return _is_number(v) and float(v).is_integer()
+
+
 def validate_recipe(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Check a recipe's steps; raise ``ValueError`` naming the bad key/value and the choices."""
+    """Check a recipe's steps; raise :class:`PrunekitError` naming the bad key/value and what is accepted."""
     if isinstance(steps, Mapping):
         steps = steps.get("steps", [steps])
+    if not isinstance(steps, (list, tuple)):
+        raise PrunekitError(f"recipe steps must be a list of mappings, got {type(steps).__name__} {steps!r:.60}")
     out = []
     for i, step in enumerate(steps):
+        if not isinstance(step, Mapping):
+            raise PrunekitError(f"recipe step {i} must be a mapping such as {{method: ccs, keep: 0.3}}, "
+                                f"got {type(step).__name__} {step!r:.60}")
         step = dict(step)
-        unknown = set(step) - STEP_KEYS
+        unknown = set(map(str, step)) - STEP_KEYS
         if unknown:
-            raise ValueError(f"recipe step {i}: unknown key(s) {sorted(unknown)}; choices: {sorted(STEP_KEYS)}")
+            raise PrunekitError(f"recipe step {i}: unknown key(s) {sorted(unknown)}; choices: {sorted(STEP_KEYS)}")
         method = step.get("method", "hardest")
-        if method not in SELECTORS:
-            raise ValueError(f"recipe step {i}: method {method!r} is not one of {', '.join(METHODS)}")
+        if not isinstance(method, str) or method not in SELECTORS:
+            raise PrunekitError(f"recipe step {i}: method {method!r} is not one of {', '.join(METHODS)}")
         if "keep" not in step:
-            raise ValueError(f"recipe step {i}: missing 'keep'")
-        if "beta" in step and not 0 <= float(step["beta"]) < 1:
-            raise ValueError(f"recipe step {i}: beta {step['beta']!r} must be in [0, 1)")
-        if "bins" in step and int(step["bins"]) < 1:
-            raise ValueError(f"recipe step {i}: bins {step['bins']!r} must be >= 1")
+            raise PrunekitError(f"recipe step {i}: missing 'keep' (a fraction in (0, 1] or a whole count >= 1)")
+        keep = step["keep"]
+        if not (_is_number(keep) and (0 < keep <= 1 or (keep >= 1 and _is_whole(keep)))):
+            raise PrunekitError(f"recipe step {i}: keep {keep!r} is neither a fraction in (0, 1] nor a whole count >= 1")
+        checks = {
+            "beta": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)", "ccs"),
+            "offset": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)", "band"),
+            "bins": (lambda v: _is_whole(v) and v >= 1, "a whole number >= 1", "ccs"),
+            "seed": (lambda v: _is_whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)", None),
+            "class_balanced": (lambda v: isinstance(v, bool), "true or false", None),
+        }
+        for key, (ok, rule, only) in checks.items():
+            if key not in step:
+                continue
+            if not ok(step[key]):
+                raise PrunekitError(f"recipe step {i}: {key} {step[key]!r} must be {rule}")
+            if only is not None and method != only:
+                raise PrunekitError(f"recipe step {i}: {key} applies only to method {only}, not {method!r}")
+        for key in ("bins", "seed"):
+            if key in step:
+                step[key] = int(step[key])
         out.append(step)
     if not out:
-        raise ValueError("recipe has no steps")
+        raise PrunekitError("recipe has no steps")
     return out
 
 
@@ -229,7 +264,22 @@ class Selection:
     n_total: int
 
     def __post_init__(self):
-        self.indices = np.sort(np.asarray(self.indices, dtype=np.int64))
+        indices = np.asarray(self.indices)
+        if indices.ndim != 1:
+            raise PrunekitError(f"selection indices must be a flat list, got shape {indices.shape}")
+        if len(indices) and indices.dtype.kind not in "iu":
+            raise PrunekitError(f"selection indices must be integers, got {indices.dtype} (e.g. {indices[0]!r})")
+        if isinstance(self.n_total, (bool, np.bool_)) or not _is_whole(self.n_total) or self.n_total < 1:
+            raise PrunekitError(f"selection n_total {self.n_total!r} must be a whole number >= 1")
+        self.n_total = int(self.n_total)
+        indices = np.sort(indices.astype(np.int64))
+        if len(indices) and (indices[0] < 0 or indices[-1] >= self.n_total):
+            bad = indices[0] if indices[0] < 0 else indices[-1]
+            raise PrunekitError(f"selection index {int(bad)} is out of range [0, {self.n_total})")
+        dup = indices[1:][indices[1:] == indices[:-1]]
+        if len(dup):
+            raise PrunekitError(f"selection index {int(dup[0])} appears more than once")
+        self.indices = indices
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -267,5 +317,24 @@ class Selection:
 
     @classmethod
     def load(cls, path) -> Selection:
-        with np.load(path) as f:
-            return cls(f["indices"], int(f["n_total"]))
+        """Read a file written by :meth:`save`; anything else (object arrays, foreign files) is a one-line error."""
+        shown = str(path)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if not hasattr(f, "files") or not {"indices", "n_total"} <= set(f.files):
+                    raise ValueError("it has no 'indices' and 'n_total' arrays")
+                indices, n_total = np.asarray(f["indices"]), np.asarray(f["n_total"])
+                mask = np.asarray(f["mask"]) if "mask" in f.files else None
+        except Exception as exc:  # noqa: BLE001 - not a zip, object arrays, truncated...: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PrunekitError(f"selection {shown!r} is not a prunekit selection file ({first})") from None
+        if n_total.shape != () or n_total.dtype.kind not in "iu":
+            raise PrunekitError(f"selection {shown!r}: n_total must be one integer, got {n_total.dtype} {n_total.shape}")
+        try:
+            sel = cls(indices, int(n_total))
+        except PrunekitError as exc:
+            raise PrunekitError(f"selection {shown!r}: {exc}") from None
+        if mask is not None and (mask.shape != (sel.n_total,) or mask.dtype != bool
+                                 or not np.array_equal(np.flatnonzero(mask), sel.indices)):
+            raise PrunekitError(f"selection {shown!r}: its mask does not match its indices")
+        return sel

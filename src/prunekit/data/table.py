@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from prunekit.core.errors import PrunekitError
 from prunekit.data.ids import align, make_id
 
 COLUMNS = ("id", "index", "hash", "label", "score", "value", "seed", "checkpoint", "direction")
@@ -163,20 +164,54 @@ class ScoreTable:
 
     @classmethod
     def load(cls, folder: str | Path) -> ScoreTable:
+        """Read a table written by :meth:`save`; a missing, foreign or tampered one is a one-line error."""
         folder = Path(folder)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        path = folder / manifest["file"]
-        if manifest["format"] == "parquet":
-            import pyarrow.parquet as pq
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest.json is not a mapping")
+            fmt, name = manifest.get("format"), manifest.get("file")
+            if fmt not in ("parquet", "npz") or name != f"scores.{fmt}":
+                raise ValueError(f"manifest.json names format {fmt!r} and file {name!r}; expected parquet or npz "
+                                 "and scores.<format>")
+            path = folder / name
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
 
-            cols = pq.read_table(path).to_pydict()
-        else:
-            with np.load(path) as f:
-                cols = {c: f[c].tolist() for c in COLUMNS}
-        rows = {c: list(cols[c]) for c in COLUMNS}
+                cols = pq.read_table(path).to_pydict()
+            else:
+                with np.load(path, allow_pickle=False) as f:
+                    cols = {c: f[c].tolist() for c in COLUMNS if c in f.files}
+            missing = [c for c in COLUMNS if c not in cols]
+            if missing:
+                raise ValueError(f"{name} lacks the column(s) {missing}")
+            rows = {c: list(cols[c]) for c in COLUMNS}
+            _check_rows(rows)
+        except Exception as exc:  # noqa: BLE001 - whatever is broken, the answer is one line naming the folder
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PrunekitError(f"{str(folder)!r} is not a readable prunekit score table ({first})") from None
         extra = {k: v for k, v in manifest.items() if k not in ("format", "file", "columns", "scores",
                                                                    "n_examples", "n_rows")}
         return cls(rows, extra)
+
+
+def _check_rows(rows: dict[str, list]) -> None:
+    """Columns of one length, integer indices in [0, rows), numeric values, string names: no surprises later."""
+    n = len(rows["id"])
+    if n == 0:
+        raise ValueError("the table has no rows")
+    if any(len(v) != n for v in rows.values()):
+        raise ValueError("its columns have different lengths")
+    for c in ("index", "label", "seed", "checkpoint"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in rows[c]):
+            raise ValueError(f"column {c!r} holds non-integers")
+    if min(rows["index"]) < 0 or max(rows["index"]) >= n:
+        raise ValueError(f"column 'index' is out of range [0, {n})")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rows["value"]):
+        raise ValueError("column 'value' holds non-numbers")
+    for c in ("id", "hash", "score", "direction"):
+        if not all(isinstance(v, str) for v in rows[c]):
+            raise ValueError(f"column {c!r} holds non-strings")
 
 
 def stability_report(table: ScoreTable, score: str | None = None) -> list[dict[str, Any]]:

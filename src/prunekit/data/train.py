@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.data.dynamics import TrainingDynamics
+from prunekit.data.runs import compare_config, fingerprint, load_state, save_state
 
 BUDGET_KINDS = ("equal-epochs", "equal-iterations")
 
@@ -108,22 +110,21 @@ def fit(
     """
     indices = torch.as_tensor(np.arange(len(x)) if indices is None else np.asarray(indices), dtype=torch.long)
     if len(indices) == 0:
-        raise ValueError("cannot train on an empty subset")
+        raise PrunekitError("cannot train on an empty subset")
+    if int(indices.min()) < 0 or int(indices.max()) >= len(x):
+        bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
+        raise PrunekitError(f"subset index {bad} is out of range [0, {len(x)})")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     epoch, done = 0, 0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    run = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "weight_decay": float(weight_decay),
+           "seed": int(seed), "max_grad_norm": max_grad_norm, "n_examples": len(x), "subset": fingerprint(indices),
+           "kd": teacher_logits is not None, "temperature": float(temperature) if teacher_logits is not None else None,
+           "alpha": float(alpha) if teacher_logits is not None else None, "dynamics": dynamics is not None}
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        epoch, done = state["epoch"] + 1, state["done"]
-        if dynamics is not None and state["dynamics"] is not None:
-            restored = TrainingDynamics.from_state_dict(state["dynamics"])
-            dynamics.correct, dynamics.margin = restored.correct, restored.margin
+        epoch, done = _resume(ckpt, run, model, opt, sched, gen, dynamics)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -161,7 +162,7 @@ def fit(
         if ckpt is not None:
             _save_atomic(ckpt, {
                 "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "epoch": epoch, "done": done,
+                "gen": gen.get_state(), "epoch": epoch, "done": done, "run": run,
                 "dynamics": dynamics.state_dict() if dynamics is not None else None,
             })
         epoch += 1
@@ -170,10 +171,40 @@ def fit(
     return model
 
 
+def _resume(ckpt: Path, run: dict, model, opt, sched, gen, dynamics) -> tuple[int, int]:
+    """Restore the training state saved in ``ckpt``; a checkpoint of another run is refused."""
+    state = load_state(ckpt)  # safetensors + JSON: reading it never runs code
+    recorded = state.get("run")
+    if not isinstance(recorded, dict):
+        raise PrunekitError(f"checkpoint {str(ckpt)!r} records no training run; delete it to start over")
+    diff = compare_config(recorded, run)
+    if diff is not None:
+        key, old, new = diff
+        raise PrunekitError(f"checkpoint {str(ckpt)!r} belongs to another training run ({key}={old!r}, this run "
+                            f"has {key}={new!r}); delete it to start over")
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        epoch, done = state["epoch"], state["done"]
+        if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and 0 <= done <= run["steps"]):
+            raise ValueError(f"epoch {epoch!r} / done {done!r} out of range")
+        if dynamics is not None:
+            restored = TrainingDynamics.from_state_dict(state["dynamics"])
+            if restored.n != dynamics.n or len(restored.correct) != len(restored.margin):
+                raise ValueError(f"dynamics of {restored.n} examples, expected {dynamics.n}")
+            dynamics.correct, dynamics.margin = restored.correct, restored.margin
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunekitError(f"checkpoint {str(ckpt)!r} does not fit this run ({first}); delete it to start over") from None
+    return epoch + 1, done
+
+
 def _save_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    save_state(tmp, obj)
     tmp.replace(path)
 
 
