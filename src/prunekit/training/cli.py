@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prunekit.core.errors import PrunekitError
+
 DEFAULTS: dict[str, Any] = {
     "model": "cnn", "depth": 8, "width": None, "dataset": "fashion-mnist", "epochs": 1.0, "batch_size": 128,
     "lr": 0.05, "optimizer": "sgd", "method": "dense", "sparsity": 0.9, "schedule": "cubic",
@@ -38,7 +40,7 @@ INTS = ("depth", "width", "batch_size", "frequency", "rounds", "rewind_step", "l
 FLOATS = ("epochs", "lr", "rate", "sparsity", "prune_start", "prune_end", "floor", "recovery_epochs", "recovery_lr")
 
 
-class ConfigError(ValueError):
+class ConfigError(PrunekitError):
     """A bad setting; its message names the setting and the value."""
 
 
@@ -130,9 +132,12 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["prune_start"] < c["prune_end"] <= 1, "prune_end", f"in ({c['prune_start']}, 1]")
     need(c["frequency"] >= 1, "frequency", ">= 1")
     if c["output"] is not None:  # checked before training: an hour of work must not end in a refusal
+        need(isinstance(c["output"], str) and c["output"].strip() != "", "output", "a file path")
         out = os.path.abspath(c["output"])
-        need(not os.path.exists(out), "output", "a path that does not exist yet (nothing is overwritten)")
+        need(not os.path.lexists(out), "output", "a path that does not exist yet (nothing is overwritten)")
+        need(not c["output"].endswith(("/", os.sep)), "output", "a file path, not a folder")
         need(os.path.isdir(os.path.dirname(out)), "output", "in an existing folder")
+        need(os.access(os.path.dirname(out), os.W_OK | os.X_OK), "output", "in a folder you can write to")
     need(0 <= c["floor"] <= 1 - c["sparsity"], "floor", f"in [0, 1 - sparsity] = [0, {1 - c['sparsity']:.4g}]")
     need(c["rounds"] >= 1, "rounds", ">= 1")
     need(c["rate"] is None or 0 < c["rate"] < 1, "rate", "in (0, 1)")
@@ -245,8 +250,14 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
         state = {"model": model.state_dict(), "masks": pruner.masks if pruner else {}, "config": c}
         out = os.path.abspath(c["output"])
         tmp = f"{out}.tmp-{os.getpid()}"  # written beside the target, then renamed: never half a file
-        torch.save(state, tmp)
-        os.replace(tmp, out)
+        try:
+            torch.save(state, tmp)  # a dict of tensors and plain values: readable with weights_only=True
+            os.replace(tmp, out)
+        except OSError as exc:  # disk full, folder removed meanwhile: one line, and no half-written file left
+            raise PrunekitError(f"cannot write --output {c['output']!r}: {exc.strerror or exc}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         result["output"] = c["output"]
     return result
 
@@ -255,10 +266,13 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``prunekit train``; returns the exit code (2 for a bad setting)."""
     try:
         config = resolve_config(args)
-    except ConfigError as exc:
+        result = train_and_prune(config)
+    except PrunekitError as exc:  # ConfigError included
         print(f"prunekit train: error: {exc}", file=sys.stderr)
         return 2
-    result = train_and_prune(config)
+    except KeyboardInterrupt:
+        print("prunekit train: interrupted; nothing was saved", file=sys.stderr)
+        return 130
     if config["json"]:
         print(json.dumps(result, indent=1))
     else:
