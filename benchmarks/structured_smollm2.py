@@ -106,7 +106,8 @@ def main() -> None:
     from prunekit.datasets.text import calibration_windows
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.evaluate.speed import flops_per_token, speed_receipt
-    from prunekit.models import adapter_for, load_model, load_tokenizer
+    from prunekit.core.families import adapter_for
+    from prunekit.models import load_model, load_tokenizer
     from prunekit.structured import prune_structured
     from prunekit.structured.prune import gather_statistics
 

@@ -18,6 +18,9 @@ def tiny_config(family: str):
         return t.MistralConfig(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=64)
     if family == "qwen2":
         return t.Qwen2Config(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "qwen3":
+        return t.Qwen3Config(**common, intermediate_size=128, num_key_value_heads=2, head_dim=16,
+                             max_position_embeddings=64)
     if family == "opt":
         return t.OPTConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
                            word_embed_proj_dim=64, max_position_embeddings=64)
@@ -28,7 +31,7 @@ def tiny_config(family: str):
     raise ValueError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "opt", "gpt2", "gpt_neox"]
 
 
 def tiny_model(family: str, seed: int = 0):

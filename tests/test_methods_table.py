@@ -7,8 +7,7 @@ import prunekit
 from prunekit.calibration import capture_block_inputs, run_block
 from prunekit.evaluate.sparsity import satisfies_nm
 from prunekit.io import save_pretrained
-from prunekit.models import adapter_for
-from prunekit.models.adapters import weight_view
+from prunekit.core.families import adapter_for, weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
 from prunekit.core.registry import METHODS as REGISTRY
 from tests.conftest import FAMILIES, tiny_model, tiny_windows

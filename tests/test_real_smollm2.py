@@ -9,8 +9,8 @@ from prunekit.evaluate.perplexity import window_nlls
 from prunekit.masks import parse_pattern
 from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import LayerContext
-from prunekit.models import adapter_for, load_model
-from prunekit.models.adapters import weight_view
+from prunekit.core.families import adapter_for, weight_view
+from prunekit.models import load_model
 from prunekit.core.registry import METHODS
 
 pytestmark = pytest.mark.slow

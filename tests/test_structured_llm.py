@@ -5,10 +5,9 @@ import torch
 
 import prunekit
 from prunekit.io import read_manifest, save_pretrained
-from prunekit.models import adapter_for, load_model
-from prunekit.models.adapters import weight_view
+from prunekit.core.families import adapter_for, family_for, weight_view
+from prunekit.models import load_model
 from prunekit.structured import find_groups, prune_structured
-from prunekit.structured.groups import attention_counts
 from tests.conftest import FAMILIES, tiny_model, tiny_windows
 
 IDS = tiny_windows(2, 16, seed=5)
@@ -68,11 +67,11 @@ def test_gqa_removes_a_kv_head_with_all_its_query_heads():
         attn.v_proj.weight[:hd] *= 1e-3
         attn.o_proj.weight[:, : 2 * hd] *= 1e-3
     prune_structured(model, method="magnitude", structure="heads", ratio=0.5, allocation="uniform")
-    assert attention_counts(adapter, 0) == (2, 1, hd)
+    assert adapter.attention_counts(0) == (2, 1, hd)
     assert torch.equal(attn.q_proj.weight, q_keep) and torch.equal(attn.k_proj.weight, k_keep)
     assert torch.equal(attn.o_proj.weight, o_keep)
     for i in range(2):
-        n_q, n_kv, _ = attention_counts(adapter, i)
+        n_q, n_kv, _ = adapter.attention_counts(i)
         assert n_q % n_kv == 0 and n_q // n_kv == 2  # the sharing ratio is unchanged in every block
     assert logits(model).isfinite().all()
 
@@ -95,7 +94,8 @@ def test_uniform_prune_reloads_with_plain_from_pretrained(family, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = tiny_model(family)
-    structure = ("mlp", "heads") if family in ("llama", "mistral", "qwen2") else ("mlp",)
+    # heads only where the config states head_dim (else it is hidden / heads and pruned heads need layer_shapes)
+    structure = ("mlp", "heads") if family_for(model).attention.head_dim_key else ("mlp",)
     result = prune_structured(model, method="magnitude", structure=structure, ratio=0.25, allocation="uniform")
     assert result.layer_shapes == {}  # the config describes every block
     out = save_pretrained(model, tmp_path / "pruned", manifest={"structured": result.to_dict()})

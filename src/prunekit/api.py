@@ -22,7 +22,7 @@ from prunekit.memory import lean_allocator, peak_rss_mb
 from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
-from prunekit.models.adapters import Adapter, adapter_for, weight_view
+from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
 from prunekit.targets import select_layers
 
@@ -243,8 +243,7 @@ def gradient_norms(model: nn.Module, windows: torch.Tensor, layers: dict[str, nn
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             grads = torch.autograd.grad(loss, list(params.values()))
             for (name, module), g in zip(layers.items(), grads):
-                g = g.t() if type(module).__name__ == "Conv1D" else g
-                acc[name] += g.float().pow(2)
+                acc[name] += as_out_in(module, g).float().pow(2)
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)

@@ -10,11 +10,13 @@ import re
 
 from torch import nn
 
+from prunekit.core.families import is_linear
+
 
 def _matches(name: str, module: nn.Module, selector: str) -> bool:
     if selector.startswith("re:"):
         return re.search(selector[3:], name) is not None
-    return type(module).__name__ == selector or (selector == "Linear" and type(module).__name__ == "Conv1D")
+    return type(module).__name__ == selector or (selector == "Linear" and is_linear(module))
 
 
 def validate_selectors(selectors: list[str], key: str) -> None:

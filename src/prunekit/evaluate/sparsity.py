@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models.adapters import is_prunable_linear, weight_view
+from prunekit.core.families import is_linear, weight_view
 
 NM_CHECKS = ((2, 4), (4, 8))
 
@@ -22,7 +22,7 @@ def satisfies_nm(weight: torch.Tensor, n: int, m: int) -> bool:
 def sparsity_report(model: nn.Module) -> dict:
     layers = []
     for name, module in model.named_modules():
-        if not is_prunable_linear(module) or name.endswith("lm_head"):
+        if not is_linear(module) or name.endswith("lm_head"):
             continue
         w = weight_view(module)
         zeros = int((w == 0).sum())

@@ -63,20 +63,20 @@ class SpeedReceipt:
 
 
 def linear_weights(model: nn.Module) -> int:
-    """Multiply-accumulates per token of all linear layers (nn.Linear, GPT-2 Conv1D), lm_head included."""
-    return sum(m.weight.numel() for m in model.modules()
-               if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+    """Multiply-accumulates per token of all linear layers (GPT-2's transposed ones too), lm_head included."""
+    from prunekit.core.families import is_linear
+
+    return sum(m.weight.numel() for m in model.modules() if is_linear(m))
 
 
 def flops_per_token(model: nn.Module, seq_len: int = 512) -> float:
     """2 x linear weights + causal attention (QK^T and AV: 2 x 2 x heads*head_dim x mean context)."""
-    from prunekit.models import adapter_for
-    from prunekit.structured.groups import attention_counts
+    from prunekit.core.families import adapter_for
 
     adapter = adapter_for(model)
     context = (seq_len + 1) / 2
     attention = sum(4 * n_q * hd * context for n_q, _, hd in
-                    (attention_counts(adapter, i) for i in range(len(adapter.blocks))))
+                    (adapter.attention_counts(i) for i in range(len(adapter.blocks))))
     return 2.0 * linear_weights(model) + attention
 
 

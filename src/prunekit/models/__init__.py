@@ -1,6 +1,8 @@
-"""Loading causal LMs (hub id, local folder, or the embedded ``smollm2-135m``) and family adapters."""
+"""Loading causal LMs (hub id, local folder, or the embedded ``smollm2-135m``).
 
-from prunekit.models.adapters import SUPPORTED_FAMILIES, Adapter, adapter_for
+What a model family means (blocks, attention and MLP layout) is in :mod:`prunekit.core.families`.
+"""
+
 from prunekit.models.loading import load_model, load_tokenizer, resolve_model_path
 
-__all__ = ["SUPPORTED_FAMILIES", "Adapter", "adapter_for", "load_model", "load_tokenizer", "resolve_model_path"]
+__all__ = ["load_model", "load_tokenizer", "resolve_model_path"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from prunekit.assets import EMBEDDED_MODELS, embedded_model_dir
-from prunekit.models.adapters import check_supported
+from prunekit.core.families import check_model_type
 
 
 def resolve_model_path(name_or_path: str | Path) -> str:
@@ -38,7 +38,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, dev
 
     path = resolve_model_path(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    check_supported(config.model_type)
+    check_model_type(config.model_type)
     manifest = Path(path) / "prunekit.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("layer_shapes"):
         from prunekit.io import load_pretrained

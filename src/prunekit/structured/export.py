@@ -17,30 +17,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models.adapters import Adapter, adapter_for, is_prunable_linear, weight_view
-from prunekit.structured.groups import ATTENTION, MLP_LAYOUT, attention_counts
-from prunekit.structured.shrink import set_head_count
-
-MLP_CONFIG_KEY = {"llama": "intermediate_size", "mistral": "intermediate_size", "qwen2": "intermediate_size",
-                  "qwen3": "intermediate_size", "gpt_neox": "intermediate_size", "opt": "ffn_dim", "gpt2": "n_inner"}
-GQA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+from prunekit.core.families import Adapter, adapter_for, new_linear, weight_view
 
 
 def rewrite_config(adapter: Adapter) -> None:
-    """Write the widths that are the same in every block into the config."""
+    """Write the widths that are the same in every block into the config (names from the family table)."""
     cfg = adapter.model.config
+    mlp, attention = adapter.family.mlp, adapter.family.attention
     n = len(adapter.blocks)
     cfg.num_hidden_layers = n
     if getattr(cfg, "layer_types", None) is not None and len(cfg.layer_types) != n:
         raise RuntimeError("layer_types must be trimmed when blocks are removed")
-    consumer = MLP_LAYOUT[adapter.family][1]
-    widths = {weight_view(b.get_submodule(consumer)).shape[1] for b in adapter.blocks}
+    widths = {adapter.mlp_width(i) for i in range(n)}
     if len(widths) == 1:
-        setattr(cfg, MLP_CONFIG_KEY[adapter.family], widths.pop())
-    counts = {attention_counts(adapter, i)[:2] for i in range(n)}
-    if len(counts) == 1 and adapter.family in GQA_FAMILIES:
-        cfg.num_attention_heads, cfg.num_key_value_heads = counts.pop()
-        cfg.head_dim = attention_counts(adapter, 0)[2]  # no longer hidden_size / num_attention_heads
+        setattr(cfg, mlp.width_key, widths.pop())
+    counts = {adapter.attention_counts(i) for i in range(n)}
+    if len(counts) == 1 and attention.head_dim_key is not None:  # else head_dim is hidden / heads
+        n_q, n_kv, head_dim = counts.pop()
+        setattr(cfg, attention.heads_key, n_q)
+        if attention.kv_heads_key is not None:
+            setattr(cfg, attention.kv_heads_key, n_kv)
+        setattr(cfg, attention.head_dim_key, head_dim)
 
 
 def _reference(adapter: Adapter) -> nn.Module:
@@ -54,30 +51,17 @@ def layer_shapes(model: nn.Module) -> dict:
     """The block linears (and attention head counts) that differ from what the config builds; {} if none."""
     adapter = adapter_for(model)
     ref = adapter_for(_reference(adapter))
-    linears, heads = {}, {}
-    for i, (block, ref_block) in enumerate(zip(adapter.blocks, ref.blocks)):
-        prefix = f"{adapter.block_prefix}.{i}"
-        ref_modules = dict(ref_block.named_modules())
-        for name, module in block.named_modules():
-            if not is_prunable_linear(module):
-                continue
-            other = ref_modules[name]
+    changed, heads = {}, {}
+    for i in range(len(adapter.blocks)):
+        reference = ref.linears(i)
+        for name, module in adapter.linears(i).items():
+            other = reference[name]
             if module.weight.shape != other.weight.shape or (module.bias is None) != (other.bias is None):
                 out, inp = weight_view(module).shape
-                linears[f"{prefix}.{name}"] = [out, inp, module.bias is not None]
-        if attention_counts(adapter, i) != attention_counts(ref, i):
-            heads[f"{prefix}.{ATTENTION[adapter.family]}"] = attention_counts(adapter, i)[0]
-    return {"linears": linears, "heads": heads} if linears or heads else {}
-
-
-def _new_linear(old: nn.Module, out: int, inp: int, bias: bool) -> nn.Module:
-    dtype = old.weight.dtype
-    if type(old).__name__ == "Conv1D":
-        new = type(old)(out, inp)  # Conv1D(nf=out, nx=in)
-        if not bias:
-            new.bias = None
-        return new.to(dtype)
-    return nn.Linear(inp, out, bias=bias, dtype=dtype)
+                changed[name] = [out, inp, module.bias is not None]
+        if adapter.attention_counts(i) != ref.attention_counts(i):
+            heads[f"{adapter.block_prefix}.{i}.{adapter.family.attention.path}"] = adapter.attention_counts(i)[0]
+    return {"linears": changed, "heads": heads} if changed or heads else {}
 
 
 def apply_layer_shapes(model: nn.Module, shapes: dict) -> None:
@@ -86,8 +70,8 @@ def apply_layer_shapes(model: nn.Module, shapes: dict) -> None:
     for name, (out, inp, bias) in shapes.get("linears", {}).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, _new_linear(getattr(parent, child), out, inp, bias))
+        setattr(parent, child, new_linear(getattr(parent, child), out, inp, bias))
     for name, n_heads in shapes.get("heads", {}).items():
         i = int(name[len(adapter.block_prefix) + 1 :].split(".")[0])
-        head_dim = attention_counts(adapter, i)[2]
-        set_head_count(model.get_submodule(name), adapter.family, n_heads, head_dim)
+        head_dim = adapter.attention_counts(i)[2]
+        adapter.family.set_head_count(model.get_submodule(name), n_heads, head_dim)

@@ -8,7 +8,8 @@ A *group* couples the output rows of its producers with the input columns of its
   heads, so the unit is one kv group: the rows of its k and v head, the rows of all query heads
   that read it, and the matching columns of the output projection. Without GQA a unit is one head.
   Fused projections (GPT-2 ``c_attn`` = [q | k | v]; GPT-NeoX ``query_key_value`` interleaved per
-  head as [q_h | k_h | v_h]) are handled by their row layouts.
+  head as [q_h | k_h | v_h]) are handled by their row layouts, read from the family table
+  (:mod:`prunekit.core.families`).
 
 Each group stores, per unit, the producer rows and consumer columns as index tensors (units x k),
 so scoring and removal are vectorised gathers. Weights are read through ``weight_view`` (out x in).
@@ -21,23 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.models.adapters import Adapter, weight_view
+from prunekit.core.families import Adapter, AttentionLayout, weight_view
 
 KINDS = ("mlp", "heads")
-
-# model_type -> (mlp producers, mlp consumer) relative to the block
-MLP_LAYOUT = {
-    "llama": (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "mistral": (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "qwen2": (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "qwen3": (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "opt": (("fc1",), "fc2"),
-    "gpt2": (("mlp.c_fc",), "mlp.c_proj"),
-    "gpt_neox": (("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h"),
-}
-# model_type -> attention module path relative to the block
-ATTENTION = {"llama": "self_attn", "mistral": "self_attn", "qwen2": "self_attn", "qwen3": "self_attn",
-             "opt": "self_attn", "gpt2": "attn", "gpt_neox": "attention"}
 
 
 @dataclass
@@ -93,58 +80,39 @@ def _get(block: nn.Module, path: str) -> nn.Module:
 
 
 def mlp_group(adapter: Adapter, i: int) -> Group:
-    producers, consumer = MLP_LAYOUT[adapter.family]
+    layout = adapter.family.mlp
     block = adapter.blocks[i]
     prefix = f"{adapter.block_prefix}.{i}."
-    width = weight_view(_get(block, consumer)).shape[1]
-    rows = _rows(width, 1)
-    return Group("mlp", i, [(prefix + p, _get(block, p), rows) for p in producers], (prefix + consumer, _get(block, consumer), rows))
+    rows = _rows(adapter.mlp_width(i), 1)
+    producers = [(prefix + p, _get(block, p), rows) for p in layout.producers]
+    return Group("mlp", i, producers, (prefix + layout.consumer, _get(block, layout.consumer), rows))
 
 
-def attention_counts(adapter: Adapter, i: int) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) of block ``i``, read from the module shapes."""
-    attn = _get(adapter.blocks[i], ATTENTION[adapter.family])
-    cfg = adapter.model.config
-    if adapter.family in ("opt", "gpt2"):
-        hd = cfg.hidden_size // cfg.num_attention_heads
-        n = weight_view(attn.out_proj if adapter.family == "opt" else attn.c_proj).shape[1] // hd
-        return n, n, hd
-    if adapter.family == "gpt_neox":
-        hd = attn.head_size
-        n = attn.dense.weight.shape[1] // hd
-        return n, n, hd
-    hd = attn.head_dim
-    return attn.q_proj.weight.shape[0] // hd, attn.k_proj.weight.shape[0] // hd, hd
+def _head_producer_rows(layout: AttentionLayout, n_q: int, n_kv: int, head_dim: int) -> list[tuple[str, torch.Tensor]]:
+    """(producer name, rows per unit) for each attention producer; a unit is one kv group."""
+    g = n_q // n_kv
+    q_rows = _rows(n_kv, g * head_dim)  # query heads of kv group u are contiguous: heads u*g .. u*g+g-1
+    kv_rows = _rows(n_kv, head_dim)
+    if layout.qkv is None:
+        return [(layout.q, q_rows), (layout.k, kv_rows), (layout.v, kv_rows)]
+    if layout.qkv_order == "stacked":  # rows [q | k | v]
+        q_size, kv_size = n_q * head_dim, n_kv * head_dim
+        return [(layout.qkv, torch.cat([q_rows, kv_rows + q_size, kv_rows + q_size + kv_size], dim=1))]
+    return [(layout.qkv, _rows(n_q, 3 * head_dim))]  # "per_head": rows [q_h | k_h | v_h] for each head h
 
 
 def heads_group(adapter: Adapter, i: int) -> Group:
-    block = adapter.blocks[i]
-    path = ATTENTION[adapter.family]
-    attn = _get(block, path)
-    prefix = f"{adapter.block_prefix}.{i}.{path}."
-    n_q, n_kv, hd = attention_counts(adapter, i)
-    g = n_q // n_kv
-    q_rows = _rows(n_kv, g * hd)  # query heads of kv group u are contiguous: heads u*g .. u*g+g-1
-    kv_rows = _rows(n_kv, hd)
-    fam = adapter.family
-    if fam == "gpt2":
-        e = n_q * hd
-        fused = torch.cat([q_rows, kv_rows + e, kv_rows + 2 * e], dim=1)
-        producers = [(prefix + "c_attn", attn.c_attn, fused)]
-        consumer = (prefix + "c_proj", attn.c_proj, q_rows)
-    elif fam == "gpt_neox":
-        producers = [(prefix + "query_key_value", attn.query_key_value, _rows(n_q, 3 * hd))]
-        consumer = (prefix + "dense", attn.dense, q_rows)
-    else:
-        out = "out_proj" if fam == "opt" else "o_proj"
-        producers = [(prefix + "q_proj", attn.q_proj, q_rows), (prefix + "k_proj", attn.k_proj, kv_rows),
-                     (prefix + "v_proj", attn.v_proj, kv_rows)]
-        consumer = (prefix + out, getattr(attn, out), q_rows)
-    return Group("heads", i, producers, consumer, attention=attn, heads_per_unit=g, head_dim=hd)
+    layout = adapter.family.attention
+    attn = _get(adapter.blocks[i], layout.path)
+    prefix = f"{adapter.block_prefix}.{i}.{layout.path}."
+    n_q, n_kv, hd = adapter.attention_counts(i)
+    producers = [(prefix + name, _get(attn, name), rows) for name, rows in _head_producer_rows(layout, n_q, n_kv, hd)]
+    consumer = (prefix + layout.out, _get(attn, layout.out), _rows(n_kv, (n_q // n_kv) * hd))
+    return Group("heads", i, producers, consumer, attention=attn, heads_per_unit=n_q // n_kv, head_dim=hd)
 
 
 def find_groups(adapter: Adapter, kinds: tuple[str, ...] = KINDS) -> list[Group]:
-    """All coupled groups of the requested kinds, block by block (mlp before heads in each block)."""
+    """All coupled groups of the requested kinds, block by block (heads before mlp in each block)."""
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"structure {kind!r} has no channel groups; choose from {', '.join(KINDS)}")

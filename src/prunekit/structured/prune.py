@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from prunekit.models.adapters import Adapter, adapter_for, weight_view
+from prunekit.core.families import Adapter, adapter_for, weight_view
 from prunekit.structured import allocate
 from prunekit.structured.criteria import Criterion, ScoreContext, build_criterion
 from prunekit.structured.criteria.block_importance import blocks_to_remove
 from prunekit.structured.export import layer_shapes, rewrite_config
-from prunekit.structured.groups import ATTENTION, KINDS, Group, attention_counts, find_groups
+from prunekit.structured.groups import KINDS, Group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
 from prunekit.structured.stats import Statistics, collect_activations, collect_gradients
 
@@ -73,7 +73,7 @@ def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], rat
     """One-line ValueErrors for requests that cannot be honoured."""
     for s in structure:
         if s not in STRUCTURES:
-            raise ValueError(f"structure {s!r} is not available for {adapter.family} models; "
+            raise ValueError(f"structure {s!r} is not available for {adapter.family.name} models; "
                              f"choose from {', '.join(STRUCTURES)}")
     if not structure:
         raise ValueError(f"no structure given; choose from {', '.join(STRUCTURES)}")
@@ -136,7 +136,7 @@ def remove_blocks(adapter: Adapter, indices: list[int]) -> None:
     parent_name, _, child = adapter.block_prefix.rpartition(".")
     setattr(adapter.model.get_submodule(parent_name), child, nn.ModuleList(keep))
     for i, block in enumerate(adapter.blocks):
-        attn = block.get_submodule(ATTENTION[adapter.family])
+        attn = adapter.family.attention_module(block)
         if hasattr(attn, "layer_idx"):
             attn.layer_idx = i
         if hasattr(block, "layer_idx"):
@@ -229,11 +229,8 @@ def _prune_channels(adapter, criterion, kinds, ratio, allocation, round_to, floo
 
 
 def _describe(adapter: Adapter, result: StructuredResult) -> None:
-    from prunekit.structured.groups import MLP_LAYOUT
-
-    consumer = MLP_LAYOUT[adapter.family][1]
-    for i, block in enumerate(adapter.blocks):
-        result.mlp_widths.append(weight_view(block.get_submodule(consumer)).shape[1])
-        n_q, n_kv, _ = attention_counts(adapter, i)
+    for i in range(len(adapter.blocks)):
+        result.mlp_widths.append(adapter.mlp_width(i))
+        n_q, n_kv, _ = adapter.attention_counts(i)
         result.heads.append(n_q)
         result.kv_heads.append(n_kv)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunekit.calibration import block_output
-from prunekit.models.adapters import Adapter
+from prunekit.core.families import Adapter, as_out_in, weight_view
 
 
 @dataclass
@@ -114,12 +114,8 @@ def collect_gradients(adapter: Adapter, windows: torch.Tensor, layers: dict[str,
         for p, flag in flags.items():
             p.requires_grad_(flag)
     for name, m in layers.items():
-        g = acc[id(m.weight)]
-        g = g.t() if type(m).__name__ == "Conv1D" else g
-        stats.gradients[name] = (g, acc[id(m.bias)] if m.bias is not None else None)
+        stats.gradients[name] = (as_out_in(m, acc[id(m.weight)]), acc[id(m.bias)] if m.bias is not None else None)
 
 
 def _in_features(module: nn.Module) -> int:
-    from prunekit.models.adapters import weight_view
-
     return weight_view(module).shape[1]

@@ -39,7 +39,7 @@ class Criterion:
 
 def weights(_name, module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight as out x in, bias) of a module, for :meth:`Group.unit_sums`."""
-    from prunekit.models.adapters import weight_view
+    from prunekit.core.families import weight_view
 
     return weight_view(module), module.bias
 

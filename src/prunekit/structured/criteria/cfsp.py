@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.models.adapters import weight_view
+from prunekit.core.families import weight_view
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
 from prunekit.structured.groups import Group
 

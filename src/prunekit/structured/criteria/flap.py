@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.models.adapters import weight_view
+from prunekit.core.families import weight_view
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
 from prunekit.structured.groups import Group
 

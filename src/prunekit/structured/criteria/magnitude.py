@@ -21,7 +21,7 @@ class GroupMagnitude(Criterion):
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
         def value(_name, module):
-            from prunekit.models.adapters import weight_view
+            from prunekit.core.families import weight_view
 
             b = module.bias.abs().pow(self.p) if module.bias is not None else None
             return weight_view(module).abs().pow(self.p), b
