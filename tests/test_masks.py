@@ -1,14 +1,8 @@
 import pytest
 import torch
 
-from prunekit.masks import (
-    Pattern,
-    global_ratios,
-    mask_from_scores,
-    outlier_ratio,
-    owl_ratios,
-    parse_pattern,
-)
+from prunekit.core.allocation import Global, outlier_ratio, owl_ratios
+from prunekit.core.masks import Pattern, mask_from_scores, parse_pattern
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
@@ -52,7 +46,7 @@ def test_bad_patterns_rejected(spec):
 def test_global_ratios_match_a_brute_force_global_threshold():
     torch.manual_seed(0)
     scores = {"a": torch.rand(10, 10) * 0.1, "b": torch.rand(10, 10), "c": torch.rand(5, 20) * 2}
-    ratios = global_ratios(scores, 0.5)
+    ratios = Global().ratios(scores, 0.5)
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     threshold = flat.sort().values[149]  # 150 of 300 pruned
     for name, s in scores.items():
@@ -88,7 +82,7 @@ def test_lean_allocator_applies_on_glibc_once():
 
 @pytest.mark.parametrize("shape, dim", [((40, 64), 1), ((64, 40), 0), ((3000,), -1), ((8, 6, 4), 2)])
 def test_lowest_k_equals_a_stable_sort_with_many_ties(shape, dim):
-    from prunekit.masks import lowest_k
+    from prunekit.core.masks import lowest_k
 
     torch.manual_seed(len(shape))
     scores = (torch.randn(shape) * 2).round()  # a handful of distinct values: ties everywhere

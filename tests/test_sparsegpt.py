@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prunekit.masks import lowest_k, parse_pattern
+from prunekit.core.masks import lowest_k, parse_pattern
 from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.sparsegpt import HessianNotPositiveDefinite, SparseGPT, block_quota, inverse_hessian_factor

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.masks import lowest_k, n_pruned
+from prunekit.core.masks import lowest_k, n_pruned
 from prunekit.core.registry import METHODS, option
 from prunekit.oneshot.base import Method
 

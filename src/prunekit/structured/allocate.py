@@ -8,8 +8,11 @@
 * ``blocks``: as ``global`` but within each block against that block's own budget (CFSP's coarse
   step gives the per-block ratios).
 
-Finally kept MLP widths are rounded to the nearest multiple of ``round_to`` (never below it),
-putting back the best removed units or removing the weakest kept ones.
+The ranking and the budget are the core's (``global`` and ``blocks`` of
+:mod:`prunekit.core.allocation`, with each unit's parameter cost); what is structured stays here:
+the floors in units, heads kept whole, and kept MLP widths rounded to the nearest multiple of
+``round_to`` (never below it), putting back the best removed units or removing the weakest kept
+ones. The kept units of a group are its highest-scoring ones (:func:`~prunekit.core.masks.top_k_indices`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import math
 
 import torch
 
+from prunekit.core.masks import top_k_indices
+from prunekit.core.registry import ALLOCATIONS
 from prunekit.structured.groups import Group
 
 
@@ -42,12 +47,6 @@ def _standardized(score: torch.Tensor) -> torch.Tensor:
     return (score - score.mean()) / score.std().clamp_min(1e-12)
 
 
-def _keep_top(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` highest scores (ties broken by index), sorted."""
-    order = torch.argsort(score, descending=True, stable=True)
-    return order[:k].sort().values
-
-
 def uniform(groups: list[Group], scores: list[torch.Tensor], ratio: float, round_to: int) -> list[torch.Tensor]:
     keeps = []
     for block in sorted({g.block for g in groups}):
@@ -67,46 +66,39 @@ def uniform(groups: list[Group], scores: list[torch.Tensor], ratio: float, round
                     raise ValueError(f"ratio {ratio} would remove every MLP channel of block {block}; "
                                      f"use a smaller ratio or allocation=global")
             removed += (g.n_units - kept) * g.unit_cost
-            keeps.append((groups.index(g), _keep_top(s, kept)))
+            keeps.append((groups.index(g), top_k_indices(s, kept)))
     return [k for _, k in sorted(keeps, key=lambda item: item[0])]
 
 
-def _greedy(groups: list[Group], keys: list[torch.Tensor], budget: float, floors: list[int]) -> list[int]:
-    """Remove units in ascending key order until ``budget`` parameters are gone; kept counts per group."""
-    flat = torch.cat(keys)
-    owner = torch.cat([torch.full((g.n_units,), i) for i, g in enumerate(groups)])
-    kept = [g.n_units for g in groups]
-    removed = 0.0
-    for j in torch.argsort(flat, stable=True).tolist():
-        if removed >= budget:
-            break
-        i = int(owner[j])
-        if kept[i] > floors[i]:
-            kept[i] -= 1
-            removed += groups[i].unit_cost
-    return kept
+def _kept_counts(allocation, groups: list[Group], keys: list[torch.Tensor], ratio: float, floor: float,
+                 round_to: int, **context) -> list[int]:
+    """Units kept per group when the core's ``allocation`` removes ``ratio`` of the parameters."""
+    pruned = ALLOCATIONS.build(allocation, {"floor": floor}).counts(
+        dict(enumerate(keys)), ratio, costs={i: g.unit_cost for i, g in enumerate(groups)},
+        min_kept={i: min_units(g, 0.0, round_to) for i, g in enumerate(groups)}, **context)
+    return [g.n_units - pruned[i] for i, g in enumerate(groups)]
 
 
-def ranked(groups: list[Group], scores: list[torch.Tensor], budget: float, standardize: bool, floor: float,
+def _keeps(groups: list[Group], keys: list[torch.Tensor], counts: list[int], floor: float,
            round_to: int) -> list[torch.Tensor]:
-    """Budgeted removal over ``groups`` ranked together; returns kept unit indices per group."""
-    keys = [_standardized(s) if standardize else s for s in scores]
+    """Kept unit indices per group: each count rounded (MLP widths), never below the group's floor."""
     floors = [min_units(g, floor, round_to) for g in groups]
-    counts = _greedy(groups, keys, budget, floors)
-    return [_keep_top(s, max(round_kept(g, k, round_to), f)) for g, s, k, f in zip(groups, keys, counts, floors)]
+    return [top_k_indices(s, max(round_kept(g, k, round_to), f)) for g, s, k, f in zip(groups, keys, counts, floors)]
+
+
+def _keys(scores: list[torch.Tensor], standardize: bool) -> list[torch.Tensor]:
+    return [_standardized(s) if standardize else s for s in scores]
 
 
 def global_(groups, scores, ratio, standardize, floor, round_to) -> list[torch.Tensor]:
-    budget = ratio * sum(g.n_units * g.unit_cost for g in groups)
-    return ranked(groups, scores, budget, standardize, floor, round_to)
+    """All units of all groups ranked together against one parameter budget (``ratio`` of all)."""
+    keys = _keys(scores, standardize)
+    return _keeps(groups, keys, _kept_counts("global", groups, keys, ratio, floor, round_to), floor, round_to)
 
 
 def per_block(groups, scores, block_ratio: dict[int, float], standardize, floor, round_to) -> list[torch.Tensor]:
-    keeps: list[torch.Tensor | None] = [None] * len(groups)
-    for block, r in block_ratio.items():
-        idx = [i for i, g in enumerate(groups) if g.block == block]
-        members = [groups[i] for i in idx]
-        budget = r * sum(g.n_units * g.unit_cost for g in members)
-        for i, k in zip(idx, ranked(members, [scores[i] for i in idx], budget, standardize, floor, round_to)):
-            keeps[i] = k
-    return keeps
+    """As :func:`global_`, within each block against that block's own budget (``block_ratio[block]``)."""
+    keys = _keys(scores, standardize)
+    counts = _kept_counts("blocks", groups, keys, 0.0, floor, round_to,
+                          blocks={i: g.block for i, g in enumerate(groups)}, block_sparsity=block_ratio)
+    return _keeps(groups, keys, counts, floor, round_to)

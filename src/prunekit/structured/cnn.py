@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from prunekit.core.masks import top_k_indices
+
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
                 nn.LeakyReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -359,7 +361,7 @@ def _plan(model, groups, ratio, round_to, method, generator) -> list[tuple[CnnGr
             score = torch.rand(grp.size, generator=generator, dtype=torch.float64)
         else:
             score = magnitude_scores(model, grp, p=1 if method == "l1" else 2)
-        plan.append((grp, torch.argsort(score, descending=True, stable=True)[:k].sort().values))
+        plan.append((grp, top_k_indices(score, k)))
     return plan
 
 

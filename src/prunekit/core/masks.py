@@ -1,8 +1,9 @@
-"""From scores to masks: unstructured, per-row and N:M patterns; layer-wise sparsity allocation.
+"""From scores to masks: the one mask convention, the one top-k, unstructured, per-row and N:M patterns.
 
-A mask is a bool tensor shaped like the (out x in) weight, ``True`` where the weight is pruned.
-Lower score = pruned first; ties are broken by position (the earlier index is pruned first), so
-the same scores always give the same mask.
+A mask is a bool tensor shaped like the (out x in) weight, ``True`` where the weight is pruned, in
+every part of prunekit (one-shot, structured and training pruning). Lower score = pruned first;
+ties are broken by position (the earlier index is pruned first), so the same scores always give
+the same mask. How a sparsity is spread over layers lives in :mod:`prunekit.core.allocation`.
 
 N:M follows the Wanda/SparseGPT convention: N weights are pruned in every group of M
 consecutive inputs of each output row (2:4 -> 50% sparsity).
@@ -14,6 +15,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+
+from prunekit.core.errors import PrunekitError, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -42,22 +45,22 @@ def parse_pattern(spec: str | Pattern) -> Pattern:
         return Pattern(text)
     match = re.fullmatch(r"(\d+):(\d+)", text)
     if not match:
-        raise ValueError(f"unknown pattern {spec!r}; choices: {', '.join(PATTERN_CHOICES)}")
+        raise unknown_choice("pattern", spec, PATTERN_CHOICES)
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise ValueError(f"bad N:M pattern {spec!r}: need 0 < N < M (N pruned in every M inputs)")
+        raise PrunekitError(f"bad N:M pattern {spec!r}: need 0 < N < M (N pruned in every M inputs)")
     return Pattern("n:m", n, m)
 
 
 def check_sparsity(sparsity: float) -> float:
     if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        raise PrunekitError(f"sparsity must be in [0, 1), got {sparsity!r}")
     return float(sparsity)
 
 
 def check_pattern_fits(pattern: Pattern, in_features: int, name: str = "layer") -> None:
     if pattern.kind == "n:m" and in_features % pattern.m:
-        raise ValueError(
+        raise PrunekitError(
             f"pattern {pattern} does not fit {name}: M={pattern.m} does not divide its input width {in_features}"
         )
 
@@ -81,6 +84,12 @@ def lowest_k(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     return below | (ties & (ties.cumsum(dim) <= still_needed))
 
 
+def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted indices of the ``k`` highest entries of a 1-D score vector: the units a structured
+    removal keeps. Ties: the lower index is kept (the order structured pruning has always used)."""
+    return lowest_k(-scores, k).nonzero().reshape(-1)
+
+
 def n_pruned(numel: int, sparsity: float) -> int:
     """How many of ``numel`` weights a sparsity prunes (rounded to nearest)."""
     return int(round(numel * sparsity))
@@ -96,47 +105,3 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern) ->
     check_pattern_fits(pattern, in_features)
     groups = scores.reshape(out_features, in_features // pattern.m, pattern.m)
     return lowest_k(groups, pattern.n, dim=2).reshape(scores.shape)
-
-
-# ---------------------------------------------------------------- layer-wise allocation
-
-def global_ratios(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
-    """Per-layer sparsities from one threshold over all layers' scores (e.g. global magnitude).
-
-    Ties at the threshold go to layers in the order given, so the total is exact.
-    """
-    flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
-    k = n_pruned(flat.numel(), sparsity)
-    if k == 0:
-        return {name: 0.0 for name in scores}
-    threshold = torch.kthvalue(flat, k).values
-    del flat
-    below = {name: int((s < threshold).sum()) for name, s in scores.items()}
-    ties_left = k - sum(below.values())
-    ratios = {}
-    for name, s in scores.items():
-        take = min(int((s == threshold).sum()), ties_left)
-        ties_left -= take
-        ratios[name] = (below[name] + take) / s.numel()
-    return ratios
-
-
-def owl_ratios(outlier_ratios: list[float], sparsity: float, lam: float = 0.08) -> list[float]:
-    """OWL (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity"): layers with more outliers keep more.
-
-    Outlier ratios D_l are mapped linearly onto [s - lam, s + lam] (high D -> low sparsity) and
-    shifted so their mean is exactly the target ``sparsity``.
-    """
-    d = torch.tensor(outlier_ratios, dtype=torch.float64)
-    spread = d.max() - d.min()
-    if spread <= 0:
-        return [sparsity] * len(outlier_ratios)
-    scaled = (d - d.min()) / spread * (2 * lam)  # in [0, 2 lam]
-    ratios = sparsity + lam - scaled
-    ratios = ratios - ratios.mean() + sparsity
-    return [float(min(max(r, 0.0), 0.99)) for r in ratios]
-
-
-def outlier_ratio(scores: torch.Tensor, m: float = 5.0) -> float:
-    """Fraction of entries larger than ``m`` times the mean score (OWL's layer outlier distribution)."""
-    return float((scores > m * scores.mean()).float().mean())
