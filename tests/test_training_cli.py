@@ -88,7 +88,7 @@ def test_recipe_plus_flag_override_trains_and_prunes_real_fashion_mnist(tmp_path
     saved = torch.load(out_file, weights_only=True)
     for name, mask in saved["masks"].items():
         weight = saved["model"][f"{name}.weight"]
-        assert torch.all(weight[~mask] == 0)
+        assert torch.all(weight[mask] == 0)  # True = pruned
 
 
 @pytest.mark.slow

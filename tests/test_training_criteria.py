@@ -19,10 +19,10 @@ def collapsing_model():
 
 def test_plain_global_empties_a_layer_and_floor_does_not():
     plain = prune_once(collapsing_model(), 0.8, scope="global")
-    assert plain.masks["2"].sum() == 0  # the small layer is gone: the network outputs a constant
+    assert plain.masks["2"].all()  # the small layer is gone (True = pruned): the network outputs a constant
     floored = prune_once(collapsing_model(), 0.8, scope="global", floor=0.05)
     for name, mask in floored.masks.items():
-        assert mask.sum() >= math.ceil(0.05 * mask.numel()), name
+        assert (~mask).sum() >= math.ceil(0.05 * mask.numel()), name
     total = sum(m.numel() for m in floored.masks.values())
     assert floored.nonzeros() == keep_count(total, 0.8)
 
@@ -30,8 +30,8 @@ def test_plain_global_empties_a_layer_and_floor_does_not():
 def test_floor_keeps_each_layers_own_best_weights():
     scores = {"a": torch.arange(100.0), "b": torch.arange(10.0) * 1e-6}
     masks = global_masks(scores, 0.8, floor=0.15)  # keeps 22 of 110: floors 15 + 2, 5 more go to "a"
-    assert masks["b"].sum() == 2 and masks["b"][-2:].all()
-    assert masks["a"].sum() == 20 and masks["a"][-20:].all()
+    assert (~masks["b"]).sum() == 2 and not masks["b"][-2:].any()
+    assert (~masks["a"]).sum() == 20 and not masks["a"][-20:].any()
 
 
 def test_floor_larger_than_budget_is_an_error_naming_values():
@@ -45,14 +45,14 @@ def test_layerwise_is_exact_and_monotone_for_random_scores():
     m1 = compute_masks(weights, 0.5, "random", generator=g)
     m2 = compute_masks(weights, 0.8, "random", masks=m1, generator=g)
     for n, w in weights.items():
-        assert int(m1[n].sum()) == keep_count(w.numel(), 0.5)
-        assert int(m2[n].sum()) == keep_count(w.numel(), 0.8)
-        assert not (m2[n] & ~m1[n]).any()  # nothing pruned comes back
+        assert int((~m1[n]).sum()) == keep_count(w.numel(), 0.5)
+        assert int((~m2[n]).sum()) == keep_count(w.numel(), 0.8)
+        assert not (m1[n] & ~m2[n]).any()  # nothing pruned comes back
 
 
 def test_magnitude_keeps_the_largest():
     masks = compute_masks({"w": torch.tensor([0.1, -3.0, 0.5, 2.0])}, 0.5, "magnitude")
-    assert masks["w"].tolist() == [False, True, False, True]
+    assert masks["w"].tolist() == [True, False, True, False]  # True = pruned
 
 
 def test_unknown_criterion_and_scope_are_named():

@@ -16,6 +16,7 @@ def mlp():
 
 
 def top_mask(scores, keep):
+    """The kept weights (the complement of a pruner mask, whose True = pruned)."""
     flat = torch.zeros(scores.numel(), dtype=torch.bool)
     flat[torch.argsort(scores.reshape(-1), descending=True)[:keep]] = True
     return flat.reshape(scores.shape)
@@ -33,7 +34,7 @@ def test_wanda_masks_match_an_independent_computation():
             expected[name] = top_mask(scores, keep_count(scores.numel(), 0.5))
     pruner = prune_once(model, 0.5, "wanda", calibration=x)
     for name in expected:
-        assert torch.equal(pruner.masks[name], expected[name]), name
+        assert torch.equal(~pruner.masks[name], expected[name]), name
         assert torch.all(model.get_submodule(name).weight[~expected[name]] == 0)
 
 
@@ -45,8 +46,8 @@ def test_wanda_keeps_a_small_weight_on_a_loud_input_that_magnitude_drops():
         return nn.Sequential(layer)
 
     x = torch.ones(8, 4) * torch.tensor([1.0, 1.0, 100.0, 1.0])
-    assert prune_once(one_neuron(), 0.5).masks["0"].tolist() == [[True, True, False, False]]
-    assert prune_once(one_neuron(), 0.5, "wanda", calibration=x).masks["0"].tolist() == [[True, False, True, False]]
+    assert prune_once(one_neuron(), 0.5).masks["0"].tolist() == [[False, False, True, True]]  # True = pruned
+    assert prune_once(one_neuron(), 0.5, "wanda", calibration=x).masks["0"].tolist() == [[False, True, False, True]]
 
 
 def test_conv_input_norms_are_the_im2col_column_norms():
@@ -91,7 +92,7 @@ def test_gblm_scores_use_per_sample_gradients():
     # and through the pruner (which updates masks under no_grad): the top 40% of those scores per layer
     pruner = prune_once(model, 0.6, "gblm", calibration=(x, y))
     for name, s in expected.items():
-        assert torch.equal(pruner.masks[name], top_mask(s, keep_count(s.numel(), 0.6))), name
+        assert torch.equal(~pruner.masks[name], top_mask(s, keep_count(s.numel(), 0.6))), name
 
 
 def test_gradual_wanda_in_a_training_loop_hits_the_schedule_and_keeps_zeros():
@@ -112,9 +113,9 @@ def test_gradual_wanda_in_a_training_loop_hits_the_schedule_and_keeps_zeros():
         total = sum(m.numel() for m in pruner.masks.values())
         assert pruner.nonzeros() == keep_count(total, sched(step)), step
         for name, mask in pruner.masks.items():
-            assert not (mask & ~previous[name]).any()  # monotone
-            assert torch.all(pruner.weights[name][~mask] == 0)
-            assert mask.sum() >= 0.05 * mask.numel()
+            assert not (previous[name] & ~mask).any()  # monotone: nothing pruned comes back
+            assert torch.all(pruner.weights[name][mask] == 0)
+            assert (~mask).sum() >= 0.05 * mask.numel()
         previous = {n: m.clone() for n, m in pruner.masks.items()}
     assert pruner.sparsity() == pytest.approx(0.8, abs=0.01)
 

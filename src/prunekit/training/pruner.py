@@ -6,7 +6,8 @@
         loss = criterion(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
         pruner.step(step)
 
-Three things keep a pruned weight at zero: a gradient hook multiplies its gradient by the mask,
+Masks follow the one convention of :mod:`prunekit.core.masks`: ``True`` = pruned.
+Three things keep a pruned weight at zero: a gradient hook zeroes its gradient,
 the optimizer state (momentum, Adam moments) of pruned entries is zeroed when the mask changes,
 and the mask is re-applied after every step (weight decay or a foreign update cannot revive it).
 """
@@ -80,7 +81,7 @@ class Pruner:
         self.loss_fn = loss_fn
         named = dict(model.named_modules())
         self.modules = {n: named[n] for n in weights}
-        self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        self.masks = {n: torch.zeros_like(w, dtype=torch.bool) for n, w in weights.items()}  # True = pruned
         self.target = 0.0
         self.optimizers: list[torch.optim.Optimizer] = []
         self.generator = torch.Generator().manual_seed(seed)
@@ -88,7 +89,7 @@ class Pruner:
 
     def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            return grad * self.masks[name].to(grad.dtype)
+            return grad * (~self.masks[name]).to(grad.dtype)
         return hook
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Pruner:
@@ -131,9 +132,10 @@ class Pruner:
     def apply_masks(self) -> None:
         """Zero every pruned weight (and its gradient, if one is stored)."""
         for name, w in self.weights.items():
-            w.mul_(self.masks[name])
+            kept = ~self.masks[name]
+            w.mul_(kept)
             if w.grad is not None:
-                w.grad.mul_(self.masks[name])
+                w.grad.mul_(kept)
 
     @torch.no_grad()
     def zero_optimizer_state(self) -> None:
@@ -144,7 +146,7 @@ class Pruner:
                 for key in _STATE_KEYS:
                     buf = state.get(key)
                     if isinstance(buf, torch.Tensor) and buf.shape == w.shape:
-                        buf.mul_(self.masks[name])
+                        buf.mul_(~self.masks[name])
 
     def sparsity(self) -> float:
         """Measured fraction of zeros in the pruned weights (not just the mask target)."""
@@ -153,13 +155,14 @@ class Pruner:
 
     def layer_sparsity(self) -> dict[str, float]:
         """Fraction of pruned entries per layer, from the masks."""
-        return {n: 1.0 - m.float().mean().item() for n, m in self.masks.items()}
+        return {n: m.float().mean().item() for n, m in self.masks.items()}
 
     def nonzeros(self) -> int:
         """Kept weights in the pruned layers."""
-        return sum(int(m.sum()) for m in self.masks.values())
+        return sum(m.numel() - int(m.sum()) for m in self.masks.values())
 
     def state_dict(self) -> dict[str, object]:
+        """The masks (True = pruned) and the current target sparsity."""
         return {"masks": {n: m.clone() for n, m in self.masks.items()}, "target": self.target}
 
     def load_state_dict(self, state: dict[str, object]) -> None:

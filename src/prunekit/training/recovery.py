@@ -4,8 +4,8 @@
 * :func:`perp_recover`: parameter-efficient retraining after pruning (PERP; Zimmer et al. 2023,
   "PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs"). Only biases and
   normalization parameters are trained, optionally with low-rank adapters on the pruned layers.
-  The adapters are masked (their "MaskLoRA" variant): the layer computes with
-  (W + B A) ⊙ M, so merging them back, W <- (W + B A) ⊙ M, cannot revive a pruned weight.
+  The adapters are masked (their "MaskLoRA" variant): the layer computes with (W + B A) with the
+  pruned entries zeroed, so merging them back cannot revive a pruned weight.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupN
 
 
 class MaskedLoRA(nn.Module):
-    """A Linear/Conv layer whose effective weight is (W + (alpha/r) B A) ⊙ M (Hu et al. 2021 LoRA, masked).
+    """A Linear/Conv layer whose effective weight is (W + (alpha/r) B A) ⊙ (1 - M) (Hu et al. 2021 LoRA,
+    masked), M the bool ``mask`` of pruned weights (True = pruned).
 
     A is (r, fan_in) with Kaiming-uniform init and B is (out, r) zeros, so training starts from the
     pruned layer exactly. ``base.weight`` is frozen; only A and B train.
@@ -35,7 +36,7 @@ class MaskedLoRA(nn.Module):
         if not isinstance(base, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             raise TypeError(f"MaskedLoRA wraps Linear/Conv layers, got {type(base).__name__}")
         self.base = base
-        self.register_buffer("mask", mask.to(base.weight.dtype))
+        self.register_buffer("kept", (~mask.to(torch.bool)).to(base.weight.dtype))  # 1 = kept, 0 = pruned
         out_features, fan_in = base.weight.shape[0], base.weight[0].numel()
         device = base.weight.device
         self.lora_a = nn.Parameter(torch.empty(rank, fan_in, device=device))
@@ -44,9 +45,9 @@ class MaskedLoRA(nn.Module):
         self.scale = (alpha if alpha is not None else rank) / rank
 
     def merged_weight(self) -> torch.Tensor:
-        """(W + scale * B A) ⊙ M, reshaped to the base weight."""
+        """(W + scale * B A) with the pruned entries zeroed, reshaped to the base weight."""
         delta = (self.lora_b @ self.lora_a).reshape(self.base.weight.shape)
-        return (self.base.weight + self.scale * delta) * self.mask
+        return (self.base.weight + self.scale * delta) * self.kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.merged_weight()
@@ -63,7 +64,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def add_masked_lora(model: nn.Module, masks: dict[str, torch.Tensor], rank: int = 4,
                     alpha: float | None = None) -> list[str]:
-    """Wrap every layer named in ``masks`` in a :class:`MaskedLoRA`; returns the wrapped names."""
+    """Wrap every layer named in ``masks`` (True = pruned) in a :class:`MaskedLoRA`; returns the wrapped names."""
     for name, mask in masks.items():
         _set_submodule(model, name, MaskedLoRA(model.get_submodule(name), mask, rank, alpha))
     return list(masks)
