@@ -6,7 +6,7 @@ import torch
 import prunekit
 from prunekit.datasets.text import calibration_windows, evaluation_windows
 from prunekit.evaluate.perplexity import window_nlls
-from prunekit.masks import parse_pattern
+from prunekit.core.masks import parse_pattern
 from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import LayerContext
 from prunekit.core.families import adapter_for, weight_view

@@ -16,8 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunekit.calibration import BlockInputs, capture_block_inputs, run_block
+from prunekit.core.registry import ALLOCATIONS
 from prunekit.datasets.text import calibration_windows, describe_source
-from prunekit.masks import check_pattern_fits, global_ratios, outlier_ratio, owl_ratios, parse_pattern
+from prunekit.core.masks import check_pattern_fits, parse_pattern
 from prunekit.memory import lean_allocator, peak_rss_mb
 from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import LayerContext
@@ -198,17 +199,19 @@ def walk_blocks(adapter: Adapter, windows: torch.Tensor, chunk_size: int, per_bl
 # ------------------------------------------------------------------ allocation
 
 def _allocate(adapter, step, per_block, windows, calib, progress, device=None) -> dict[str, float]:
-    names = [name for layers in per_block for name in layers]
+    """Per-layer sparsities from the core allocation the step names (:mod:`prunekit.core.allocation`)."""
+    weights = {name: weight_view(m) for layers in per_block for name, m in layers.items()}
     if step.allocation == "uniform":
-        return {name: step.sparsity for name in names}
-    if step.allocation == "global":
-        scores = {name: weight_view(m).abs() for layers in per_block for name, m in layers.items()}
-        return global_ratios(scores, step.sparsity)
-    return _owl_allocation(adapter, step, per_block, windows, calib, progress, device)
+        return ALLOCATIONS.build("uniform").ratios(weights, step.sparsity)
+    if step.allocation == "global":  # one |W| threshold over all target layers
+        return ALLOCATIONS.build("global").ratios({n: w.abs() for n, w in weights.items()}, step.sparsity)
+    owl = ALLOCATIONS.build("owl", {"lam": step.owl_lambda, "m": step.owl_m})
+    block_ratio = owl.ratios(_owl_block_scores(adapter, per_block, windows, calib, progress, device), step.sparsity)
+    return {name: block_ratio[i] for i, layers in enumerate(per_block) for name in layers}
 
 
-def _owl_allocation(adapter, step, per_block, windows, calib, progress, device=None) -> dict[str, float]:
-    """OWL: one dense pass collects Wanda scores; each block's outlier ratio sets its sparsity."""
+def _owl_block_scores(adapter, per_block, windows, calib, progress, device=None) -> dict[int, torch.Tensor]:
+    """OWL's input: one dense pass collects the Wanda scores of each block, pooled (flat) per block."""
     block_scores: dict[int, list[torch.Tensor]] = {}
     block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
 
@@ -217,10 +220,7 @@ def _owl_allocation(adapter, step, per_block, windows, calib, progress, device=N
 
     walk_blocks(adapter, windows, calib.chunk_size, per_block, collect, progress=progress, desc="owl scores",
                 device=device)
-    used = sorted(block_scores)
-    d = [outlier_ratio(torch.cat(block_scores[i]), step.owl_m) for i in used]
-    block_ratio = dict(zip(used, owl_ratios(d, step.sparsity, step.owl_lambda)))
-    return {name: block_ratio[block_of[name]] for name in block_of}
+    return {i: torch.cat(block_scores.pop(i)) for i in sorted(block_scores)}  # pop: one block's copy at a time
 
 
 # ------------------------------------------------------------------ gradients (GBLM)

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunekit.masks import check_sparsity, parse_pattern
+from prunekit.core.masks import check_sparsity, parse_pattern
 from prunekit.core.errors import unknown_choice
 from prunekit.core.registry import METHODS
 from prunekit.targets import validate_selectors

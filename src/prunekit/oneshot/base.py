@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from prunekit.masks import Pattern, mask_from_scores
+from prunekit.core.masks import Pattern, mask_from_scores
 from prunekit.core.stats import LayerStats
 
 NEEDS = frozenset({"norms", "hessian", "gradients"})
