@@ -1,14 +1,29 @@
-"""Resolve a model name to weights and load it with stock transformers classes (no remote code)."""
+"""Resolve a model name to weights and load it with stock transformers classes (no remote code).
+
+Every way a model can fail to load (a name that is neither embedded, a folder nor a reachable hub
+id; a garbage ``config.json``; a folder without weights; a truncated or garbage safetensors file;
+a tampered ``prunekit.json``) is a one-line :class:`~prunekit.core.errors.PrunekitError`.
+"""
 
 from __future__ import annotations
 
-import json
+import difflib
+import os
 from pathlib import Path
 
 import torch
 
 from prunekit.assets import EMBEDDED_MODELS, embedded_model_dir
+from prunekit.core.errors import PrunekitError
 from prunekit.core.families import check_model_type
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _describe(err: BaseException) -> str:
+    from prunekit.io import describe_error
+
+    return describe_error(err)
 
 
 def resolve_model_path(name_or_path: str | Path) -> str:
@@ -18,13 +33,84 @@ def resolve_model_path(name_or_path: str | Path) -> str:
         return str(embedded_model_dir(name))
     path = Path(name).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise PrunekitError(f"model path {name!r} is a file; give the model folder (config.json + weights)")
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {name!r} has no config.json")
+            raise PrunekitError(f"model folder {name!r} has no config.json")
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
     if looks_like_path:
-        raise FileNotFoundError(f"model path {name!r} does not exist")
+        raise PrunekitError(f"model path {name!r} does not exist")
     return name  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
+
+
+def _unreachable(name: str, err: BaseException) -> PrunekitError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    close = difflib.get_close_matches(name.lower(), list(EMBEDDED_MODELS), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    why = "offline (HF_HUB_OFFLINE) and not in the Hugging Face cache" if offline else _describe(err)
+    return PrunekitError(f"model {name!r} is not an embedded model, a local folder or a hub id that can be "
+                         f"loaded: {why}{hint} (embedded: {', '.join(EMBEDDED_MODELS)})")
+
+
+def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The transformers config of a model, checked to be a supported family (fast: no weights)."""
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any failure to read a config is a bad model argument
+        if not Path(path).is_dir():
+            raise _unreachable(name, err) from None
+        raise PrunekitError(f"model folder {name!r} has an unreadable config.json ({_describe(err)})") from None
+    check_model_type(getattr(config, "model_type", None))
+    return config
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings cover (``max_position_embeddings``)."""
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_seqlen(config, seqlen: int, flag: str = "--seqlen") -> None:
+    """``seqlen`` must fit the model's positions."""
+    limit = max_positions(config)
+    if limit is not None and seqlen > limit:
+        raise PrunekitError(f"{flag} {seqlen} is longer than the model's {limit} positions "
+                            f"(max_position_embeddings); use at most {limit}")
+
+
+def check_device(device) -> str | None:
+    """``device`` as a string if it exists here (cpu, cuda, cuda:N, mps), else a one-line error."""
+    if device is None:
+        return None
+    choices = "cpu, cuda, cuda:N, mps"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PrunekitError(f"unknown device {device!r} (choices: {choices})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PrunekitError(f"device {device!r}: no CUDA GPU is available here (torch {torch.__version__}); "
+                                "use cpu or leave --device out")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise PrunekitError(f"device {device!r}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise PrunekitError(f"device {device!r}: MPS is not available here; use cpu or leave --device out")
+    elif dev.type != "cpu":
+        raise PrunekitError(f"device {device!r} is not supported (choices: {choices})")
+    return str(dev)
+
+
+def _check_weights(path: str) -> None:
+    folder = Path(path)
+    if folder.is_dir() and not any(any(folder.glob(p)) for p in WEIGHT_FILES):
+        raise PrunekitError(f"model folder {path!r} has no weights (no *.safetensors file)")
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -32,23 +118,42 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, dev
     """Load a decoder-only causal LM in eval mode.
 
     ``name_or_path`` is ``"smollm2-135m"`` (the embedded default), a local folder or a hub id.
-    Folders written by prunekit's structured pruning with per-layer widths load too.
+    Folders written by prunekit's structured pruning with per-layer widths load too. Weights the
+    files lack (which transformers would initialize at random) are an error.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    check_model_type(config.model_type)
-    manifest = Path(path) / "prunekit.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("layer_shapes"):
-        from prunekit.io import load_pretrained
+    from prunekit.io import load_pretrained, read_manifest
 
-        return load_pretrained(path, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    name = str(name_or_path)
+    path = resolve_model_path(name)
+    load_config(name, trust_remote_code=trust_remote_code)
+    _check_weights(path)
+    manifest = read_manifest(path) if Path(path).is_dir() else {}
+    try:
+        if manifest.get("layer_shapes"):
+            return load_pretrained(path, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+    except PrunekitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated/garbage weights surface as many error types
+        raise PrunekitError(f"could not load the weights of model {name!r} ({_describe(err)})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise PrunekitError(f"the weights of model {name!r} lack {len(missing)} tensor(s), e.g. {missing[0]!r}; "
+                            "the files are incomplete")
     return model.to(device).eval()
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    name = str(name_or_path)
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - missing or garbage tokenizer files
+        if not Path(path).is_dir():
+            raise _unreachable(name, err) from None
+        raise PrunekitError(f"could not load the tokenizer of model {name!r} ({_describe(err)})") from None
