@@ -21,7 +21,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunekit.recipe import CalibrationConfig, read_recipe_file, reject_unknown_keys
+from prunekit.core.errors import PrunekitError
+from prunekit.recipe import (CalibrationConfig, check_integer, check_number, read_recipe_file, reject_unknown_keys,
+                             short_repr)
 
 
 @dataclass
@@ -41,21 +43,38 @@ class StructuredStep:
         from prunekit.structured.prune import ALLOCATIONS
         from prunekit.structured.cli import parse_structure
 
-        if isinstance(self.structure, (list, tuple)):
+        if not isinstance(self.method, str):
+            raise PrunekitError(f"structured method must be a name (a string), got {short_repr(self.method)}")
+        if isinstance(self.structure, (list, tuple)) and all(isinstance(p, str) for p in self.structure):
             self.structure = ",".join(self.structure)
+        if not isinstance(self.structure, str):
+            raise PrunekitError(f"structure must be a comma list or a list of mlp, heads, blocks, got "
+                                f"{short_repr(self.structure)}")
         parts = parse_structure(self.structure)
+        if self.remove is not None:
+            self.remove = check_integer(self.remove, "remove")
+            if "blocks" not in parts:
+                raise PrunekitError(f"remove {self.remove} applies only to structure blocks, but structure is "
+                                    f"{self.structure!r}; add blocks or drop remove")
         if parts == ("blocks",) and self.remove is not None:
             self.ratio = None  # remove N blocks: the ratio would be ignored
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise PrunekitError(f"options must be a mapping of option names to values, got {short_repr(self.options)}")
         build_criterion(self.method, **self.options)  # unknown methods and options
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"ratio {self.ratio} is outside [0, 1): it is the fraction of the structure's "
-                             "parameters removed")
-        if self.allocation is not None and self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation {self.allocation!r} is unknown; choose from {', '.join(ALLOCATIONS)}")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.ratio is not None:
+            self.ratio = check_number(self.ratio, "ratio")
+            if not 0.0 <= self.ratio < 1.0:
+                raise PrunekitError(f"ratio {self.ratio} is outside [0, 1): it is the fraction of the structure's "
+                                    "parameters removed")
+        if self.allocation is not None and (not isinstance(self.allocation, str) or self.allocation not in ALLOCATIONS):
+            raise PrunekitError(f"allocation {short_repr(self.allocation)} is unknown; choose from "
+                                f"{', '.join(ALLOCATIONS)}")
+        self.round_to = check_integer(self.round_to, "round_to", 1)
+        self.floor = check_number(self.floor, "floor")
         if not 0.0 <= self.floor < 1.0:
-            raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
+            raise PrunekitError(f"floor must be in [0, 1), got {self.floor!r}")
+        if self.bias_compensation is not None and not isinstance(self.bias_compensation, bool):
+            raise PrunekitError(f"bias_compensation must be true, false or null, got {short_repr(self.bias_compensation)}")
 
     def kwargs(self) -> dict:
         """Keyword arguments of :func:`prunekit.structured.prune_structured`."""
@@ -75,7 +94,7 @@ class StructuredRecipe:
     @classmethod
     def from_dict(cls, data: dict) -> StructuredRecipe:
         if not isinstance(data, dict):
-            raise ValueError(f"a structured recipe must be a mapping, got {type(data).__name__}")
+            raise PrunekitError(f"a structured recipe must be a mapping, got {short_repr(data)}")
         reject_unknown_keys(data, cls, "structured recipe")
         step = data.get("structured", {})
         reject_unknown_keys(step, StructuredStep, "structured")
@@ -106,4 +125,4 @@ def is_structured_recipe(path: str | Path | None) -> bool:
 
 def load_structured_recipe(path: str | Path) -> StructuredRecipe:
     """Read a structured recipe from a .yaml/.yml or .json file."""
-    return StructuredRecipe.from_dict(read_recipe_file(path) or {})
+    return StructuredRecipe.from_dict(read_recipe_file(path))
