@@ -1,6 +1,8 @@
 """``prunekit prune|eval|inspect|demo`` (and ``train``/``data`` where those packages are present).
 
-Every bad input is a one-line error on stderr and exit code 2, with nothing written.
+Every bad input is a one-line error on stderr and exit code 2, with nothing written; checks that need
+no weights (flags, recipe, device, model config, text source, --out) run before the model loads.
+Ctrl-C is one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import os
 import sys
 from pathlib import Path
 
+from prunekit.core.errors import PrunekitError
+
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+MAX_MESSAGE = 400  # characters of an error line
 DEMO_OUT = "out/smollm2-135m-wanda50"
+STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to"}
 
 
-class UsageError(Exception):
+class UsageError(PrunekitError):
     pass
 
 
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--structure", default=None, help="comma list of mlp,heads,blocks")
     g.add_argument("--ratio", type=float, default=None, help="fraction of the structures' parameters removed")
     g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (with --structure blocks)")
-    g.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this")
+    g.add_argument("--round-to", type=int, default=None, help="kept MLP widths are multiples of this (default 8)")
     _add_output_args(p)
 
     e = sub.add_parser("eval", help="perplexity on a fixed protocol")
@@ -98,9 +105,16 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def recipe_from_args(args):
+    import dataclasses
+
     from prunekit.recipe import CalibrationConfig, PruneStep, Recipe, load_recipe
 
-    recipe = load_recipe(args.recipe) if args.recipe else Recipe(steps=[], calibration=CalibrationConfig())
+    for key, flag in STRUCTURED_ONLY.items():
+        if getattr(args, key, None) is not None:
+            raise UsageError(f"{flag} {getattr(args, key)!r} applies only to structured pruning; add --structure "
+                             "mlp,heads,blocks or use --sparsity")
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    steps = list(recipe.steps) if recipe else []
     step = {
         "method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "allocation": args.allocation,
         "targets": args.targets.split(",") if args.targets else None,
@@ -108,23 +122,21 @@ def recipe_from_args(args):
         "options": dict(_parse_option(o) for o in args.option) or None, "seed": args.seed,
     }
     given = {k: v for k, v in step.items() if v is not None}
-    if not recipe.steps or given:
-        base = recipe.to_dict()["steps"][0] if recipe.steps else {}
+    if not steps or given:
+        base = dataclasses.asdict(steps[0]) if steps else {}
         if "method" in given and given["method"] != base.get("method"):
             base = {k: v for k, v in base.items() if k not in ("options", "pattern")}
         if "pattern" in given and "sparsity" not in given:
             base.pop("sparsity", None)
-        new = PruneStep(**{**base, **given})
-        recipe.steps = [new, *recipe.steps[1:]]
-    calib = recipe.calibration
+        steps = [PruneStep(**{**base, **given}), *steps[1:]]
+    calib = dict(vars(recipe.calibration)) if recipe else {}
     for key in ("nsamples", "seqlen", "seed"):
         value = getattr(args, key)
         if value is not None:
-            setattr(calib, key, value)
+            calib[key] = value
     if args.calibration is not None:
-        calib.source = args.calibration
-    CalibrationConfig(**vars(calib))  # re-validate
-    return recipe
+        calib["source"] = args.calibration
+    return Recipe(steps=steps, calibration=CalibrationConfig(**calib))
 
 
 def cmd_prune(args) -> int:
@@ -134,17 +146,22 @@ def cmd_prune(args) -> int:
         from prunekit.structured.cli import run_prune
 
         return run_prune(args)
+    from prunekit.datasets.text import check_source
     from prunekit.io import check_output, save_pretrained
-    from prunekit.models import load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import (check_device, check_seqlen, load_config, load_model, load_tokenizer,
+                                         resolve_model_path)
 
-    recipe = recipe_from_args(args)
+    recipe = recipe_from_args(args)  # every check that needs no weights comes before the model loads
+    device = check_device(args.device)
+    check_source(recipe.calibration.source)
+    check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     import prunekit
 
-    model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
-    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=args.device)
+    model = load_model(args.model)
+    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
     out = save_pretrained(model, args.out, tokenizer, manifest=_manifest(result), overwrite=args.overwrite,
                           source=path)
     if args.json:
@@ -168,11 +185,16 @@ def _manifest(result) -> dict:
 
 
 def cmd_eval(args) -> int:
+    from prunekit.datasets.text import check_count, check_source
     from prunekit.evaluate.perplexity import perplexity
-    from prunekit.models import load_model, load_tokenizer
+    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer
 
-    model = load_model(args.model)
+    check_count(args.nwindows, "--nwindows")
+    check_count(args.seqlen, "--seqlen", 2)  # a window of one token has nothing to predict
+    check_source(args.text)
+    check_seqlen(load_config(args.model), args.seqlen)
     tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
     r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet)
     if args.json:
         print(json.dumps({"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds}))
@@ -247,6 +269,16 @@ COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "demo"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C anywhere: one line, no traceback (outputs are atomic: nothing half-written)
+        print(f"prunekit {command}: interrupted".replace("prunekit : ", "prunekit: "), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "json", False):
@@ -257,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         return args.run(args)
-    except (UsageError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
+        line = (str(message).strip().splitlines() or [type(err).__name__])[0]
+        line = line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."  # a huge value stays short
+        print(f"prunekit {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from prunekit.assets import brown_dir
+from prunekit.core.errors import PrunekitError
 
 BROWN_GENRES = "abcdefghjklmnpr"  # the corpus has no genre i, o or q
 BROWN_GENRE_NAMES = {
@@ -41,7 +42,7 @@ def parse_genres(spec: str) -> str:
         lo, hi = match.group(1), match.group(2) or match.group(1)
         bad = [c for c in (lo, hi) if c not in BROWN_GENRES]
         if bad or lo > hi:
-            raise ValueError(f"bad Brown genre spec {spec!r}: use letters/ranges from {BROWN_GENRES!r}, e.g. 'b-h'")
+            raise PrunekitError(f"bad Brown genre spec {spec!r}: use letters/ranges from {BROWN_GENRES!r}, e.g. 'b-h'")
         out.extend(c for c in BROWN_GENRES if lo <= c <= hi)
     return "".join(dict.fromkeys(out))
 
@@ -130,8 +131,24 @@ def token_stream(source, tokenizer) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
-class TextTooShortError(ValueError):
+class TextTooShortError(PrunekitError):
     pass
+
+
+def check_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` must be an integer (not a bool) of at least ``minimum``: a one-line error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PrunekitError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_source(source) -> None:
+    """A string source must be ``brown``, ``brown:<genres>`` or an existing file (checked before any work)."""
+    if isinstance(source, str):
+        if source == "brown" or source.startswith("brown:"):
+            parse_genres(source.partition(":")[2])
+        elif not Path(source).expanduser().is_file():
+            raise PrunekitError(f"text source {source!r} is neither 'brown[:genres]' nor an existing text file")
 
 
 def _check_length(n_tokens: int, seqlen: int, source) -> None:
@@ -145,6 +162,8 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
     """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``).
 
     A 2-D tensor is taken as ready-made windows (its first ``nsamples`` rows, its own length)."""
+    check_count(nsamples, "nsamples")
+    check_count(seqlen, "seqlen")
     if isinstance(source, torch.Tensor) and source.dim() == 2:  # already windows: used as given
         return source[:nsamples].long()
     stream = token_stream(source, tokenizer)
@@ -155,7 +174,12 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
 
 
 def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int = 512) -> torch.Tensor:
-    """The first ``nwindows`` non-overlapping windows of ``seqlen`` tokens (all when None)."""
+    """The first ``nwindows`` non-overlapping windows of ``seqlen`` tokens (all when None).
+
+    A window needs at least 2 tokens: the first token has no prediction to score."""
+    if nwindows is not None:
+        check_count(nwindows, "nwindows")
+    check_count(seqlen, "seqlen", 2)
     if isinstance(source, torch.Tensor) and source.dim() == 2:
         return source[:nwindows].long()
     stream = token_stream(source, tokenizer)

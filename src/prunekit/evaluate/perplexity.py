@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prunekit.core.errors import PrunekitError
 from prunekit.datasets.text import DEFAULT_EVALUATION, evaluation_windows
 
 
@@ -39,8 +40,18 @@ def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: boo
 
 def perplexity(model, tokenizer=None, text=DEFAULT_EVALUATION, nwindows: int | None = 32, seqlen: int = 512,
                batch_size: int = 1, progress: bool = False) -> PerplexityResult:
-    """Perplexity of ``model`` on ``text`` (any text source; see :mod:`prunekit.datasets.text`)."""
+    """Perplexity of ``model`` on ``text`` (any text source; see :mod:`prunekit.datasets.text`).
+
+    Windows need 2 to ``max_position_embeddings`` tokens; anything else is a one-line error."""
     windows = evaluation_windows(text, tokenizer, nwindows, seqlen)
+    length = windows.shape[-1] if windows.dim() == 2 else 0
+    if len(windows) == 0 or length < 2:
+        raise PrunekitError(f"nothing to evaluate: {tuple(windows.shape)} windows; need at least one window "
+                            "of 2 or more tokens")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and not isinstance(limit, bool) and length > limit:
+        raise PrunekitError(f"seqlen {length} is longer than the model's {limit} positions "
+                            f"(max_position_embeddings); use at most {limit}")
     start = time.perf_counter()
     was_training = model.training
     model.eval()

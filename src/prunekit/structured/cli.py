@@ -1,7 +1,10 @@
 """``prunekit prune --structure ...``: the structured branch of the prune command.
 
 The lead's CLI parses the flags and calls :func:`run_prune`; every bad request raises a one-line
-``ValueError`` (exit code 2 there) before anything is written.
+``PrunekitError`` (exit code 2 there) before anything is written: flags of one-shot pruning that
+do not apply here (``--sparsity``, ``--pattern``, ``--targets``, ``--ignore``, ``--device``) are
+errors, not ignored, and so is a request that would remove nothing (``--round-to`` not below the
+MLP width).
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 import copy
 import json
 
+from prunekit.core.errors import PrunekitError
 from prunekit.structured.criteria import NAMES
 
+ONESHOT_ONLY = {"sparsity": "--sparsity", "pattern": "--pattern", "targets": "--targets", "ignore": "--ignore",
+                "device": "--device"}
 PIPELINE_OPTIONS = {"allocation": str, "floor": float, "bias_compensation": bool}
 RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int, "speed_seqlen": int, "speed_decode": int}
 
@@ -47,10 +53,15 @@ def recipe_from_args(args):
     from prunekit.recipe import CalibrationConfig
     from prunekit.structured.recipe import StructuredRecipe, StructuredStep, load_structured_recipe
 
+    for key, flag in ONESHOT_ONLY.items():
+        if getattr(args, key, None) is not None:
+            raise PrunekitError(f"{flag} {getattr(args, key)!r} does not apply to structured pruning (--structure or a "
+                                "structured recipe); use --ratio (or --remove for blocks) and drop it")
     recipe = load_structured_recipe(args.recipe) if getattr(args, "recipe", None) else None
     step = recipe.structured.__dict__.copy() if recipe else {**StructuredStep().__dict__, "ratio": None}
     options = parse_options(getattr(args, "option", None))
     receipt_options = {k: options.pop(k) for k in list(options) if k in RECEIPT_OPTIONS}
+    check_receipt_options(receipt_options)
     pipeline = {k: options.pop(k) for k in list(options) if k in PIPELINE_OPTIONS}
     if args.method is not None and args.method != step["method"]:
         step["options"] = {}  # criterion options belong to the recipe's method
@@ -59,8 +70,15 @@ def recipe_from_args(args):
     given = {"method": args.method, "ratio": args.ratio, "remove": getattr(args, "remove", None),
              "allocation": getattr(args, "allocation", None),
              "structure": ",".join(parse_structure(args.structure)) if args.structure else None}
-    if getattr(args, "round_to", 8) != 8 or not getattr(args, "recipe", None):
-        given["round_to"] = getattr(args, "round_to", 8)
+    if getattr(args, "round_to", None) is not None:
+        given["round_to"] = args.round_to
+    parts = parse_structure(given["structure"] or step["structure"])
+    if getattr(args, "round_to", None) is not None and "mlp" not in parts:
+        raise PrunekitError(f"--round-to {args.round_to} applies only to structure mlp, but structure is "
+                            f"{','.join(parts)}; drop it")
+    if args.ratio is not None and given["remove"] is not None and parts == ("blocks",):
+        raise PrunekitError(f"--ratio {args.ratio} and --remove {given['remove']} both say how many blocks to remove; "
+                            "give one of them")
     step.update({k: v for k, v in given.items() if v is not None}, **pipeline)
     step["options"] = {**step["options"], **options}
     calibration = recipe.calibration if recipe else CalibrationConfig()
@@ -72,19 +90,50 @@ def recipe_from_args(args):
     return StructuredRecipe(StructuredStep(**step), CalibrationConfig(**vars(calibration))), receipt_options
 
 
+def check_round_to(model, step) -> None:
+    """``round_to`` must be below the widest MLP: kept widths round to its multiples (capped at the
+    full width), so a larger value rounds every block back to its full width and removes nothing."""
+    if "mlp" not in parse_structure(step.structure):
+        return
+    from prunekit.core.families import adapter_for
+    from prunekit.structured.groups import find_groups
+
+    widest = max((g.n_units for g in find_groups(adapter_for(model), ("mlp",))), default=0)
+    if widest and step.round_to >= widest:
+        raise PrunekitError(f"--round-to {step.round_to} is not below the MLP width {widest}: every kept width would "
+                            f"round back to {widest} and nothing would be removed; use a value below {widest} (e.g. 8)")
+
+
+def check_receipt_options(options: dict) -> None:
+    for key, value in options.items():
+        kind = RECEIPT_OPTIONS[key]
+        if kind is bool and not isinstance(value, bool):
+            raise PrunekitError(f"--option {key} must be true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PrunekitError(f"--option {key} must be an integer >= 1, got {value!r}")
+
+
 def run_prune(args) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
+    from prunekit.datasets.text import check_source
     from prunekit.io import check_output, save_pretrained
-    from prunekit.models import load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 
-    recipe, receipt_options = recipe_from_args(args)
+    recipe, receipt_options = recipe_from_args(args)  # every check that needs no model comes first
+    check_source(recipe.calibration.source)
+    check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     quiet = args.quiet or args.json
-    model = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    check_round_to(model, recipe.structured)
     dense = copy.deepcopy(model) if receipt_options.get("receipt", True) else None
     result = recipe.apply(model, tokenizer=tokenizer, progress=not quiet)
+    step = recipe.structured
+    if result.parameters_after == result.parameters_before and (step.ratio or step.remove):
+        raise PrunekitError(f"nothing was removed: ratio {step.ratio} (remove {step.remove}, round_to {step.round_to}) "
+                            "keeps every unit of this model; use a larger ratio or a smaller --round-to")
     receipt = None
     if dense is not None:
         from prunekit.evaluate.speed import speed_receipt
