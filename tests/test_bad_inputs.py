@@ -1,0 +1,373 @@
+"""Bad inputs to ``prunekit prune|eval|inspect``: one line on stderr, exit code 2, nothing written (issue 8).
+
+One table: each row builds an argv (and whatever files it needs) under ``tmp_path`` from a tiny
+random Llama, runs ``prunekit.cli.main`` in-process and checks the exit code, that stderr is one
+line holding the expected fragment, and that no file under ``tmp_path`` was created, changed or
+removed. Rows marked ``early`` must fail before any weights load (loading is replaced by an
+assertion). Ctrl-C rows expect exit code 130. The tests after the table cover what is not an exit
+code: a killed save's leftovers are removed by the next save, and the README lists the rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunekit.cli import main
+
+SEQLEN_LIMIT = 256  # max_position_embeddings of the tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random Llama (MLP width 120, 256 positions) with SmolLM2's tokenizer, saved once."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=60, intermediate_size=120, num_hidden_layers=2,
+                      num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=SEQLEN_LIMIT)
+    folder = tmp_path_factory.mktemp("tiny-source") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    model: Path  # a private copy of the tiny model (hard links; files are replaced, never edited in place)
+    monkeypatch: pytest.MonkeyPatch
+    out: Path = field(init=False)
+
+    def __post_init__(self):
+        self.out = self.tmp / "out"
+
+    def write(self, relative: str, content: str | bytes) -> Path:
+        path = self.tmp / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()  # break the hard link before writing
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def prune(self, *extra, model=None, out=None, calibration=True) -> list[str]:
+        argv = ["prune", "--model", str(model or self.model), "--out", str(out or self.out), "--quiet",
+                "--calibration", "brown:r"]
+        if calibration:
+            argv += ["--nsamples", "2", "--seqlen", "16"]
+        return argv + [str(a) for a in extra]
+
+    def recipe(self, text: str, name: str = "recipe.yaml") -> list[str]:
+        return self.prune("--recipe", self.write(name, text), calibration=False)
+
+    def broken_model(self, **files) -> Path:
+        """A copy of the model with some files replaced (None deletes one)."""
+        folder = self.tmp / "broken"
+        shutil.copytree(self.model, folder, copy_function=os.link)
+        for name, content in files.items():
+            name = name.replace("__", ".")
+            (folder / name).unlink(missing_ok=True)
+            if content is not None:
+                (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        return folder
+
+    def manifest_model(self, manifest: str) -> Path:
+        return self.broken_model(**{"prunekit__json": manifest})
+
+
+def _prune_output_parent(c: Ctx):
+    shutil.copytree(c.model, c.tmp / "models" / "other", copy_function=os.link)
+    return c.prune("--overwrite", out=c.model.parent)
+
+
+def _inside_input(c: Ctx):
+    return c.prune(out=c.model / "pruned")
+
+
+def _cwd(c: Ctx):
+    project = c.tmp / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('precious')\n")
+    c.monkeypatch.chdir(project)
+    return c.prune("--overwrite", out=".")
+
+
+def _cwd_parent(c: Ctx):
+    project = c.tmp / "project" / "sub"
+    project.mkdir(parents=True)
+    c.monkeypatch.chdir(project)
+    return c.prune("--overwrite", out="..")
+
+
+def _cache(c: Ctx, where: str, overwrite: bool):
+    cache = c.tmp / "cache"
+    (cache / "models" / "smollm2-135m").mkdir(parents=True)
+    (cache / "models" / "smollm2-135m" / "config.json").write_text("{}")
+    c.monkeypatch.setenv("PRUNEKIT_CACHE", str(cache))
+    return c.prune(*(["--overwrite"] if overwrite else []), out=cache / where)
+
+
+def _home(c: Ctx):
+    home = c.tmp / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "todo.txt").write_text("keep me\n")
+    c.monkeypatch.setenv("HOME", str(home))
+    c.monkeypatch.setenv("PRUNEKIT_CACHE", str(c.tmp / "elsewhere-cache"))
+    return c.prune("--overwrite", out=home)
+
+
+def _foreign_folder(c: Ctx):
+    c.write("out/notes.txt", "my notes\n")
+    return c.prune("--overwrite")
+
+
+def _foreign_file_in_output(c: Ctx):
+    c.write("out/prunekit.json", json.dumps({"prunekit_version": "0.1.0"}))
+    c.write("out/config.json", "{}")
+    c.write("out/thesis.tex", "\\documentclass{article}\n")
+    return c.prune("--overwrite")
+
+
+def _not_writable(c: Ctx):
+    try:  # /sys refuses new folders even for root; skip where it does not
+        os.rmdir(tempfile.mkdtemp(dir="/sys"))
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    return c.prune(out="/sys/prunekit-out")
+
+
+def _parent_is_file(c: Ctx):
+    c.write("file.txt", "a file, not a folder\n")
+    return c.prune(out=c.tmp / "file.txt" / "out")
+
+
+def _save_fails(error: BaseException):
+    def setup(c: Ctx):
+        from transformers import PreTrainedModel
+
+        def full_disk(self, folder, *args, **kwargs):
+            Path(folder, "model.safetensors").write_bytes(b"partial")
+            raise error
+
+        c.monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
+        return c.prune()
+
+    return setup
+
+
+def _load_interrupted(c: Ctx):
+    from transformers import AutoModelForCausalLM
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    c.monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", interrupted)
+    return ["eval", "--model", str(c.model), "--nwindows", "1", "--seqlen", "16", "--text", "brown:r"]
+
+
+def _no_gpu(c: Ctx):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    return c.prune("--device", "cuda")
+
+
+def _eval(c: Ctx, *extra, model=None):
+    return ["eval", "--model", str(model or c.model), "--text", "brown:r", "--quiet", "--nwindows", "1", "--seqlen", "16",
+            *map(str, extra)]
+
+
+def _truncated(c: Ctx):
+    data = (c.model / "model.safetensors").read_bytes()
+    return _eval(c, model=c.broken_model(model__safetensors=data[: len(data) // 2]))
+
+
+def _big_recipe(c: Ctx):
+    return c.recipe("steps: [{method: magnitude}]\n" + "# padding\n" * 150_000)
+
+
+# id: (setup, exit code, fragment of the one line, fails before any weights load)
+ROWS = {
+    # --out / --overwrite never replace what is not prunekit's
+    "out contains the input": (_prune_output_parent, 2, "contains the input model folder", True),
+    "out inside the input": (_inside_input, 2, "inside the input model folder", True),
+    "out is the current directory": (_cwd, 2, "current directory", True),
+    "out contains the current directory": (_cwd_parent, 2, "current directory", True),
+    "out is the cache": (lambda c: _cache(c, "", True), 2, "prunekit's cache", True),
+    "out is the embedded model in the cache": (lambda c: _cache(c, "models/smollm2-135m", True), 2,
+                                               "prunekit's cache", True),
+    "out new folder inside the cache": (lambda c: _cache(c, "models/mine", False), 2, "prunekit's cache", True),
+    "out is the home directory": (_home, 2, "home directory", True),
+    "overwrite a folder prunekit did not write": (_foreign_folder, 2, "has no prunekit.json", True),
+    "overwrite an output holding a foreign file": (_foreign_file_in_output, 2, "holds 'thesis.tex'", True),
+    "out not writable": (_not_writable, 2, "is not writable", True),
+    "out below a file": (_parent_is_file, 2, "is a file, not a folder", True),
+    # silent nonsense
+    "eval seqlen 1": (lambda c: _eval(c, "--seqlen", "1", "--nwindows", "1"), 2, "--seqlen must be an integer >= 2",
+                      True),
+    "eval seqlen beyond positions": (lambda c: _eval(c, "--seqlen", "300", "--nwindows", "1"), 2,
+                                     "longer than the model's 256 positions", True),
+    "prune seqlen beyond positions": (lambda c: c.prune("--seqlen", "300"), 2,
+                                      "calibration seqlen 300 is longer than the model's 256 positions", True),
+    "recipe []": (lambda c: c.recipe("[]\n"), 2, "is empty", True),
+    "recipe null": (lambda c: c.recipe("null\n"), 2, "is empty", True),
+    "recipe steps []": (lambda c: c.recipe("steps: []\n"), 2, "steps must be a non-empty list", True),
+    "recipe seqlen true": (lambda c: c.recipe("calibration: {nsamples: 2, seqlen: true}\n"), 2,
+                           "calibration.seqlen must be an integer", True),
+    "recipe unquoted 2:4": (lambda c: c.recipe("steps: [{method: magnitude, pattern: 2:4}]\n"), 2,
+                            "quote it, '2:4'", True),
+    "recipe empty targets": (lambda c: c.recipe("steps: [{method: magnitude, targets: []}]\n"), 2,
+                             "targets is empty", True),
+    "structured with --pattern": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--pattern", "2:4"), 2,
+                                  "--pattern '2:4' does not apply to structured pruning", True),
+    "structured with --sparsity": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--sparsity", "0.5"), 2,
+                                   "--sparsity 0.5 does not apply to structured pruning", True),
+    "structured with --device": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--device", "cpu"), 2,
+                                 "--device 'cpu' does not apply", True),
+    "--ratio without --structure": (lambda c: c.prune("--ratio", "0.2"), 2, "--ratio 0.2 applies only to structured",
+                                    True),
+    "--remove without blocks": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--remove", "1"), 2,
+                                "remove 1 applies only to structure blocks", True),
+    "--ratio and --remove for blocks": (lambda c: c.prune("--structure", "blocks", "--ratio", "0.5", "--remove", "1"),
+                                        2, "give one of them", True),
+    "--round-to without mlp": (lambda c: c.prune("--structure", "heads", "--ratio", "0.3", "--round-to", "16"), 2,
+                               "--round-to 16 applies only to structure mlp", True),
+    "--round-to 1000": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--method", "magnitude",
+                                          "--round-to", "1000"), 2, "--round-to 1000 is not below the MLP width 120",
+                        False),
+    "receipt option not an integer": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--option",
+                                                        "speed_runs=abc"), 2, "speed_runs must be an integer", True),
+    # one line instead of a traceback
+    "model name typo": (lambda c: c.prune(model="smollm2"), 2, "did you mean 'smollm2-135m'", True),
+    "hub id offline": (lambda c: _eval(c, model="NoSuchOrg/no-such-model-7b"), 2,
+                       "not an embedded model, a local folder or a hub id", True),
+    "truncated safetensors": (_truncated, 2, "could not load the weights", False),
+    "garbage safetensors": (lambda c: _eval(c, model=c.broken_model(model__safetensors=b"\xff" * 64)), 2,
+                            "could not load the weights", False),
+    "garbage config.json": (lambda c: _eval(c, model=c.broken_model(config__json="{not json")), 2,
+                            "unreadable config.json", True),
+    "folder without weights": (lambda c: _eval(c, model=c.broken_model(model__safetensors=None)), 2,
+                               "has no weights", True),
+    "eval nwindows -1": (lambda c: _eval(c, "--nwindows", "-1", "--seqlen", "16"), 2,
+                         "--nwindows must be an integer >= 1", True),
+    "eval seqlen 0": (lambda c: _eval(c, "--nwindows", "1", "--seqlen", "0"), 2, "--seqlen must be an integer >= 2",
+                      True),
+    "device foo": (lambda c: c.prune("--device", "foo"), 2, "unknown device 'foo'", True),
+    "device cuda without a GPU": (_no_gpu, 2, "no CUDA GPU is available", True),
+    "recipe nested 100k deep (YAML)": (lambda c: c.recipe("[" * 100_000 + "]" * 100_000), 2, "nested deeper than 32",
+                                       True),
+    "recipe nested 100k deep (JSON)": (lambda c: c.recipe("[" * 100_000 + "]" * 100_000, "recipe.json"), 2,
+                                       "nested deeper than 32", True),
+    "recipe with a python tag": (lambda c: c.recipe("!!python/object/apply:os.system ['echo owned']\n"), 2,
+                                 "YAML tags such as", True),
+    "recipe with a binary tag": (lambda c: c.recipe("steps: !!binary aGVsbG8=\n"), 2, "YAML tags such as", True),
+    "recipe over 1 MB": (_big_recipe, 2, "larger than 1,048,576 bytes", True),
+    "prunekit.json not JSON": (lambda c: _eval(c, model=c.manifest_model("{tampered")), 2,
+                               "prunekit.json' is not valid JSON", True),
+    "prunekit.json a list": (lambda c: ["inspect", "--model", str(c.manifest_model("[]"))], 2,
+                             "must hold a JSON object", True),
+    "prunekit.json layer_shapes garbage": (lambda c: ["inspect", "--model",
+                                                      str(c.manifest_model('{"layer_shapes": "garbage"}'))], 2,
+                                           "layer_shapes in", True),
+    "prunekit.json layer_shapes wrong size": (
+        lambda c: ["inspect", "--model", str(c.manifest_model(json.dumps(
+            {"layer_shapes": {"linears": {"model.layers.0.mlp.down_proj": [60, 100, False]}}})))],
+        2, "the weights file holds [60, 120]", True),
+    "disk full while saving (OSError)": (_save_fails(OSError(errno.ENOSPC, "No space left on device")), 2,
+                                         "the disk is full; nothing was written", False),
+    "disk full while saving (safetensors)": (_save_fails(__import__("safetensors").SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)")), 2,
+        "the disk is full; nothing was written", False),
+    "Ctrl-C while loading": (_load_interrupted, 130, "prunekit eval: interrupted", False),
+    "Ctrl-C while saving": (_save_fails(KeyboardInterrupt()), 130, "prunekit prune: interrupted", False),
+}
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under ``root`` with its size and modification time (hidden temp folders included)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (st.st_size if name in filenames else -1, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tmp_path, monkeypatch, capsys):
+    setup, expected_code, fragment, early = ROWS[row]
+    model = tmp_path / "models" / "m"
+    shutil.copytree(tiny_source, model, copy_function=os.link)
+    argv = setup(Ctx(tmp_path, model, monkeypatch))
+    if early:
+        from transformers import AutoModelForCausalLM
+
+        def loaded(*args, **kwargs):
+            raise AssertionError("the weights were loaded before the bad input was found")
+
+        monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", loaded)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped prunekit.cli.main")
+    err = capsys.readouterr().err.strip()
+    assert code == expected_code, err
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert err.startswith("prunekit ")
+    assert snapshot(tmp_path) == before  # nothing written, changed or removed (no temp folders either)
+
+
+def test_out_of_a_prunekit_output_is_replaced_with_overwrite(tiny_source, tmp_path, capsys):
+    """The rule's positive side: a folder prunekit wrote (manifest + model + tokenizer files) is replaced."""
+    out = tmp_path / "out"
+    argv = ["prune", "--model", str(tiny_source), "--out", str(out), "--quiet", "--nsamples", "2", "--seqlen", "16",
+            "--calibration", "brown:r", "--method", "magnitude"]
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite", "--sparsity", "0.3"]) == 0
+    assert json.loads((out / "prunekit.json").read_text())["recipe"]["steps"][0]["sparsity"] == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_save_leaves_nothing_after_the_next_save(tiny_source, tmp_path, caplog, capsys):
+    """Temp folders of dead processes (named .NAME.tmp-PID-* / .NAME.old-PID-*) are removed, with a warning;
+    those of a live process are left alone."""
+    dead = _dead_pid()
+    stale = [tmp_path / f".old-run.tmp-{dead}-abcd1234", tmp_path / f".old-run.old-{dead}-efgh5678"]
+    live = tmp_path / f".busy.tmp-{os.getppid()}-ijkl9012"
+    for folder in [*stale, live]:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half a model")
+    argv = ["prune", "--model", str(tiny_source), "--out", str(tmp_path / "out"), "--quiet", "--nsamples", "2",
+            "--seqlen", "16", "--calibration", "brown:r", "--method", "magnitude"]
+    with caplog.at_level("WARNING", logger="prunekit.io"):
+        assert main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
+    removed = [r.getMessage() for r in caplog.records if "no longer running" in r.getMessage()]
+    assert len(removed) == 2 and all(str(dead) in m for m in removed)
+
+
+def test_readme_lists_the_rules_of_out_and_overwrite():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Bad input"):]
+    section = section[: section.index("\n## ", 1)]
+    for needle in ("--overwrite", "prunekit.json", "cache", "current directory", "home directory", "inside"):
+        assert needle in section, needle
