@@ -144,7 +144,7 @@ def main() -> None:
         if state["stats"] is None:
             state["windows"] = calibration_windows("brown:b-r", tok, args.nsamples, 512, 0)
             t0 = time.perf_counter()
-            state["stats"] = gather_statistics(adapter_for(dense), state["windows"], {"activations", "similarity"})
+            state["stats"] = gather_statistics(adapter_for(dense), state["windows"], {"moments", "similarity"})
             print(f"activation statistics {time.perf_counter() - t0:.0f} s", flush=True)
         if need_gradients and not state["stats"].gradients:
             t0 = time.perf_counter()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.calibration import capture_block_inputs, run_block
+from prunekit.core.calibration import capture_block_inputs, run_block
 from prunekit.evaluate.sparsity import satisfies_nm
 from prunekit.io import save_pretrained
 from prunekit.core.families import adapter_for, weight_view

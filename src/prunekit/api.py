@@ -15,15 +15,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.calibration import BlockInputs, capture_block_inputs, run_block
+from prunekit.core.calibration import walk_blocks
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.datasets.text import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
 from prunekit.memory import lean_allocator, peak_rss_mb
-from prunekit.core.stats import LayerStats
+from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
-from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
+from prunekit.core.families import Adapter, adapter_for, weight_view
 from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
 from prunekit.targets import select_layers
 
@@ -148,16 +148,18 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     t0 = time.perf_counter()
     ratios = _allocate(adapter, step, per_block, windows, calib, progress, device)
     result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
-    grad_norms = {}
+    gradients = {}
     if "gradients" in method.needs:
         t0 = time.perf_counter()
-        grad_norms = gradient_norms(adapter.model, windows, {k: v for b in per_block for k, v in b.items()}, progress)
+        layers = {k: v for b in per_block for k, v in b.items()}
+        gradients = collect_gradients(adapter.model, windows, layers, method.gradient_reduction, progress=progress)
         result.timings[f"{step.method}:gradients_s"] = time.perf_counter() - t0
 
     def prune_layer(name: str, module: nn.Module, stats: LayerStats | None) -> None:
         weight = weight_view(module)
         gen = torch.Generator().manual_seed(step.seed * 1_000_003 + zlib.crc32(name.encode()))
-        ctx = LayerContext(name, stats, grad_norms.get(name), gen)
+        grad = gradients[name].weight if name in gradients else None
+        ctx = LayerContext(name, stats, grad, gen)
         with torch.no_grad():
             mask = method.prune_layer(weight, ratios[name], pattern, ctx)
             weight[mask] = 0.0
@@ -167,33 +169,13 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
 
     t0 = time.perf_counter()
     if method.needs_calibration:
-        walk_blocks(adapter, windows, calib.chunk_size, per_block, prune_layer,
-                    want_hessian="hessian" in method.needs, progress=progress, desc=f"{step.method}", device=device)
+        walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer,
+                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device)
     else:
         for layers in tqdm(per_block, desc=step.method, disable=not progress, leave=False):
             for name, module in layers.items():
                 prune_layer(name, module, None)
     result.timings[f"{step.method}:prune_s"] = time.perf_counter() - t0
-
-
-def walk_blocks(adapter: Adapter, windows: torch.Tensor, chunk_size: int, per_block: list[dict[str, nn.Module]],
-                on_ready, want_hessian: bool = False, progress: bool = True, desc: str = "blocks",
-                device: torch.device | str | None = None) -> None:
-    """Feed the calibration windows through the blocks one at a time (see :mod:`prunekit.calibration`).
-
-    With ``device`` set (e.g. "cuda"), each block visits that device for its turn only, and the
-    activations between blocks stay with the model (e.g. on the CPU)."""
-    blocks = adapter.blocks
-    inputs = capture_block_inputs(adapter.model, blocks[0], windows, chunk_size)
-    for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
-        home = next(block.parameters()).device
-        if device is not None:
-            block.to(device)
-        outputs = run_block(block, inputs, layers, on_ready, want_hessian=want_hessian, consume=True, device=device)
-        if device is not None:
-            block.to(home)
-        inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
-        del outputs
 
 
 # ------------------------------------------------------------------ allocation
@@ -218,33 +200,6 @@ def _owl_block_scores(adapter, per_block, windows, calib, progress, device=None)
     def collect(name, module, stats):
         block_scores.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
 
-    walk_blocks(adapter, windows, calib.chunk_size, per_block, collect, progress=progress, desc="owl scores",
-                device=device)
+    walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, collect, needs={"norms"},
+                progress=progress, desc="owl scores", device=device)
     return {i: torch.cat(block_scores.pop(i)) for i in sorted(block_scores)}  # pop: one block's copy at a time
-
-
-# ------------------------------------------------------------------ gradients (GBLM)
-
-def gradient_norms(model: nn.Module, windows: torch.Tensor, layers: dict[str, nn.Module],
-                   progress: bool = True) -> dict[str, torch.Tensor]:
-    """sqrt(sum over windows of g^2) for each layer's (out x in) weight, g the gradient of the
-    window's mean next-token loss on the dense model."""
-    params = {name: m.weight for name, m in layers.items()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    acc = {name: torch.zeros_like(weight_view(m)) for name, m in layers.items()}
-    device = next(model.parameters()).device
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params.values():
-            p.requires_grad_(True)
-        for i in tqdm(range(len(windows)), desc="gradients", disable=not progress, leave=False):
-            ids = windows[i : i + 1].to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            grads = torch.autograd.grad(loss, list(params.values()))
-            for (name, module), g in zip(layers.items(), grads):
-                acc[name] += as_out_in(module, g).float().pow(2)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-    return {name: a.sqrt_() for name, a in acc.items()}

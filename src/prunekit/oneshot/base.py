@@ -15,9 +15,7 @@ from typing import ClassVar
 import torch
 
 from prunekit.core.masks import Pattern, mask_from_scores
-from prunekit.core.stats import LayerStats
-
-NEEDS = frozenset({"norms", "hessian", "gradients"})
+from prunekit.core.stats import LayerStats, check_needs
 
 
 @dataclass
@@ -26,22 +24,29 @@ class LayerContext:
 
     name: str
     stats: LayerStats | None = None
-    grad_norms: torch.Tensor | None = None  # (out x in), for gradient-based methods
+    gradient: torch.Tensor | None = None  # (out x in), reduced as the method's gradient_reduction says
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
 class Method:
     """A one-shot pruning method.
 
-    ``needs`` declares the calibration statistics the method reads (a subset of :data:`NEEDS`):
-    ``norms`` (per-input-channel sums of squares), ``hessian`` (X^T X), ``gradients`` (per-weight
-    gradient norms). ``updates_weights`` says whether ``prune_layer`` changes the kept weights.
+    ``needs`` declares the calibration statistics the method reads (a subset of
+    :data:`prunekit.core.stats.NEEDS`): ``norms`` (per-input-channel sums of squares), ``hessian``
+    (X^T X), ``gradients`` (per-weight gradients, reduced over the calibration windows by
+    ``gradient_reduction``: ``"mean"`` or ``"l2"``, see :func:`~prunekit.core.stats.collect_gradients`).
+    ``updates_weights`` says whether ``prune_layer`` changes the kept weights.
     """
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    gradient_reduction: ClassVar[str] = "mean"
     default_pattern: ClassVar[str] = "unstructured"
     updates_weights: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        check_needs(cls.needs, f"method {cls.__name__}", cls.gradient_reduction)
 
     @property
     def needs_calibration(self) -> bool:

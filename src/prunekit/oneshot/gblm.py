@@ -20,10 +20,11 @@ class GBLM(Method):
     """|W| x (alpha ||grad W|| + ||X_j||): gradients and activations (Das et al. 2023)."""
 
     needs = frozenset({"norms", "gradients"})
+    gradient_reduction = "l2"
     default_pattern = "per-row"
     alpha: float = option(100.0, "weight of the gradient term against the activation term", min=0)
 
     def scores(self, weight, ctx):
         activation_term = ctx.stats.column_norms().unsqueeze(0)
-        grad = ctx.grad_norms.to(device=weight.device, dtype=weight.dtype)
+        grad = ctx.gradient.to(device=weight.device, dtype=weight.dtype)
         return weight.abs() * (self.alpha * grad + activation_term)

@@ -1,9 +1,12 @@
 """``prune_structured``: score coupled groups, allocate a parameter budget, physically remove.
 
-Flow: validate the request -> calibration statistics on the dense model (only what the criterion
-needs) -> per-unit scores for every MLP / attention group -> kept units per group (uniform, global
-or per-block budget, rounded) -> bias compensation (FLAP) -> slice the layers -> remove whole blocks
-(depth pruning) -> rewrite the config and record per-layer shapes for saving.
+Flow: validate the request -> calibration statistics on the dense model (exactly what the criterion
+declares it needs: channel moments and block similarity from one walk of the block runner,
+:func:`prunekit.core.calibration.walk_blocks`; gradients from
+:func:`prunekit.core.stats.collect_gradients`) -> per-unit scores for every MLP / attention group ->
+kept units per group (uniform, global or per-block budget, rounded) -> bias compensation (FLAP) ->
+slice the layers -> remove whole blocks (depth pruning) -> rewrite the config and record per-layer
+shapes for saving.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import torch
 from torch import nn
 
 from prunekit.core.families import Adapter, adapter_for, weight_view
+from prunekit.core.calibration import walk_blocks
+from prunekit.core.stats import ModelStats, collect_gradients
 from prunekit.structured import allocate
 from prunekit.structured.criteria import Criterion, ScoreContext, build_criterion
 from prunekit.structured.criteria.block_importance import blocks_to_remove
 from prunekit.structured.export import layer_shapes, rewrite_config
 from prunekit.structured.groups import KINDS, Group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
-from prunekit.structured.stats import Statistics, collect_activations, collect_gradients
 
 STRUCTURES = (*KINDS, "blocks")
 ALLOCATIONS = ("uniform", "global", "blocks")
@@ -94,30 +98,52 @@ def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], rat
     build_criterion(method)  # raises for unknown methods
 
 
-def needed_statistics(criterion: Criterion, structure, compensate: bool, method: str) -> set[str]:
-    needs = set(criterion.needs)
-    if compensate:
-        needs.add("activations")
-    if "blocks" in structure and method != "random":
-        needs.add("similarity")
-    return needs
+def needed_statistics(criterion: Criterion, structure: tuple[str, ...], ratio: float | None,
+                      compensate: bool) -> frozenset[str]:
+    """Exactly the statistics this request reads: the criterion's for channel and head scores, the
+    channel moments for bias compensation, the criterion's ``block_needs`` for depth pruning."""
+    needs = set()
+    if any(s != "blocks" for s in structure) and ratio:
+        needs |= criterion.needs | ({"moments"} if compensate else set())
+    if "blocks" in structure:
+        needs |= criterion.block_needs
+    return frozenset(needs)
 
 
-def gather_statistics(adapter: Adapter, windows: torch.Tensor, needs: set[str], progress: bool = False,
-                      stats: Statistics | None = None) -> Statistics:
-    """Collect what ``needs`` asks for on the (still dense) model; reuse what ``stats`` already has."""
-    stats = stats or Statistics()
-    if needs & {"activations", "similarity"} and not stats.block_similarity:
-        groups = find_groups(adapter, KINDS)
-        consumers = {g.consumer[0]: g.consumer[1] for g in groups}
-        collect_activations(adapter, windows, consumers, stats, progress)
-    if "gradients" in needs and not stats.gradients:
+def gather_statistics(adapter: Adapter, windows: torch.Tensor, needs: frozenset[str], progress: bool = False,
+                      stats: ModelStats | None = None, chunk_size: int = 8,
+                      gradient_reduction: str = "mean") -> ModelStats:
+    """Collect what ``needs`` asks for on the (still dense) model; reuse what ``stats`` already has.
+
+    Channel moments (of every group consumer's inputs) and block similarity come from one walk of
+    the block runner that leaves the weights alone; gradients (weights and biases of every linear
+    layer in the blocks) from :func:`collect_gradients`."""
+    stats = stats or ModelStats()
+    todo = stats.missing(needs)
+    if todo & {"moments", "similarity"}:
+        consumers = [{} for _ in adapter.blocks]  # the layers whose inputs are measured, per block
+        for g in find_groups(adapter, KINDS) if "moments" in todo else ():
+            consumers[g.block][g.consumer[0]] = g.consumer[1]
+
+        def keep(name, _module, layer_stats):
+            stats.layers[name] = layer_stats
+
+        walk_needs = todo & {"moments", "similarity"}
+        similarity = walk_blocks(adapter.model, adapter.blocks, windows, chunk_size, consumers, keep,
+                                 needs=walk_needs, progress=progress, desc="statistics")
+        if "similarity" in walk_needs:
+            stats.block_similarity = similarity
+        stats.collected |= walk_needs
+        stats.windows = len(windows)
+    if "gradients" in todo:
         layers = {name: m for i in range(len(adapter.blocks)) for name, m in adapter.linears(i).items()}
-        collect_gradients(adapter, windows, layers, stats, progress)
+        stats.gradients = collect_gradients(adapter.model, windows, layers, gradient_reduction, biases=True,
+                                            progress=progress)
+        stats.collected.add("gradients")
     return stats
 
 
-def compensate_bias(group: Group, keep: torch.Tensor, stats: Statistics) -> None:
+def compensate_bias(group: Group, keep: torch.Tensor, stats: ModelStats) -> None:
     """FLAP eq. 6: fold the mean contribution of the removed input channels into the output bias."""
     name, module, cols = group.consumer
     removed = torch.ones(group.n_units, dtype=torch.bool)
@@ -125,7 +151,7 @@ def compensate_bias(group: Group, keep: torch.Tensor, stats: Statistics) -> None
     if not removed.any():
         return
     idx = cols[removed].reshape(-1)
-    mean = stats.activations[name].mean[idx].to(weight_view(module).dtype)
+    mean = stats.layers[name].mean[idx].to(weight_view(module).dtype)
     add_to_bias(module, weight_view(module)[:, idx] @ mean)
 
 
@@ -163,13 +189,14 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
                      ratio: float | None = 0.2, remove: int | None = None, calibration="brown", tokenizer=None,
                      nsamples: int = 64, seqlen: int = 512, seed: int = 0, allocation: str | None = None,
                      round_to: int = 8, floor: float = 0.05, bias_compensation: bool | None = None,
-                     statistics: Statistics | None = None, progress: bool = False,
+                     statistics: ModelStats | None = None, progress: bool = False, chunk_size: int = 8,
                      **options) -> StructuredResult:
     """Physically remove MLP channels, attention heads (whole kv groups) and/or blocks of ``model`` in place.
 
     ``ratio`` is the fraction of the chosen structures' parameters removed (for ``blocks`` alone:
     of the blocks); ``remove`` is a number of blocks. ``statistics`` may pass calibration statistics
-    collected earlier on the same dense model (see :mod:`prunekit.structured.stats`).
+    collected earlier on the same dense model (a :class:`~prunekit.core.stats.ModelStats`, see
+    :func:`gather_statistics`); ``chunk_size`` windows run through a block together.
     """
     start = time.perf_counter()
     structure = tuple(s.strip() for s in structure.split(",")) if isinstance(structure, str) else tuple(structure)
@@ -181,13 +208,12 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
     blocks_before = count(adapter.blocks)
     result = StructuredResult(method, structure, ratio or 0.0, allocation, parameters_before=count(model),
                               block_parameters_before=blocks_before, bias_compensation=compensate)
-    needs = needed_statistics(criterion, structure, compensate, method)
-    stats = statistics or Statistics()
-    if needs:
+    needs = needed_statistics(criterion, structure, ratio, compensate)
+    stats = statistics or ModelStats()
+    if stats.missing(needs):
         t0 = time.perf_counter()
         windows = _calibration_windows(adapter, calibration, tokenizer, nsamples, seqlen, seed)
-        with torch.no_grad() if "gradients" not in needs else torch.enable_grad():
-            stats = gather_statistics(adapter, windows, needs, progress, stats)
+        stats = gather_statistics(adapter, windows, needs, progress, stats, chunk_size, criterion.gradient_reduction)
         result.timings["statistics_s"] = time.perf_counter() - t0
     generator = torch.Generator().manual_seed(seed)
     channel_kinds = tuple(s for s in structure if s != "blocks")
@@ -198,7 +224,8 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
         result.timings["channels_s"] = time.perf_counter() - t0
     if "blocks" in structure:
         n = remove if remove is not None else round(ratio * len(adapter.blocks))
-        result.removed_blocks = blocks_to_remove(stats.block_similarity, n, generator, random=method == "random")
+        ctx = ScoreContext(stats, generator)
+        result.removed_blocks = blocks_to_remove(criterion.block_scores(ctx, len(adapter.blocks)), n)
         remove_blocks(adapter, result.removed_blocks)
     rewrite_config(adapter)
     result.layer_shapes = layer_shapes(model)
@@ -218,8 +245,7 @@ def _prune_channels(adapter, criterion, kinds, ratio, allocation, round_to, floo
         keeps = allocate.global_(groups, scores, ratio, criterion.standardize, floor, round_to)
     else:
         costs = [sum(g.n_units * g.unit_cost for g in groups if g.block == b) for b in range(len(adapter.blocks))]
-        ratios = criterion.block_ratios(ctx.stats.block_similarity, ratio, costs) if hasattr(
-            criterion, "block_ratios") else [ratio] * len(costs)
+        ratios = criterion.block_ratios(ctx.stats, ratio, costs)
         keeps = allocate.per_block(groups, scores, dict(enumerate(ratios)), criterion.standardize, floor, round_to)
     with torch.no_grad():
         for g, keep in zip(groups, keeps):

@@ -5,9 +5,9 @@ calibration-based scores instead of |W| alone:
 
 * ``wanda`` — |W_ij| · ||X_j||₂ (Sun et al. 2023; :func:`prunekit.oneshot.wanda.wanda_scores`),
   where X_j is input feature j of the layer over the calibration batch.
-* ``gblm`` — |W_ij| · (α · G_ij + ||X_j||₂) (Das et al. 2023; α from
-  :class:`prunekit.oneshot.gblm.GBLM`), G_ij = sqrt(Σ_samples g_ij²) with g the gradient of each
-  sample's own loss.
+* ``gblm`` — |W_ij| · (α · G_ij + ||X_j||₂) (Das et al. 2023; :class:`prunekit.oneshot.gblm.GBLM`'s
+  scores), G_ij = sqrt(Σ_samples g_ij²) with g the gradient of each sample's own loss
+  (:func:`prunekit.core.stats.collect_gradients`, reduction ``"l2"``).
 
 Both are recomputed from the *current* model every time the masks are updated, so a gradual
 schedule uses the activations of the partly trained, partly pruned network. For a Conv2d layer the
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from prunekit.core.stats import LayerStats
+from prunekit.core.stats import LayerStats, collect_gradients
 
 DATA_CRITERIA = ("wanda", "gblm")
 
@@ -91,56 +91,31 @@ def collect_stats(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tens
     return stats
 
 
-def gradient_norms(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                   ) -> dict[str, torch.Tensor]:
-    """GBLM's G = sqrt(Σ_i g_i²) per weight, g_i the gradient of sample i's loss (one backward per sample).
-
-    Uses ``torch.autograd.grad``, so the ``.grad`` of the parameters (the training step's) is untouched.
-    """
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    params = list(weights.values())
-    sums = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():  # the pruner updates masks under no_grad
-            for i in range(len(x)):
-                loss = loss_fn(model(x[i: i + 1]), y[i: i + 1])
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for (n, _), g in zip(weights.items(), grads):
-                    if g is not None:
-                        sums[n] += g.detach().float().pow(2)
-    finally:
-        model.train(was_training)
-    return {n: s.sqrt() for n, s in sums.items()}
-
-
 def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str, calibration,
                 loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Scores shaped like each layer's weight under ``wanda`` or ``gblm`` on the calibration batch."""
-    from prunekit.oneshot.gblm import GBLM
-    from prunekit.oneshot.wanda import wanda_scores
+    """Scores shaped like each layer's weight under ``wanda`` or ``gblm`` on the calibration batch:
+    the one-shot method's own ``scores``, fed the statistics it declares in ``needs``."""
+    from prunekit.core.registry import METHODS
+    from prunekit.oneshot.base import LayerContext
 
     if criterion not in DATA_CRITERIA:
         raise ValueError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")
+    method = METHODS.build(criterion)
     x, y = split_calibration(calibration)
     device = next(iter(modules.values())).weight.device
     x = x.to(device)
     stats = collect_stats(model, modules, x)
-    grads = None
-    if criterion == "gblm":
+    grads = {}
+    if "gradients" in method.needs:
         if y is None:
-            raise ValueError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
-        grads = gradient_norms(model, {n: m.weight for n, m in modules.items()}, x, y.to(device), loss_fn)
+            raise ValueError(f"criterion {criterion!r} needs labelled calibration data: calibration=(x, y)")
+        loss_fn = loss_fn or nn.functional.cross_entropy
+        grads = collect_gradients(model, (x, y.to(device)), modules, method.gradient_reduction,
+                                  loss=lambda m, batch: loss_fn(m(batch[0]), batch[1]))
     scores = {}
     for name, module in modules.items():
         w = module.weight.detach()
         w2d = w.reshape(w.shape[0], -1).float()
-        if criterion == "wanda":
-            s = wanda_scores(w2d, stats[name])
-        else:
-            g = grads[name].reshape(w2d.shape)
-            s = w2d.abs() * (GBLM.alpha * g + stats[name].column_norms().unsqueeze(0))
-        scores[name] = s.reshape(w.shape)
+        grad = grads[name].weight.reshape(w2d.shape) if name in grads else None
+        scores[name] = method.scores(w2d, LayerContext(name, stats[name], grad)).reshape(w.shape)
     return scores

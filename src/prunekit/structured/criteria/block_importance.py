@@ -15,9 +15,6 @@ def block_influence(similarity: list[float]) -> torch.Tensor:
     return 1.0 - torch.tensor(similarity, dtype=torch.float64)
 
 
-def blocks_to_remove(similarity: list[float], n: int, generator: torch.Generator | None = None,
-                     random: bool = False) -> list[int]:
-    """Indices of the ``n`` least important blocks (or ``n`` random blocks for the baseline)."""
-    if random:
-        return sorted(torch.randperm(len(similarity), generator=generator)[:n].tolist())
-    return sorted(torch.argsort(block_influence(similarity))[:n].tolist())
+def blocks_to_remove(scores: torch.Tensor, n: int) -> list[int]:
+    """Indices of the ``n`` blocks with the lowest scores (the least important), in order."""
+    return sorted(torch.argsort(scores)[:n].tolist())

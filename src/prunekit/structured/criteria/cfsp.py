@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.core.families import weight_view
+from prunekit.core.stats import ModelStats
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
 from prunekit.structured.groups import Group
 
@@ -28,7 +29,7 @@ from prunekit.structured.groups import Group
 @dataclass
 class Cfsp(Criterion):
     name = "cfsp"
-    needs = frozenset({"activations", "similarity"})
+    needs = frozenset({"moments", "similarity"})
     standardize = True
     allocation = "blocks"
     beta: float = 0.5
@@ -38,12 +39,12 @@ class Cfsp(Criterion):
         name, module, _ = group.consumer
         w = weight_view(module).double().abs()
         relative = (w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)).sum(dim=0)
-        rms = ctx.stats.activations[name].mean_square.sqrt()
+        rms = ctx.stats.layers[name].mean_square.sqrt()
         return consumer_channel_sum(group, rms * relative)
 
-    def block_ratios(self, similarity: list[float], ratio: float, costs: list[float]) -> list[float]:
+    def block_ratios(self, stats: ModelStats, ratio: float, costs: list[float]) -> list[float]:
         """Per-block removal ratios whose parameter-weighted mean is ``ratio``."""
-        importance = 1.0 - torch.tensor(similarity, dtype=torch.float64)
+        importance = 1.0 - torch.tensor(stats.block_similarity, dtype=torch.float64)
         z = (importance - importance.mean()) / importance.std().clamp_min(1e-12)
         weight = torch.exp(-self.beta * z)
         cost = torch.tensor(costs, dtype=torch.float64)

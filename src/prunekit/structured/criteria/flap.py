@@ -26,13 +26,13 @@ from prunekit.structured.groups import Group
 
 class Flap(Criterion):
     name = "flap"
-    needs = frozenset({"activations"})
+    needs = frozenset({"moments"})
     standardize = True
     allocation = "global"
     bias_compensation = True
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
         name, module, _ = group.consumer
-        variance = ctx.stats.activations[name].variance
+        variance = ctx.stats.layers[name].variance
         column_sq = weight_view(module).double().pow(2).sum(dim=0)
         return consumer_channel_sum(group, variance * column_sq)

@@ -5,7 +5,8 @@ score sums the element estimates over everything the unit owns:
 
     score(u) = sum_{k in u} | w_k * g_k |
 
-with g the gradient of the mean next-token loss averaged over the calibration windows.
+with g the gradient of the mean next-token loss averaged over the calibration windows
+(:func:`prunekit.core.stats.collect_gradients` with reduction "mean", weights and biases).
 Scores estimate a loss change, so they are comparable across layers (no standardization).
 """
 

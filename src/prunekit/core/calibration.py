@@ -1,5 +1,9 @@
 """The block-by-block runner: calibration statistics, pruning and the pruned forward in one pass.
 
+The one calibration engine of prunekit: one-shot methods prune each layer as soon as its
+statistics are complete; structured pruning walks the dense model with an ``on_ready`` that only
+keeps the statistics (:func:`walk_blocks` with ``needs={"moments", "similarity"}``).
+
 1. :func:`capture_block_inputs` runs the model up to its first decoder block and keeps that
    block's inputs (hidden states plus the keyword arguments the model passes, such as rotary
    position embeddings and masks), one entry per chunk of calibration windows.
@@ -11,7 +15,9 @@
    layers before it, and every matmul of the calibration data is computed exactly once, with
    pruned weights. Only one thread computes at a time (the others are parked at a barrier), so
    torch's own intra-op threads do the parallel work.
-3. The block's outputs are the next block's inputs; memory is one block's activations.
+3. The block's outputs are the next block's inputs; memory is one block's activations. With
+   ``similarity`` in ``needs``, each block's mean over tokens of cos(input, output) is measured
+   on the way (per window, summed in window order, float64).
 
 Layers fed the very same input tensor (q/k/v, gate/up) share one statistics object, so a
 Hessian X^T X is accumulated once for the three attention projections, and the later siblings are
@@ -27,8 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from prunekit.core.stats import LayerStats
+from prunekit.core.stats import LAYER_NEEDS, LayerStats
 
 
 class _StopForward(Exception):
@@ -87,11 +94,11 @@ class _LayerGate:
 class _LockStep:
     """Barrier bookkeeping for one block: which chunk reached which layer."""
 
-    def __init__(self, layers: dict[str, nn.Module], n_chunks: int, want_hessian: bool,
+    def __init__(self, layers: dict[str, nn.Module], n_chunks: int, needs: frozenset[str],
                  on_ready: Callable[[str, nn.Module, LayerStats | None], None]):
         self.gates = {module: _LayerGate(name, module) for name, module in layers.items()}
         self.n_chunks = n_chunks
-        self.want_hessian = want_hessian
+        self.needs = needs
         self.on_ready = on_ready
         self.cond = threading.Condition()
         self.finished: set[int] = set()
@@ -111,7 +118,7 @@ class _LockStep:
                 self.stats[gate.name] = self.stats[owner]
                 self.shared[gate.name] = owner
             else:
-                self.stats[gate.name] = LayerStats(x.shape[-1], want_hessian=self.want_hessian)
+                self.stats[gate.name] = LayerStats.for_needs(x.shape[-1], self.needs)
         if gate.name not in self.shared:
             self.stats[gate.name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
         seen.append((weakref.ref(x), gate.name))
@@ -183,15 +190,18 @@ def to_device(value, device):
 
 def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.Module],
               on_ready: Callable[[str, nn.Module, LayerStats | None], None],
-              want_hessian: bool = False, consume: bool = False,
-              device: torch.device | str | None = None) -> list[torch.Tensor]:
+              needs: frozenset[str] = frozenset({"norms"}), consume: bool = False,
+              device: torch.device | str | None = None,
+              on_output: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
     """Push all chunks through ``block`` in lock-step; ``on_ready(name, module, stats)`` prunes a layer
-    once every chunk's input to it has been seen. Returns the block's outputs, one per chunk.
+    once every chunk's input to it has been seen, ``stats`` collecting what ``needs`` asks for (see
+    :class:`~prunekit.core.stats.LayerStats`). Returns the block's outputs, one per chunk.
 
+    ``on_output(chunk, block_input, block_output)``, if given, sees each chunk as it leaves the block.
     With ``consume=True`` each chunk's input is dropped as soon as its output exists, so a block
     never holds both all inputs and all outputs. With ``device`` set, the block runs there while
     the activations between blocks stay where they were (e.g. on the CPU)."""
-    step = _LockStep(layers, len(inputs), want_hessian, on_ready)
+    step = _LockStep(layers, len(inputs), frozenset(needs), on_ready)
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
 
     def work(chunk: int) -> None:
@@ -206,7 +216,10 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
                     else:
                         out = block(item.hidden.to(device), *to_device(item.args, device),
                                     **to_device(item.kwargs, device))
-                    outputs[chunk] = block_output(out).to(here)
+                    out = block_output(out)
+                    if on_output is not None:
+                        on_output(chunk, item.hidden, out)
+                    outputs[chunk] = out.to(here)
                 if consume:
                     item.hidden = None
             except BaseException as err:  # noqa: BLE001 - handed to the main thread below
@@ -227,3 +240,49 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
     if step.errors:
         raise step.errors[0]
     return outputs
+
+
+def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of cos(block input, block output), one value per window (float64)."""
+    x, y = block_input.double(), block_output.to(block_input.device).double()
+    return torch.nn.functional.cosine_similarity(x, y, dim=-1).mean(dim=-1).reshape(-1)
+
+
+def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int,
+                per_block: list[dict[str, nn.Module]], on_ready: Callable[[str, nn.Module, LayerStats | None], None],
+                needs: frozenset[str] = frozenset({"norms"}), progress: bool = True, desc: str = "blocks",
+                device: torch.device | str | None = None) -> list[float]:
+    """Feed the calibration windows through ``blocks`` one at a time (see :func:`run_block`).
+
+    ``per_block[i]`` names the layers of block i whose inputs are measured; ``on_ready`` receives
+    each one's statistics once complete (a one-shot method prunes the layer there; a driver that
+    only wants the statistics of the dense model keeps them and leaves the weights alone).
+    Returns the block similarity (:func:`window_cosines` averaged over windows, one float per
+    block) when ``needs`` has ``similarity``, else an empty list. With ``device`` set (e.g.
+    "cuda"), each block visits that device for its turn only, and the activations between blocks
+    stay with the model (e.g. on the CPU)."""
+    layer_needs = frozenset(needs) & LAYER_NEEDS
+    want_similarity = "similarity" in needs
+    similarity: list[float] = []
+    inputs = capture_block_inputs(model, blocks[0], windows, chunk_size)
+    for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
+        home = next(block.parameters()).device
+        cosines: list[torch.Tensor | None] = [None] * len(inputs)
+
+        def keep_cosines(chunk, x, y, cosines=cosines):
+            cosines[chunk] = window_cosines(x, y).cpu()
+
+        if device is not None:
+            block.to(device)
+        outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
+                            on_output=keep_cosines if want_similarity else None)
+        if device is not None:
+            block.to(home)
+        if want_similarity:
+            total = torch.zeros((), dtype=torch.float64)
+            for value in torch.cat(cosines):  # window order, whatever order the chunks finished in
+                total += value
+            similarity.append((total / max(len(windows), 1)).item())
+        inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
+        del outputs
+    return similarity
