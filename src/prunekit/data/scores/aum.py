@@ -8,11 +8,13 @@ stored score is ``-AUM``: higher = harder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-NAME = "aum"
-DIRECTION = "higher=harder (stored as -AUM)"
+from prunekit.core.registry import SCORES
+from prunekit.data.scores.base import Score
 
 
 def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -30,3 +32,16 @@ def aum_scores(margins: np.ndarray) -> np.ndarray:
     count = seen.sum(axis=0)
     total = np.where(seen, m, 0.0).sum(axis=0)
     return np.where(count > 0, -total / np.maximum(count, 1), np.nan)  # NaN: never presented
+
+
+@SCORES.register("aum")
+@dataclass
+class AUM(Score):
+    """Negated area under the margin z_y - max_{j!=y} z_j over training (Pleiss et al. 2020)."""
+
+    direction = "higher=harder (stored as -AUM)"
+    flags = "mislabelled"
+    needs = frozenset({"dynamics", "labels"})
+
+    def compute(self, ctx):
+        return ctx.dynamics.aum()

@@ -8,16 +8,16 @@ training). Higher = harder; mislabeled examples have the largest values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.core.registry import SCORES
 from prunekit.data.scores._common import average_over, batched_logits
-
-NAME = "el2n"
-DIRECTION = "higher=harder"
+from prunekit.data.scores.base import Score
 
 
 def el2n_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -33,3 +33,15 @@ def el2n_scores(
     """EL2N averaged over ``models`` (one per seed and/or checkpoint)."""
     models = [models] if isinstance(models, nn.Module) else list(models)
     return average_over(models, lambda m: el2n_from_logits(batched_logits(m, x, batch_size), y))
+
+
+@SCORES.register("el2n")
+@dataclass
+class EL2N(Score):
+    """Error L2 norm ||softmax(f(x)) - onehot(y)|| early in training (Paul et al. 2021)."""
+
+    flags = "mislabelled"
+    needs = frozenset({"model", "labels"})
+
+    def compute(self, ctx):
+        return el2n_from_logits(ctx.logits, ctx.y)

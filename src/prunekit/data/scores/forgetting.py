@@ -13,10 +13,12 @@ defect) would put mislabeled examples among the most prunable. Here they get
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-NAME = "forgetting"
-DIRECTION = "higher=harder (never-learned examples get the maximum)"
+from prunekit.core.registry import SCORES
+from prunekit.data.scores.base import Score
 
 
 def forgetting_scores(correct: np.ndarray) -> np.ndarray:
@@ -39,3 +41,16 @@ def forgetting_scores(correct: np.ndarray) -> np.ndarray:
     presentations = (~np.isnan(hist)).sum(axis=0)
     counts[~learned] = np.maximum(presentations[~learned], 1)
     return counts
+
+
+@SCORES.register("forgetting")
+@dataclass
+class Forgetting(Score):
+    """Number of forgetting events (correct -> wrong) during training (Toneva et al. 2019)."""
+
+    direction = "higher=harder (never-learned examples get the maximum)"
+    flags = "mislabelled"
+    needs = frozenset({"dynamics", "labels"})
+
+    def compute(self, ctx):
+        return ctx.dynamics.forgetting()

@@ -3,18 +3,15 @@
 ``GraNd(x, y) = E_w || grad_w L(f_w(x), y) ||_2``  (their Eq. 1), averaged over seeds, computed at
 initialization or early in training. Higher = harder.
 
-Two ways to compute it:
-
-* ``mode="full"`` -- the exact per-example gradient over *all* parameters, with
-  ``torch.func.vmap(grad(...))``.
-* ``mode="last_layer"`` -- only the classifier head ``z = W h + b``. Its per-example gradient is
-  ``(p - y) h^T`` and ``(p - y)``, so the norm has the closed form
-  ``||p - y||_2 * sqrt(||h||_2^2 + 1)``: one forward pass, no backward. It needs ``model.embed``.
+This is the exact per-example gradient over *all* parameters, with ``torch.func.vmap(grad(...))``.
+:mod:`prunekit.data.scores.grand_last_layer` is the one-forward-pass closed form for the classifier
+head alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from prunekit.data.scores._common import average_over, batched_logits_and_embeddings
+from prunekit.core.errors import PrunekitError
+from prunekit.core.registry import SCORES, option
+from prunekit.data.scores._common import average_over
+from prunekit.data.scores.base import Score
+from prunekit.data.scores.grand_last_layer import grand_last_layer
 
-NAME = "grand"
-DIRECTION = "higher=harder"
 MODES = ("full", "last_layer")
 
 
@@ -50,13 +49,6 @@ def grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
     return torch.cat(norms).numpy()
 
 
-def grand_last_layer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Closed-form gradient norm of the classifier head: ``||p - y|| * sqrt(||h||^2 + 1)``."""
-    logits, h = batched_logits_and_embeddings(model, x, batch_size)
-    err = logits.softmax(dim=1) - F.one_hot(y.long(), logits.shape[1]).float()
-    return (err.norm(dim=1) * (h.pow(2).sum(dim=1) + 1).sqrt()).numpy()
-
-
 def grand_scores(
     models: nn.Module | Sequence[nn.Module],
     x: torch.Tensor,
@@ -64,9 +56,22 @@ def grand_scores(
     mode: str = "full",
     batch_size: int = 128,
 ) -> np.ndarray:
-    """GraNd averaged over ``models`` (one per seed and/or checkpoint)."""
+    """GraNd averaged over ``models`` (one per seed and/or checkpoint); ``mode`` is one of :data:`MODES`."""
     if mode not in MODES:
-        raise ValueError(f"GraNd mode {mode!r} is not one of {', '.join(MODES)}")
+        raise PrunekitError(f"GraNd mode {mode!r} is not one of {', '.join(MODES)}")
     fn = grand_full if mode == "full" else grand_last_layer
     models = [models] if isinstance(models, nn.Module) else list(models)
     return average_over(models, lambda m: fn(m, x, y, batch_size))
+
+
+@SCORES.register("grand")
+@dataclass
+class GraNd(Score):
+    """Per-example gradient norm over all parameters, early in training (Paul et al. 2021)."""
+
+    flags = "mislabelled"
+    needs = frozenset({"model", "labels"})
+    batch_size: int = option(128, "examples per vmap batch (memory: one gradient per example)", min=1)
+
+    def compute(self, ctx):
+        return grand_full(ctx.model, ctx.x, ctx.y, self.batch_size)

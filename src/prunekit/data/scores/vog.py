@@ -10,13 +10,14 @@ score is the mean over pixels (their Eq. 2-3). The paper then normalizes within 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-NAME = "vog"
-DIRECTION = "higher=harder"
+from prunekit.core.registry import SCORES, option
+from prunekit.data.scores.base import Score
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -60,3 +61,16 @@ def vog_scores(
             std = scores[m].std()
             scores[m] = (scores[m] - scores[m].mean()) / (std if std > 0 else 1.0)
     return scores
+
+
+@SCORES.register("vog")
+@dataclass
+class VoG(Score):
+    """Variance over checkpoints of the input gradient of the label's logit (Agarwal et al. 2022)."""
+
+    flags = "unstable"
+    needs = frozenset({"checkpoints", "labels"})
+    class_normalize: bool = option(True, "standardize the scores within each class, as the paper does")
+
+    def compute(self, ctx):
+        return vog_scores(ctx.checkpoints, ctx.x, ctx.y, class_normalize=self.class_normalize)

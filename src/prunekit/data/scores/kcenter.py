@@ -14,11 +14,13 @@ then distances to the nearest of the ``n_centers`` centers).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-NAME = "kcenter"
-DIRECTION = "higher=harder (farther from the covered set; 0 = duplicate)"
+from prunekit.core.registry import SCORES, option
+from prunekit.data.scores.base import Score
 
 
 def kcenter_scores(embeddings: torch.Tensor | np.ndarray, n_centers: int | None = None, seed: int = 0) -> np.ndarray:
@@ -46,3 +48,18 @@ def kcenter_scores(embeddings: torch.Tensor | np.ndarray, n_centers: int | None 
 def duplicate_mask(scores: np.ndarray, atol: float = 1e-6) -> np.ndarray:
     """Examples whose k-center gain is ~0: duplicates of an earlier pick."""
     return np.asarray(scores) <= atol
+
+
+@SCORES.register("kcenter")
+@dataclass
+class KCenter(Score):
+    """Greedy k-center coverage gain on the final embeddings (Sener & Savarese 2018); 0 = duplicate."""
+
+    direction = "higher=harder (farther from the covered set; 0 = duplicate)"
+    flags = "atypical"
+    needs = frozenset({"embeddings"})
+    n_centers: int | None = option(2000, "greedy picks; the others score their distance to the nearest pick "
+                                   "(null: every example, O(N^2 d))", min=1)
+
+    def compute(self, ctx):
+        return kcenter_scores(ctx.embeddings, n_centers=self.n_centers, seed=ctx.seed)
