@@ -28,12 +28,14 @@ def score_dir(tmp_path):
 
 
 BAD = [
-    (["score", "--dataset", "cifar"], "'cifar' is not one of: fashion-mnist, mnist, brown"),
-    (["score", "--scores", "el2n,bogus"], "'bogus' is not one of"),
-    (["score", "--format", "csv"], "'csv' is not one of: parquet, npz"),
-    (["score", "--score-epochs", "9", "--epochs", "3"], "out of range"),
-    (["score", "--seeds", "a,b"], "'a,b' is not a comma-separated list"),
-    (["score", "--dataset", "brown", "--scores", "el2n"], "'el2n' is not one of: lm_loss, perplexity"),
+    (["score", "--dataset", "cifar"], "unknown dataset 'cifar' (choices: brown, fashion-mnist, mnist)"),
+    (["score", "--scores", "el2n,bogus"], "unknown data score 'bogus' (choices: aum, el2n,"),
+    (["score", "--scores", "el2m"], "unknown data score 'el2m'; did you mean 'el2n'?"),
+    (["score", "--format", "csv"], "unknown format 'csv' (choices: npz, parquet)"),
+    (["score", "--score-epochs", "9", "--epochs", "3"], "--score-epochs entry must be <= 3, got 9"),
+    (["score", "--seeds", "a,b"], "--seeds entry must be an integer, got 'a'"),
+    (["score", "--dataset", "brown", "--scores", "el2n"],
+     "data score 'el2n' does not apply to text documents; choices: lm_loss, perplexity"),
 ]
 
 
@@ -47,12 +49,15 @@ def test_score_bad_values_exit_2_one_line_nothing_written(tmp_path, capsys, argv
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--method", "hardestt", "--keep", "0.5"], "'hardestt' is not one of: hardest, easiest, band, ccs, random"),
-    (["--method", "ccs", "--keep", "-3"], "--keep '-3' is out of range"),
+    (["--method", "hardestt", "--keep", "0.5"],
+     "unknown selector 'hardestt'; did you mean 'hardest'? (choices: band, ccs, easiest, hardest, random)"),
+    (["--method", "ccs", "--keep", "-3"], "--keep must be > 0, got -3"),
     (["--method", "ccs", "--keep", "5000"], "neither a fraction"),
-    (["--method", "ccs", "--keep", "0.5", "--beta", "2"], "--beta '2' is out of range"),
-    (["--keep", "0.5", "--score", "aum"], "--score 'aum' is not one of: el2n"),
-    (["--keep", "0.5", "--aggregate", "avg"], "'avg' is not one of: mean, median, max, min"),
+    (["--method", "ccs", "--keep", "0.5", "--beta", "2"], "--beta must be < 1, got 2.0"),
+    (["--selector", "ccs", "--sparsity", "1"], "--sparsity must be < 1, got 1.0"),
+    (["--selector", "ccs", "--sparsity", "0.5", "--keep", "0.5"], "give --sparsity or its alias --keep, not both"),
+    (["--keep", "0.5", "--score", "aum"], "unknown score column 'aum' (choices: el2n)"),
+    (["--keep", "0.5", "--aggregate", "avg"], "unknown aggregate 'avg' (choices: max, mean, median, min)"),
 ])
 def test_select_bad_values(score_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "sel" / "keep.npz"
@@ -71,7 +76,7 @@ def test_select_missing_scores_and_bad_budget(tmp_path, capsys):
     out = tmp_path / "train"
     assert main(["data", "train", "--selection", str(sel), "--budget", "same-time", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "'same-time' is not one of: equal-epochs, equal-iterations" in err and err.count("\n") == 1
+    assert "unknown budget 'same-time' (choices: equal-epochs, equal-iterations)" in err and err.count("\n") == 1
     assert not out.exists()
 
 

@@ -12,14 +12,16 @@ from prunekit.data.scores import (
     aum_scores,
     duplicate_mask,
     el2n_from_logits,
+    entropy_from_logits,
     forgetting_scores,
     grand_full,
     grand_last_layer,
     grand_scores,
     kcenter_scores,
+    least_confidence_from_logits,
     margins_from_logits,
     random_scores,
-    uncertainty_from_logits,
+    top2_margin_from_logits,
     vog_scores,
 )
 
@@ -99,10 +101,10 @@ def test_grand_full_matches_autograd_on_a_cnn_and_averages_over_models():
 
 def test_uncertainty_scores_order_confident_below_uncertain():
     logits = torch.tensor([[5.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
-    for kind in ("entropy", "margin", "least_confidence"):
-        s = uncertainty_from_logits(logits, kind)
-        assert s[1] > s[0], kind
-    np.testing.assert_allclose(uncertainty_from_logits(logits, "margin")[1], 1.0, atol=1e-6)
+    for fn in (entropy_from_logits, top2_margin_from_logits, least_confidence_from_logits):
+        s = fn(logits)
+        assert s[1] > s[0], fn.__name__
+    np.testing.assert_allclose(top2_margin_from_logits(logits)[1], 1.0, atol=1e-6)
 
 
 def test_kcenter_finds_exact_duplicates():

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from prunekit.core.registry import SELECTORS
 from prunekit.data.select import (
-    METHODS,
     Selection,
     apply_recipe,
     ccs_default_beta,
     class_quotas,
     select,
-    validate_recipe,
+    selection_steps,
 )
 
 N = 1000
@@ -24,7 +24,7 @@ LABELS = np.repeat([0, 1, 2, 3], [500, 300, 150, 50])
 RNG.shuffle(LABELS)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SELECTORS.names())
 @pytest.mark.parametrize("keep", [0.1, 0.3, 0.5, 0.7, 0.9, 1, 333])
 @pytest.mark.parametrize("balanced", [False, True])
 def test_every_selector_returns_exactly_the_requested_count(method, keep, balanced):
@@ -90,10 +90,10 @@ def test_recipe_steps_compose():
     assert len(sel) == 300
     hardest_10pct = set(np.argsort(-SCORES)[:100])
     assert not set(sel.indices) & hardest_10pct  # step 1 removed them, step 2 chose from the rest
-    with pytest.raises(ValueError, match="not one of"):
-        validate_recipe([{"method": "nope", "keep": 0.5}])
-    with pytest.raises(ValueError, match="unknown key"):
-        validate_recipe([{"method": "ccs", "keep": 0.5, "betta": 0.1}])
+    with pytest.raises(ValueError, match="unknown selector 'nope'"):
+        selection_steps([{"method": "nope", "keep": 0.5}])
+    with pytest.raises(ValueError, match="unknown key 'betta'.*did you mean 'beta'"):
+        selection_steps([{"method": "ccs", "keep": 0.5, "betta": 0.1}])
 
 
 class FakeHFDataset:
@@ -132,7 +132,7 @@ def test_selection_save_load(tmp_path):
 
 
 def test_bad_selector_arguments_raise():
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match="did you mean 'hardest'"):
         select(SCORES, 0.5, "hardestt")
     with pytest.raises(ValueError):
         select(SCORES, 1.5, "random")

@@ -1,14 +1,17 @@
 """``prunekit data score|select|train|report``: data pruning from the command line.
 
 Wire it into a parent CLI with ``add_parser(subparsers)`` and dispatch with ``run(args)``; or run
-``python -m prunekit.data.cli ...`` directly. Every bad value is reported as one line naming the
-value and the valid choices, with exit code 2, before anything is written.
+``python -m prunekit.data.cli ...`` directly. The score and selector choices, their help texts and the
+selector option flags (``--offset``, ``--beta``, ``--bins``) come from the registries
+(:data:`~prunekit.core.registry.SCORES`, :data:`~prunekit.core.registry.SELECTORS`); every value is
+checked by the registry's checker. Every bad value is reported as one line naming the value and the
+valid choices, with exit code 2, before anything is written.
 
 Examples::
 
     prunekit data score  --dataset fashion-mnist --scores el2n,aum,forgetting --seeds 0,1 --out runs/s
     prunekit data report --scores runs/s
-    prunekit data select --scores runs/s --score aum --method ccs --keep 0.3 --out runs/keep30.npz
+    prunekit data select --scores runs/s --score aum --selector ccs --sparsity 0.7 --out runs/keep30.npz
     prunekit data select --scores runs/s --recipe recipe.yaml --out runs/keep.npz
     prunekit data train  --dataset fashion-mnist --selection runs/keep30.npz --budget equal-epochs \\
                          --epochs 3 --kd --out runs/train30
@@ -17,31 +20,27 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import sys
 import types
+import typing
 from pathlib import Path
+from typing import Any
 
-from prunekit.core.errors import PrunekitError
-from prunekit.data.pipeline import VISION_SCORES
+from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.registry import SCORES, SELECTORS, check_value
 from prunekit.data.runs import check_run_folder, check_writable, fingerprint, open_run
-from prunekit.data.select import METHODS
+from prunekit.data.select import SEED_MAX
 from prunekit.data.table import AGGREGATES
-from prunekit.data.text import TEXT_SCORES
 from prunekit.data.train import BUDGET_KINDS
 
 VISION_DATASETS = ("fashion-mnist", "mnist")
 DATASETS = (*VISION_DATASETS, "brown")
 FORMATS = ("parquet", "npz")
 COMMANDS = ("score", "select", "train", "report")
-SEED_MAX = 2**32 - 1
-RECIPE_KEYS = ("score", "aggregate", "steps")
-
-
-class CLIError(PrunekitError):
-    """A bad command-line value; reported as one line, exit code 2."""
+RECIPE_KEYS = ("score", "aggregate", "steps", "calibration")  # calibration: a full recipe's, unused here
 
 
 def _one_line_error(self, message: str):
@@ -53,16 +52,36 @@ class _Parser(argparse.ArgumentParser):
         _one_line_error(self, message)
 
 
+def _entries(registry, names=None) -> str:
+    """``name: first docstring line`` per entry, for an epilog."""
+    return "\n".join(f"  {name:<18} {doc}" for name, doc in registry.describe() if names is None or name in names)
+
+
+def _selector_options() -> dict[str, list[str]]:
+    """Option name -> the selectors that have it (each becomes a ``--<option>`` flag of ``select``)."""
+    owners: dict[str, list[str]] = {}
+    for name in SELECTORS.names():
+        for opt in SELECTORS.options(name):
+            owners.setdefault(opt.name, []).append(name)
+    return owners
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``data`` with its sub-commands to a parent CLI's ``subparsers``."""
+    from prunekit.data.pipeline import classifier_scores
+    from prunekit.data.text import text_scores
+
     data = subparsers.add_parser("data", help="data pruning: score, select, train, report")
     data.error = types.MethodType(_one_line_error, data)
     sub = data.add_subparsers(dest="data_command", parser_class=_Parser, metavar="{score,select,train,report}")
+    raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("score", help="score every training example (resumable)")
+    p = sub.add_parser("score", help="score every training example (resumable)", formatter_class=raw,
+                       epilog="data scores (all stored higher = harder):\n" + _entries(SCORES))
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--scores", default="el2n,aum,forgetting",
-                   help=f"comma-separated; vision: {', '.join(VISION_SCORES)}; text: {', '.join(TEXT_SCORES)}")
+                   help=f"comma-separated data scores; images: {', '.join(classifier_scores())}; "
+                        f"text (brown): {', '.join(text_scores())}")
     p.add_argument("--out", required=True, help="output folder (scores + manifest.json)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds to average over")
     p.add_argument("--epochs", default="3", help="epochs of each scoring run")
@@ -73,16 +92,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", default="256", help="tokens per document for text scores")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("select", help="choose the examples to keep")
+    p = sub.add_parser("select", help="choose the examples to keep", formatter_class=raw,
+                       epilog="selectors:\n" + _entries(SELECTORS))
     p.add_argument("--scores", required=True, help="folder written by 'score'")
     p.add_argument("--score", default=None, help="score column to select on (default: the recipe's or the first)")
-    p.add_argument("--recipe", default=None, help="YAML/JSON recipe: {score, aggregate, steps: [...]}")
-    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--keep", default=None, help="fraction in (0, 1] or count to keep")
-    p.add_argument("--beta", default=None, help="CCS hard cutoff (fraction of the dataset)")
-    p.add_argument("--bins", default=None, help="CCS strata")
-    p.add_argument("--offset", default=None, help="band: fraction of hardest examples to skip")
-    p.add_argument("--class-balanced", action="store_true")
+    p.add_argument("--recipe", default=None, help="YAML/JSON recipe: {score, aggregate, steps: [selection steps]}")
+    p.add_argument("--selector", "--method", dest="selector", default=None,
+                   help=f"which examples are kept: one of {', '.join(SELECTORS.names())} (default hardest)")
+    p.add_argument("--sparsity", default=None, help="fraction of the examples removed, in [0, 1)")
+    p.add_argument("--keep", default=None, help="alias of --sparsity: the fraction kept in (0, 1], or a count")
+    for opt, owners in _selector_options().items():
+        info = next(o for o in SELECTORS.options(owners[0]) if o.name == opt)
+        p.add_argument(f"--{opt.replace('_', '-')}", dest=f"option_{opt}", default=None, metavar=opt.upper(),
+                       help=f"{'/'.join(owners)} option: {info.help}")
+    p.add_argument("--class-balanced", action="store_true", help="exact per-class quotas")
     p.add_argument("--aggregate", default="mean", help=f"over seeds/checkpoints: {', '.join(AGGREGATES)}")
     p.add_argument("--seed", default="0")
     p.add_argument("--out", required=True, help="output .npz (indices, mask) plus a .json summary")
@@ -105,59 +128,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return data
 
 
-# ---------------------------------------------------------------------------------- validation
-def _choice(name: str, value: str, choices) -> str:
+# ---------------------------------------------------------------------------------- values
+def _choice(kind: str, value: str, choices) -> str:
     if value not in choices:
-        raise CLIError(f"{name} {value!r} is not one of: {', '.join(choices)}")
+        raise unknown_choice(kind, value, choices)
     return value
 
 
-def _number(name: str, value, kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
+def _literal(text: str) -> Any:
+    """A flag's text as a value: a JSON number or true/false/null, else the text itself."""
     try:
-        v = kind(value)
-    except (TypeError, ValueError, OverflowError):
-        raise CLIError(f"{name} {value!r} is not a valid {kind.__name__}") from None
-    if kind is float and not math.isfinite(v):
-        raise CLIError(f"{name} {value!r} is not a finite number")
-    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
-        bound = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
-        raise CLIError(f"{name} {value!r} is out of range {bound}")
-    return v
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if value is None or isinstance(value, (bool, int, float)) else text
 
 
-def _int_list(name: str, value: str, lo: int = 0, hi: int = SEED_MAX) -> list[int]:
+def _flag(flag: str, text: str, hint: Any, **bounds) -> Any:
+    """The value of ``flag`` checked with the registry's checker (type, then ``min``/``max``/``above``/``below``)."""
+    return check_value(_literal(text), hint, bounds, flag)
+
+
+def _int_list(flag: str, text: str, lo: int = 0, hi: int = SEED_MAX) -> list[int]:
     """A non-empty comma-separated list of distinct integers in [lo, hi]."""
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise CLIError(f"{name} {value!r} is not a comma-separated list of integers") from None
+    out = [_flag(f"{flag} entry", v.strip(), int, min=lo, max=hi) for v in text.split(",") if v.strip()]
     if not out:
-        raise CLIError(f"{name} {value!r} is empty; give at least one integer")
-    for v in out:
-        if not lo <= v <= hi:
-            raise CLIError(f"{name} entry {v} is out of range [{lo}, {hi}]")
+        raise PrunekitError(f"{flag} {text!r} is empty; give at least one integer")
     if len(set(out)) != len(out):
-        raise CLIError(f"{name} {value!r} repeats an entry; give each once")
+        raise PrunekitError(f"{flag} {text!r} repeats an entry; give each once")
     return out
 
 
-def _seed(value) -> int:
-    return _number("--seed", value, int, 0, SEED_MAX)
-
-
-def _keep(value) -> float | int:
-    v = _number("--keep", value, float, 0, None, lo_open=True)
-    if v <= 1:
-        return v
-    if not v.is_integer():
-        raise CLIError(f"--keep {value!r} is neither a fraction in (0, 1] nor a whole count >= 1")
-    return int(v)
+def _seed(text: str) -> int:
+    return _flag("--seed", text, int, min=0, max=SEED_MAX)
 
 
 def _scores_dir(path: str) -> Path:
     folder = Path(path)
     if not (folder / "manifest.json").is_file():
-        raise CLIError(f"--scores {path!r} has no manifest.json (run 'prunekit data score' first)")
+        raise PrunekitError(f"--scores {path!r} has no manifest.json (run 'prunekit data score' first)")
     return folder
 
 
@@ -169,19 +178,21 @@ def _load_vision(name: str, split: str = "train"):
 
 
 def cmd_score(args) -> int:
-    _choice("--dataset", args.dataset, DATASETS)
-    _choice("--format", args.format, FORMATS)
+    from prunekit.data.pipeline import build_scores, classifier_scores
+    from prunekit.data.text import text_scores
+
+    _choice("dataset", args.dataset, DATASETS)
+    _choice("format", args.format, FORMATS)
     names = [s.strip() for s in args.scores.split(",") if s.strip()]
-    allowed = TEXT_SCORES if args.dataset == "brown" else VISION_SCORES
-    if not names:
-        raise CLIError(f"--scores is empty; choices: {', '.join(allowed)}")
-    for s in names:
-        _choice("--scores entry", s, allowed)
+    if args.dataset == "brown":
+        build_scores(names, text_scores(), what="text documents")
+    else:
+        build_scores(names, classifier_scores(), what=f"the images of {args.dataset}")
     seeds = _int_list("--seeds", args.seeds)
-    epochs = _number("--epochs", args.epochs, int, 1)
+    epochs = _flag("--epochs", args.epochs, int, min=1)
     score_epochs = _int_list("--score-epochs", args.score_epochs, 1, epochs)
-    limit = None if args.limit is None else _number("--limit", args.limit, int, 1)
-    max_tokens = _number("--max-tokens", args.max_tokens, int, 2)
+    limit = None if args.limit is None else _flag("--limit", args.limit, int, min=1)
+    max_tokens = _flag("--max-tokens", args.max_tokens, int, min=2)
     check_run_folder(args.out, "data score")  # before any data is loaded: a bad --out fails in a second
     from prunekit.data.ids import example_ids
     from prunekit.data.table import ScoreTable
@@ -196,11 +207,12 @@ def cmd_score(args) -> int:
                                           "model": args.model, "max_tokens": max_tokens, "format": args.format,
                                           "n_examples": len(docs), "examples": fingerprint(hashes)})
         model, tok = load_lm(args.model)
-        res = lm_document_scores(model, tok, [t for _, t in docs], max_tokens, progress=not args.no_progress)
+        res = lm_document_scores(model, tok, [t for _, t in docs], max_tokens, progress=not args.no_progress,
+                                 names=names)
         table = ScoreTable(manifest={**meta, "model": args.model, "max_tokens": max_tokens,
                                      "documents": [n for n, _ in docs]})
         for s in names:
-            table.add(s, res[s], hashes)
+            table.add(s, res[s], hashes, direction=SCORES.get(s).direction)
         table.save(args.out, args.format)
     else:
         import torch
@@ -219,33 +231,68 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _read_recipe(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"--recipe {path!r} does not exist or is not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
+def read_select_recipe(path: str) -> tuple[dict, list]:
+    """``({score, aggregate}, steps)`` of a data-selection recipe file: a list of selection steps, or a
+    mapping with ``steps`` (and optionally ``score``, ``aggregate``; a full recipe's ``calibration``
+    is ignored). Read by the core's recipe reader; every step is checked by the registries."""
+    from prunekit.core.recipe import PROVENANCE_KEYS, check_keys, read_recipe_file
+    from prunekit.data.select import selection_steps
 
-            data = yaml.safe_load(text)  # plain YAML only: tags such as !!python/object are refused
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error (or absurd nesting) is one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CLIError(f"--recipe {path!r} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: "
-                       f"{first}") from None
+    data = read_recipe_file(path)
     if isinstance(data, list):
         data = {"steps": data}
     if not isinstance(data, dict) or "steps" not in data:
-        raise CLIError(f"--recipe {path!r} must be a list of steps or a mapping with 'steps'")
-    unknown = sorted(str(k) for k in data if k not in RECIPE_KEYS)
-    if unknown:
-        raise CLIError(f"--recipe {path!r}: unknown key(s) {unknown}; choices: {', '.join(RECIPE_KEYS)}")
+        raise PrunekitError(f"recipe file {path!r} must be a list of selection steps or a mapping with 'steps'")
+    check_keys({k: v for k, v in data.items() if k not in PROVENANCE_KEYS}, RECIPE_KEYS, f"recipe file {path!r}")
     for key in ("score", "aggregate"):
         if key in data and not isinstance(data[key], str):
-            raise CLIError(f"--recipe {path!r}: {key} {data[key]!r} must be a string")
-    return data
+            raise PrunekitError(f"recipe file {path!r}: {key} {data[key]!r} must be a string")
+    return {k: data[k] for k in ("score", "aggregate") if k in data}, selection_steps(data["steps"])
+
+
+def _option_value(selector: str, option: str, text: str) -> Any:
+    """The text of ``--<option>`` checked against the selector's field (type and range)."""
+    cls = SELECTORS.get(selector)
+    field = next(f for f in dataclasses.fields(cls) if f.name == option)
+    return check_value(_literal(text), typing.get_type_hints(cls)[option], field.metadata,
+                       f"--{option.replace('_', '-')}")
+
+
+def step_from_flags(args):
+    """The one selection step given by ``--selector/--sparsity/--keep/--<option>/--class-balanced``.
+
+    Without its option flag, CCS's ``beta`` grows with the fraction removed (:func:`ccs_default_beta`)."""
+    from prunekit.data.select import SelectionStep, ccs_default_beta
+
+    selector = SELECTORS.canonical(args.selector or "hardest")
+    step: dict[str, Any] = {"selector": selector, "class_balanced": bool(args.class_balanced)}
+    if args.sparsity is None and args.keep is None:
+        raise PrunekitError("--sparsity (or its alias --keep) is required without --recipe")
+    if args.sparsity is not None and args.keep is not None:
+        raise PrunekitError("give --sparsity or its alias --keep, not both")
+    if args.sparsity is not None:
+        step["sparsity"] = _flag("--sparsity", args.sparsity, float, min=0, below=1)
+        removed = step["sparsity"]
+    else:
+        keep = _flag("--keep", args.keep, int | float, above=0)
+        if keep <= 1:
+            keep = float(keep)
+        elif not float(keep).is_integer():
+            raise PrunekitError(f"--keep {args.keep!r} is neither a fraction in (0, 1] nor a whole count >= 1")
+        step["keep"] = keep if keep <= 1 else int(keep)
+        removed = 1 - keep if isinstance(step["keep"], float) else None
+    options = {}
+    for opt, owners in _selector_options().items():
+        text = getattr(args, f"option_{opt}")
+        if text is None:
+            continue
+        if selector not in owners:
+            raise PrunekitError(f"--{opt.replace('_', '-')} {text!r} applies only to selector "
+                                f"{' or '.join(owners)}, not {selector!r}")
+        options[opt] = _option_value(selector, opt, text)
+    if selector == "ccs" and "beta" not in options:
+        options["beta"] = ccs_default_beta(removed) if removed is not None else 0.0
+    return SelectionStep(**step, options=options)
 
 
 def _check_select_out(path: str) -> Path:
@@ -254,16 +301,16 @@ def _check_select_out(path: str) -> Path:
 
     out = Path(path)
     if out.suffix != ".npz":
-        raise CLIError(f"--out {path!r} must end in .npz (the selection; a .json summary is written beside it)")
+        raise PrunekitError(f"--out {path!r} must end in .npz (the selection; a .json summary is written beside it)")
     check_writable(out)
     summary = out.with_suffix(".json")
     if out.exists():
         if not out.is_file():
-            raise CLIError(f"--out {path!r} exists and is not a file")
+            raise PrunekitError(f"--out {path!r} exists and is not a file")
         try:
             Selection.load(out)
         except PrunekitError:
-            raise CLIError(f"--out {path!r} exists and is not a prunekit selection; not replacing it") from None
+            raise PrunekitError(f"--out {path!r} exists and is not a prunekit selection; not replacing it") from None
     if summary.exists():
         try:
             data = json.loads(summary.read_text())
@@ -271,62 +318,46 @@ def _check_select_out(path: str) -> Path:
         except (OSError, ValueError, RecursionError):
             ours = False
         if not ours:
-            raise CLIError(f"--out {path!r}: {str(summary)!r} exists and is not a prunekit selection summary; "
+            raise PrunekitError(f"--out {path!r}: {str(summary)!r} exists and is not a prunekit selection summary; "
                            "not replacing it")
     return out
 
 
 def cmd_select(args) -> int:
-    from prunekit.data.select import apply_recipe, ccs_default_beta, validate_recipe
+    from prunekit.data.select import apply_recipe
     from prunekit.data.table import ScoreTable
 
     folder = _scores_dir(args.scores)
-    _choice("--aggregate", args.aggregate, AGGREGATES)
+    _choice("aggregate", args.aggregate, AGGREGATES)
     seed = _seed(args.seed)
-    step_flags = {"--method": args.method, "--keep": args.keep, "--beta": args.beta, "--bins": args.bins,
-                  "--offset": args.offset, "--class-balanced": args.class_balanced or None}
+    step_flags = {"--selector": args.selector, "--sparsity": args.sparsity, "--keep": args.keep,
+                  **{f"--{o.replace('_', '-')}": getattr(args, f"option_{o}") for o in _selector_options()},
+                  "--class-balanced": args.class_balanced or None}
     if args.recipe is not None:
         given = [flag for flag, v in step_flags.items() if v is not None]
         if given:
-            raise CLIError(f"give either --recipe or {given[0]} (the recipe's steps hold those settings), not both")
-        recipe = _read_recipe(args.recipe)
+            raise PrunekitError(f"give either --recipe or {given[0]} (the recipe's steps hold those settings), "
+                                "not both")
+        recipe, steps = read_select_recipe(args.recipe)
     else:
-        method = _choice("--method", args.method or "hardest", METHODS)
-        if args.keep is None:
-            raise CLIError("--keep is required without --recipe")
-        for flag, value, only in (("--beta", args.beta, "ccs"), ("--bins", args.bins, "ccs"),
-                                  ("--offset", args.offset, "band")):
-            if value is not None and method != only:
-                raise CLIError(f"{flag} {value!r} applies only to --method {only}, not {method!r}")
-        step = {"method": method, "keep": _keep(args.keep), "class_balanced": args.class_balanced}
-        if args.beta is not None:
-            step["beta"] = _number("--beta", args.beta, float, 0, 1, hi_open=True)
-        elif method == "ccs":
-            keep = step["keep"]
-            step["beta"] = ccs_default_beta(1 - keep) if isinstance(keep, float) else 0.0
-        if args.bins is not None:
-            step["bins"] = _number("--bins", args.bins, int, 1)
-        if args.offset is not None:
-            step["offset"] = _number("--offset", args.offset, float, 0, 1, hi_open=True)
-        recipe = {"steps": [step]}
-    steps = validate_recipe(recipe["steps"])
+        recipe, steps = {}, [step_from_flags(args)]
     out = _check_select_out(args.out)
     table = ScoreTable.load(folder)
     score = args.score or recipe.get("score") or table.score_names[0]
-    _choice("--score", score, table.score_names)
-    aggregate = _choice("recipe aggregate", recipe.get("aggregate", args.aggregate), AGGREGATES)
+    _choice("score column", score, table.score_names)
+    aggregate = _choice("aggregate", recipe.get("aggregate", args.aggregate), AGGREGATES)
     values = table.vector(score, aggregate=aggregate)
     labels = table.labels()
-    needs_labels = any(s.get("class_balanced") for s in steps)
+    needs_labels = any(s.class_balanced for s in steps)
     if needs_labels and (labels < 0).any():
-        raise CLIError("class_balanced needs labels, but this score table has none")
+        raise PrunekitError("class_balanced needs labels, but this score table has none")
     sel = apply_recipe(values, steps, labels=labels if needs_labels else None, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")  # written beside, then renamed: never half a file
     sel.save(tmp)
     tmp.replace(out)
-    summary = {"scores": str(folder), "score": score, "aggregate": aggregate, "steps": steps, "kept": len(sel),
-               "n_total": sel.n_total, "fraction_removed": sel.fraction_removed}
+    summary = {"scores": str(folder), "score": score, "aggregate": aggregate, "steps": [s.to_dict() for s in steps],
+               "seed": seed, "kept": len(sel), "n_total": sel.n_total, "fraction_removed": sel.fraction_removed}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"kept {len(sel)} of {sel.n_total} ({100 * sel.fraction_removed:.1f}% removed) -> {out}")
     return 0
@@ -340,7 +371,7 @@ def _teacher_logits(cache: Path, n: int):
         return None
     logits = load_state(cache).get("logits")  # safetensors + JSON: reading it never runs code
     if not (hasattr(logits, "shape") and logits.ndim == 2 and logits.shape[0] == n and logits.is_floating_point()):
-        raise CLIError(f"{str(cache)!r} does not hold the teacher logits of {n} examples; delete it to retrain the "
+        raise PrunekitError(f"{str(cache)!r} does not hold the teacher logits of {n} examples; delete it to retrain the "
                        "teacher")
     return logits
 
@@ -355,27 +386,26 @@ def cmd_train(args) -> int:
     from prunekit.data.train import Budget, accuracy, fit, kd_defaults
     from prunekit.zoo import SmallCNN
 
-    _choice("--dataset", args.dataset, VISION_DATASETS)
-    _choice("--budget", args.budget, BUDGET_KINDS)
-    epochs = _number("--epochs", args.epochs, float, 0, None, lo_open=True)
+    _choice("dataset", args.dataset, VISION_DATASETS)
+    _choice("budget", args.budget, BUDGET_KINDS)
+    epochs = _flag("--epochs", args.epochs, float, above=0)
     seed = _seed(args.seed)
-    temperature = None if args.temperature is None else _number("--temperature", args.temperature, float, 0,
-                                                                None, lo_open=True)
-    alpha = None if args.alpha is None else _number("--alpha", args.alpha, float, 0, 1)
+    temperature = None if args.temperature is None else _flag("--temperature", args.temperature, float, above=0)
+    alpha = None if args.alpha is None else _flag("--alpha", args.alpha, float, min=0, max=1)
     if not args.kd and (temperature is not None or alpha is not None):
         flag = "--temperature" if temperature is not None else "--alpha"
-        raise CLIError(f"{flag} {args.temperature if temperature is not None else args.alpha!r} applies only "
+        raise PrunekitError(f"{flag} {args.temperature if temperature is not None else args.alpha!r} applies only "
                        "with --kd")
     if not Path(args.selection).is_file():
-        raise CLIError(f"--selection {args.selection!r} does not exist or is not a file")
+        raise PrunekitError(f"--selection {args.selection!r} does not exist or is not a file")
     check_run_folder(args.out, "data train")  # before any data is loaded or trained on
     sel = Selection.load(args.selection)  # checked: integer indices in range, no repeats
     if len(sel) == 0:
-        raise CLIError(f"--selection {args.selection!r} keeps no examples")
+        raise PrunekitError(f"--selection {args.selection!r} keeps no examples")
     x, y = _load_vision(args.dataset).tensors()
     xt, yt = _load_vision(args.dataset, "test").tensors()
     if sel.n_total != len(x):
-        raise CLIError(f"--selection was made on {sel.n_total} examples but {args.dataset} has {len(x)}")
+        raise PrunekitError(f"--selection was made on {sel.n_total} examples but {args.dataset} has {len(x)}")
     budget = Budget(args.budget, epochs)
     kd = {}
     if args.kd:
@@ -451,7 +481,7 @@ def cmd_report(args) -> int:
             except OSError:
                 ours = False
             if not ours:
-                raise CLIError(f"--out {args.out!r} exists and is not a prunekit score report; not replacing it")
+                raise PrunekitError(f"--out {args.out!r} exists and is not a prunekit score report; not replacing it")
     text = report_markdown(folder)
     if args.out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -473,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return handlers[command](args)
-    except (ValueError, TypeError, KeyError) as e:  # PrunekitError (CLIError) is a ValueError
+    except (ValueError, TypeError, KeyError) as e:  # PrunekitError is a ValueError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"prunekit data {command}: error: {_one_line(msg)}", file=sys.stderr)
         return 2

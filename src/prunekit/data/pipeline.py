@@ -17,51 +17,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core.errors import PrunekitError
+from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.registry import SCORES
 from prunekit.data.dynamics import TrainingDynamics
 from prunekit.data.runs import fingerprint, load_state, open_run, save_state
-from prunekit.data.scores import (
-    el2n_from_logits,
-    grand_full,
-    kcenter_scores,
-    loss_from_logits,
-    random_scores,
-    uncertainty_from_logits,
-    vog_scores,
-)
-from prunekit.data.scores._common import batched_logits_and_embeddings
-from prunekit.data.scores.aum import DIRECTION as AUM_DIRECTION
-from prunekit.data.scores.forgetting import DIRECTION as FORGETTING_DIRECTION
-from prunekit.data.scores.geometry import DIRECTION as KCENTER_DIRECTION
-from prunekit.data.scores.random_score import DIRECTION as RANDOM_DIRECTION
+from prunekit.data.scores.base import Score, ScoreContext
 from prunekit.data.table import ScoreTable
 from prunekit.data.train import Budget, fit
 
-MODEL_SCORES = ("loss", "el2n", "grand", "grand_last_layer", "entropy", "margin", "least_confidence")
-DYNAMICS_SCORES = ("forgetting", "aum")
-OTHER_SCORES = ("random", "vog", "kcenter")
-VISION_SCORES = MODEL_SCORES + DYNAMICS_SCORES + OTHER_SCORES
-DIRECTIONS = {"forgetting": FORGETTING_DIRECTION, "aum": AUM_DIRECTION, "kcenter": KCENTER_DIRECTION,
-              "random": RANDOM_DIRECTION}
+
+def classifier_scores() -> list[str]:
+    """The registered scores of a classification dataset (all but the language-model ones)."""
+    return [name for name in SCORES.names() if SCORES.get(name).stage() != "text"]
 
 
-def model_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The requested model-based scores from one forward pass (plus per-example grads for full GraNd)."""
-    logits, h = batched_logits_and_embeddings(model, x)
-    out = {}
+def build_scores(names: Sequence[str], allowed: Sequence[str], options: dict | None = None,
+                 what: str = "a classification dataset") -> dict[str, Score]:
+    """The score entries ``names`` (in order, each once), built with their checked ``options``.
+
+    A name that is not a registered score gets the did-you-mean error; one that is registered but not
+    in ``allowed`` (e.g. a text score for images) says so and names the choices for ``what``."""
+    if not names:
+        raise PrunekitError(f"no data scores requested; choices for {what}: {', '.join(allowed)}")
+    built = {}
     for name in names:
-        if name == "loss":
-            out[name] = loss_from_logits(logits, y)
-        elif name == "el2n":
-            out[name] = el2n_from_logits(logits, y)
-        elif name == "grand_last_layer":
-            err = logits.softmax(1) - torch.nn.functional.one_hot(y.long(), logits.shape[1]).float()
-            out[name] = (err.norm(dim=1) * (h.pow(2).sum(1) + 1).sqrt()).numpy()
-        elif name == "grand":
-            out[name] = grand_full(model, x, y)
-        elif name in ("entropy", "margin", "least_confidence"):
-            out[name] = uncertainty_from_logits(logits, name)
-    return out
+        if name not in SCORES:
+            raise unknown_choice("data score", name, allowed)
+        canonical = SCORES.canonical(name)
+        if canonical not in allowed:
+            raise PrunekitError(f"data score {name!r} does not apply to {what}; choices: {', '.join(allowed)}")
+        built[canonical] = SCORES.build(canonical, (options or {}).get(canonical))
+    return built
+
+
+def _compute(scores: dict[str, Score], ctx: ScoreContext) -> dict[str, np.ndarray]:
+    return {name: score(ctx) for name, score in scores.items()}
 
 
 def score_classifier(
@@ -85,15 +75,15 @@ def score_classifier(
 ) -> ScoreTable:
     """Score every example of ``(x, y)``; returns (and saves into ``out``) the :class:`ScoreTable`.
 
+    ``scores`` are names of :data:`~prunekit.core.registry.SCORES`; each score's ``needs`` decides when
+    it is taken (:data:`~prunekit.data.scores.base.STAGES`): without training, at every scoring epoch,
+    or at the end of each seed's run. ``kcenter_centers`` is the ``n_centers`` option of ``kcenter``.
+
     ``out`` is a run folder (see :mod:`prunekit.data.runs`): its ``run.json`` records the whole
     configuration (``config``'s entries first, e.g. the dataset name, then the scores, seeds, epochs,
     and fingerprints of the examples and labels); rerunning resumes only that configuration.
     """
-    unknown = sorted(set(scores) - set(VISION_SCORES))
-    if unknown:
-        raise PrunekitError(f"unknown score(s) {unknown}; choices: {', '.join(VISION_SCORES)}")
-    if not scores:
-        raise PrunekitError(f"no scores requested; choices: {', '.join(VISION_SCORES)}")
+    wanted = build_scores(scores, classifier_scores(), {"kcenter": {"n_centers": kcenter_centers}})
     if fmt not in ("parquet", "npz"):
         raise PrunekitError(f"format {fmt!r} is not one of parquet, npz")
     seeds, score_epochs = [int(s) for s in seeds], sorted(int(e) for e in score_epochs)
@@ -108,18 +98,19 @@ def score_classifier(
         from prunekit.zoo import SmallCNN
 
         model_fn = SmallCNN
-    run_config = {**(config or {}), "scores": sorted(set(scores)), "seeds": seeds, "epochs": int(epochs),
+    run_config = {**(config or {}), "scores": sorted(wanted), "seeds": seeds, "epochs": int(epochs),
                   "score_epochs": score_epochs, "batch_size": int(batch_size), "lr": float(lr),
                   "kcenter_centers": kcenter_centers, "format": fmt, "n_examples": len(x),
                   "examples": fingerprint(hashes), "labels": fingerprint(y)}
     out = open_run(out, "data score", run_config)  # refuses another run's folder before anything is written
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    wanted_model = [s for s in scores if s in MODEL_SCORES]
-    needs_training = any(s != "random" for s in scores)
+    at_epoch = {n: s for n, s in wanted.items() if s.stage() == "epoch"}
+    at_end = {n: s for n, s in wanted.items() if s.stage() == "end"}
+    snapshots = any("checkpoints" in s.needs for s in at_end.values())
     for seed in seeds:
         final = work / f"seed{seed}_final.npz"
-        if final.is_file() or not needs_training:
+        if final.is_file() or not (at_epoch or at_end):
             continue
         torch.manual_seed(seed)
         model = model_fn()
@@ -131,30 +122,30 @@ def score_classifier(
                 return
             path = work / f"seed{seed}_epoch{ep}.npz"
             if not path.is_file():
-                res = model_scores(m, x, y, wanted_model)
-                np.savez(path.with_suffix(".tmp.npz"), **res)
-                path.with_suffix(".tmp.npz").replace(path)
-            if "vog" in scores:
+                _save_scores(path, _compute(at_epoch, ScoreContext(x=x, y=y, seed=seed, model=m)))
+            if snapshots:
                 save_state(work / f"seed{seed}_epoch{ep}.safetensors", {"model": m.state_dict()})
 
         steps = Budget("equal-epochs", epochs).steps(len(x), len(x), batch_size)
         fit(model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed, dynamics=dyn,
             on_epoch_end=at_epoch_end, checkpoint_path=work / f"seed{seed}.ckpt", progress=progress)
-        res = {"forgetting": dyn.forgetting(), "aum": dyn.aum()}
-        if "kcenter" in scores:
-            _, h = batched_logits_and_embeddings(model, x)
-            res["kcenter"] = kcenter_scores(h, n_centers=kcenter_centers, seed=seed)
-        if "vog" in scores:
-            ckpts = []
-            for ep in sorted(score_epochs):
+        checkpoints = []
+        if snapshots:
+            for ep in score_epochs:
                 m = model_fn()
                 _load_snapshot(m, work / f"seed{seed}_epoch{ep}.safetensors")
-                ckpts.append(m)
-            ckpts.append(model)
-            res["vog"] = vog_scores(ckpts, x, y) if len(ckpts) >= 2 else np.full(len(x), np.nan)
-        np.savez(work / f"seed{seed}_final.tmp.npz", **res)
-        (work / f"seed{seed}_final.tmp.npz").replace(final)
-    return assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt)
+                checkpoints.append(m)
+            checkpoints.append(model)
+        ctx = ScoreContext(x=x, y=y, seed=seed, model=model, dynamics=dyn, checkpoints=checkpoints)
+        _save_scores(final, _compute(at_end, ctx))
+    return assemble_table(work, x, y, hashes, wanted, seeds, score_epochs, epochs, out, meta, fmt)
+
+
+def _save_scores(path: Path, values: dict[str, np.ndarray]) -> None:
+    """One checkpoint's scores, written beside and renamed: never half a file."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **values)
+    tmp.replace(path)
 
 
 def _load_snapshot(model: nn.Module, path: Path) -> None:
@@ -182,25 +173,32 @@ def _read_scores(path: Path, n: int) -> dict[str, np.ndarray]:
 
 
 def assemble_table(work, x, y, hashes, scores, seeds, score_epochs, epochs, out, meta, fmt="parquet") -> ScoreTable:
-    """Collect the per-checkpoint score files of ``work`` into one table and save it."""
+    """Collect the per-checkpoint score files of ``work`` into one table and save it.
+
+    ``scores`` maps names to built score entries (or is a list of names); each row records its
+    score's ``direction``. Scores taken without training (random) are computed here, per seed."""
+    if not isinstance(scores, dict):
+        scores = {name: SCORES.build(name) for name in scores}
     table = ScoreTable(manifest={**(meta or {}), "seeds": list(seeds), "epochs": epochs,
                                  "score_epochs": list(score_epochs)})
     labels = y.tolist()
+
+    def add(name: str, values: np.ndarray, **where) -> None:
+        if name in scores:
+            table.add(name, values, hashes, labels=labels, direction=scores[name].direction, **where)
+
+    untrained = {n: s for n, s in scores.items() if s.stage() == "untrained"}
     for seed in seeds:
-        if "random" in scores:
-            table.add("random", random_scores(len(x), seed), hashes, labels=labels, seed=seed,
-                      direction=RANDOM_DIRECTION)
+        for name, values in _compute(untrained, ScoreContext(x=x, y=y, seed=seed)).items():
+            add(name, values, seed=seed)
         for ep in score_epochs:
             path = work / f"seed{seed}_epoch{ep}.npz"
             if path.is_file():
                 for name, values in _read_scores(path, len(x)).items():
-                    if name in scores:
-                        table.add(name, values, hashes, labels=labels, seed=seed, checkpoint=ep)
+                    add(name, values, seed=seed, checkpoint=ep)
         final = work / f"seed{seed}_final.npz"
         if final.is_file():
             for name, values in _read_scores(final, len(x)).items():
-                if name in scores:
-                    table.add(name, values, hashes, labels=labels, seed=seed, checkpoint=epochs,
-                              direction=DIRECTIONS.get(name, "higher=harder"))
+                add(name, values, seed=seed, checkpoint=epochs)
     table.save(out, fmt)
     return table

@@ -1,7 +1,9 @@
 """Selectors: turn a score vector (higher = harder) into the set of examples to keep.
 
-Every selector takes the candidate pool (dataset indices), the scores of the whole dataset and an
-exact number to keep, and returns exactly that many indices:
+Every selector is a config dataclass registered in :data:`prunekit.core.registry.SELECTORS`; its
+options are checked by the registry. :meth:`Selector.choose` takes the candidate pool (dataset
+indices), the scores of the whole dataset and an exact number to keep, and returns exactly that
+many indices:
 
 * ``hardest`` / ``easiest`` -- the top / bottom of the ranking (Paul et al. 2021 keep the hardest).
 * ``band`` -- a middle band: skip the ``offset`` fraction of hardest, keep the next ones.
@@ -15,27 +17,32 @@ exact number to keep, and returns exactly that many indices:
 (proportional to the class sizes *in the candidate pool*, largest-remainder rounding, capped by what
 each class has), then the selector runs inside each class.
 
-A recipe is a list of steps, each narrowing the pool of the previous one, e.g.::
+A data-selection recipe is a list of :class:`SelectionStep` (the ``selection`` kind of
+:data:`~prunekit.core.registry.STEPS`), each narrowing the pool of the previous one, e.g.::
 
-    [{"method": "easiest", "keep": 0.9},                       # drop the 10% hardest
-     {"method": "ccs", "keep": 0.3, "bins": 50, "class_balanced": true}]
+    steps:
+      - {selector: easiest, sparsity: 0.1}                       # drop the 10% hardest
+      - {selector: ccs, sparsity: 0.7, options: {bins: 50}, class_balanced: true}
 
-``keep`` is a fraction of the *whole dataset* (``0 < keep <= 1``) or an integer count.
+``sparsity`` is the fraction of the *whole dataset* removed (``keep``, its alias, is the fraction
+kept or a count of examples); ``method`` is an alias of ``selector``, and a selector's options may
+also be written flat in the step (``{method: ccs, keep: 0.3, bins: 50}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from prunekit.core.errors import PrunekitError
+from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.recipe import Step, parse_step
+from prunekit.core.registry import SELECTORS, STEPS, check_fields, option
 
-METHODS = ("hardest", "easiest", "band", "ccs", "random")
-STEP_KEYS = {"method", "keep", "offset", "beta", "bins", "class_balanced", "seed"}
+SEED_MAX = 2**32 - 1
 
 
 def ccs_default_beta(fraction_removed: float) -> float:
@@ -54,56 +61,92 @@ def _order(pool: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np
     return pool[np.lexsort((tiebreak, -scores[pool]))]
 
 
-def select_hardest(pool, scores, k, rng, **_):
-    return _order(pool, scores, rng)[:k]
+class Selector:
+    """Chooses which examples of a pool are kept."""
+
+    name: ClassVar[str]
+
+    def choose(self, pool: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator,
+               n_total: int) -> np.ndarray:
+        """Exactly ``k`` distinct entries of ``pool``. ``n_total`` is the size that dataset-level
+        fractions (``offset``, ``beta``) refer to: the dataset, or a class's share of it."""
+        raise NotImplementedError
 
 
-def select_easiest(pool, scores, k, rng, **_):
-    return _order(pool, scores, rng)[::-1][:k]
+@SELECTORS.register("hardest")
+@dataclass
+class Hardest(Selector):
+    """The highest scores: the hardest examples (Paul et al. 2021 keep these)."""
+
+    def choose(self, pool, scores, k, rng, n_total):
+        return _order(pool, scores, rng)[:k]
 
 
-def select_band(pool, scores, k, rng, offset: float = 0.0, n_total: int | None = None, **_):
-    """Skip the ``offset`` hardest (a fraction of the dataset), keep the next ``k``."""
-    skip = round(offset * (n_total or len(pool)))
-    ranked = _order(pool, scores, rng)
-    if skip + k > len(ranked):
-        raise PrunekitError(f"band offset {offset} + keep {k} exceeds the {len(ranked)} candidates")
-    return ranked[skip : skip + k]
+@SELECTORS.register("easiest")
+@dataclass
+class Easiest(Selector):
+    """The lowest scores: the easiest examples."""
+
+    def choose(self, pool, scores, k, rng, n_total):
+        return _order(pool, scores, rng)[::-1][:k]
 
 
-def select_random(pool, scores, k, rng, **_):
-    return rng.choice(pool, size=k, replace=False)
+@SELECTORS.register("band")
+@dataclass
+class Band(Selector):
+    """A middle band: skip the `offset` hardest fraction of the dataset, keep the next ones."""
+
+    offset: float = option(0.0, "fraction of the dataset skipped from the hardest end", min=0, below=1)
+
+    def choose(self, pool, scores, k, rng, n_total):
+        skip = round(self.offset * (n_total or len(pool)))
+        ranked = _order(pool, scores, rng)
+        if skip + k > len(ranked):
+            raise PrunekitError(f"band offset {self.offset} + keep {k} exceeds the {len(ranked)} candidates")
+        return ranked[skip : skip + k]
 
 
-def select_ccs(pool, scores, k, rng, beta: float = 0.0, bins: int = 50, n_total: int | None = None, **_):
-    """Zheng et al. (2023), Algorithm 1 (see module docstring)."""
-    n_cut = round(beta * (n_total or len(pool)))
-    ranked = _order(pool, scores, rng)
-    kept_pool = ranked[n_cut:]
-    if k > len(kept_pool):
-        raise PrunekitError(f"CCS: cannot keep {k} after cutting the {n_cut} hardest of {len(pool)} candidates")
-    s = scores[kept_pool]
-    lo, hi = float(s.min()), float(s.max())
-    edges = np.linspace(lo, hi, bins + 1)
-    which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
-    strata = [kept_pool[which == b] for b in range(bins)]
-    strata = sorted((st for st in strata if len(st)), key=len)
-    chosen, budget = [], k
-    for i, st in enumerate(strata):
-        take = min(len(st), budget // (len(strata) - i))
-        chosen.append(rng.choice(st, size=take, replace=False))
-        budget -= take
-    out = np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
-    if budget > 0:  # floor division can leave a few slots; top up uniformly from the rest
-        rest = np.setdiff1d(kept_pool, out)
-        out = np.concatenate([out, rng.choice(rest, size=budget, replace=False)])
-    return out
+@SELECTORS.register("ccs")
+@dataclass
+class CCS(Selector):
+    """Coverage-centric coreset: cut the hardest `beta`, then sample score strata evenly (Zheng et al. 2023)."""
+
+    beta: float = option(0.0, "hard cutoff: the hardest fraction of the dataset never kept (default 0; 'data "
+                         "select --sparsity S' without --beta uses ccs_default_beta(S))", min=0, below=1)
+    bins: int = option(50, "equal-width score strata", min=1)
+
+    def choose(self, pool, scores, k, rng, n_total):
+        """Zheng et al. (2023), Algorithm 1 (see the module docstring)."""
+        n_cut = round(self.beta * (n_total or len(pool)))
+        ranked = _order(pool, scores, rng)
+        kept_pool = ranked[n_cut:]
+        if k > len(kept_pool):
+            raise PrunekitError(f"CCS: cannot keep {k} after cutting the {n_cut} hardest of {len(pool)} candidates")
+        s = scores[kept_pool]
+        lo, hi = float(s.min()), float(s.max())
+        edges = np.linspace(lo, hi, self.bins + 1)
+        which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, self.bins - 1)
+        strata = [kept_pool[which == b] for b in range(self.bins)]
+        strata = sorted((st for st in strata if len(st)), key=len)
+        chosen, budget = [], k
+        for i, st in enumerate(strata):
+            take = min(len(st), budget // (len(strata) - i))
+            chosen.append(rng.choice(st, size=take, replace=False))
+            budget -= take
+        out = np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
+        if budget > 0:  # floor division can leave a few slots; top up uniformly from the rest
+            rest = np.setdiff1d(kept_pool, out)
+            out = np.concatenate([out, rng.choice(rest, size=budget, replace=False)])
+        return out
 
 
-SELECTORS = {
-    "hardest": select_hardest, "easiest": select_easiest, "band": select_band,
-    "ccs": select_ccs, "random": select_random,
-}
+@SELECTORS.register("random")
+@dataclass
+class Random(Selector):
+    """Uniform without replacement: the baseline."""
+
+    def choose(self, pool, scores, k, rng, n_total):
+        return rng.choice(pool, size=k, replace=False)
 
 
 def class_quotas(labels: np.ndarray, k: int) -> dict[int, int]:
@@ -137,7 +180,7 @@ def class_quotas(labels: np.ndarray, k: int) -> dict[int, int]:
 
 def _resolve_keep(keep: float, n_total: int) -> int:
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise TypeError(f"keep must be a number, got {keep!r}")
+        raise PrunekitError(f"keep must be a number, got {keep!r}")
     if isinstance(keep, (float, np.floating)) and 0 < keep <= 1:
         k = round(keep * n_total)
         if k == 0:
@@ -151,7 +194,7 @@ def _resolve_keep(keep: float, n_total: int) -> int:
 def select(
     scores: np.ndarray,
     keep: float,
-    method: str = "hardest",
+    selector: str = "hardest",
     *,
     labels: np.ndarray | None = None,
     class_balanced: bool = False,
@@ -159,9 +202,9 @@ def select(
     seed: int = 0,
     **options: Any,
 ) -> np.ndarray:
-    """Indices (sorted) of exactly ``keep`` examples chosen from ``pool`` by ``method``."""
-    if method not in SELECTORS:
-        raise PrunekitError(f"selector {method!r} is not one of {', '.join(METHODS)}")
+    """Indices (sorted) of exactly ``keep`` examples (a fraction of the dataset in (0, 1] or a count)
+    chosen from ``pool`` by the registered ``selector`` with its checked ``options``."""
+    chooser = SELECTORS.build(selector, options)
     scores = np.asarray(scores, dtype=np.float64)
     n_total = len(scores)
     pool = np.arange(n_total) if pool is None else np.asarray(pool, dtype=np.int64)
@@ -169,11 +212,10 @@ def select(
     if k > len(pool):
         raise PrunekitError(f"cannot keep {k} examples from a pool of {len(pool)}")
     rng = np.random.default_rng(seed)
-    fn = SELECTORS[method]
     if not class_balanced:
-        return np.sort(fn(pool, scores, k, rng, n_total=n_total, **options))
+        return np.sort(chooser.choose(pool, scores, k, rng, n_total))
     if labels is None:
-        raise ValueError("class_balanced selection needs labels")
+        raise PrunekitError("class_balanced selection needs labels")
     labels = np.asarray(labels)
     quotas = class_quotas(labels[pool], k)
     parts = []
@@ -182,7 +224,7 @@ def select(
         if q == 0:
             continue
         share = len(members) / len(pool)  # scale dataset-level fractions (beta, offset) to the class
-        parts.append(fn(members, scores, q, rng, n_total=round(n_total * share), **options))
+        parts.append(chooser.choose(members, scores, q, rng, round(n_total * share)))
     return np.sort(np.concatenate(parts))
 
 
@@ -195,64 +237,103 @@ def _is_whole(v: Any) -> bool:
     return _is_number(v) and float(v).is_integer()
 
 
-def validate_recipe(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Check a recipe's steps; raise :class:`PrunekitError` naming the bad key/value and what is accepted."""
-    if isinstance(steps, Mapping):
-        steps = steps.get("steps", [steps])
+# ---------------------------------------------------------------------------------- the recipe step
+@STEPS.register("selection")
+@dataclass
+class SelectionStep(Step):
+    """Keep a subset of the training examples, chosen by a selector on a data score."""
+
+    selector: str | None = option(None, "which examples are kept: a selector name (default hardest)")
+    sparsity: float | None = option(None, "fraction of the whole dataset removed", min=0, below=1)
+    options: dict = option(help="the selector's options, e.g. {bins: 50}", default_factory=dict)
+    class_balanced: bool = option(False, "exact per-class quotas, proportional to each class's size in the pool")
+    seed: int | None = option(None, "seed of tie-breaks and random draws (default: the run's seed + the step's "
+                              "index)", min=0, max=SEED_MAX)
+    method: str | None = option(None, "alias of selector")
+    keep: int | float | None = option(None, "alias of sparsity: the fraction kept (1 - sparsity), or a count of "
+                                      "examples", above=0)
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_fields(type(self), values, "selection step", noun="key").items():
+            setattr(self, key, value)
+        if self.selector is not None and self.method is not None and self.selector != self.method:
+            raise PrunekitError(f"selection step: give selector ({self.selector!r}) or its alias method "
+                                f"({self.method!r}), not both")
+        self.selector = SELECTORS.canonical(self.selector or self.method or "hardest")
+        self.method = None
+        if (self.sparsity is None) == (self.keep is None):
+            raise PrunekitError("selection step: give sparsity (the fraction removed) or its alias keep (the "
+                                "fraction kept, or a count)" + (", not both" if self.keep is not None else ""))
+        if self.keep is not None and self.keep > 1:
+            if not float(self.keep).is_integer():
+                raise PrunekitError(f"keep {self.keep!r} is neither a fraction in (0, 1] nor a whole count >= 1")
+            self.keep = int(self.keep)
+        self.options = SELECTORS.check(self.selector, self.options)
+
+    def kept(self, n_total: int) -> int:
+        """The number of examples this step keeps out of a dataset of ``n_total``."""
+        keep = self.keep if self.keep is not None else round(1.0 - self.sparsity, 12)
+        return _resolve_keep(keep, n_total)
+
+    def to_dict(self) -> dict:
+        amount = {"sparsity": self.sparsity} if self.keep is None else {"keep": self.keep}
+        return {"kind": self.name, "selector": self.selector, **amount, "options": dict(self.options),
+                "class_balanced": self.class_balanced, "seed": self.seed}
+
+
+STEP_FIELDS = tuple(f.name for f in dataclasses.fields(SelectionStep))
+
+
+def parse_selection_step(data: Any, where: str = "step") -> SelectionStep:
+    """A :class:`SelectionStep` from a mapping; ``kind`` defaults to ``selection`` and a selector's options
+    may be written flat (``{method: ccs, keep: 0.3, bins: 50}``)."""
+    if isinstance(data, SelectionStep):
+        return data
+    if not isinstance(data, Mapping):
+        raise PrunekitError(f"{where} must be a mapping such as {{selector: ccs, sparsity: 0.7}}, "
+                            f"got {type(data).__name__} {data!r:.60}")
+    data = dict(data)
+    kind = STEPS.canonical(data.pop("kind", "selection"))
+    if kind != "selection":
+        raise PrunekitError(f"{where} is a {kind!r} step; data selection runs 'selection' steps only")
+    selector = data.get("selector") or data.get("method") or "hardest"
+    names = [o.name for o in SELECTORS.options(selector)]
+    options = data.get("options", {})
+    if isinstance(options, Mapping):
+        options = dict(options)
+        for key in [k for k in data if k not in STEP_FIELDS]:
+            if key not in names:
+                raise unknown_choice("key", key, [*STEP_FIELDS, *names], where=where)
+            if key in options:
+                raise PrunekitError(f"{where}: {key!r} is given both flat and under options")
+            options[key] = data.pop(key)
+        if options:
+            data["options"] = options
+    return parse_step({"kind": "selection", **data}, where)
+
+
+def selection_steps(steps: Any) -> list[SelectionStep]:
+    """The steps of a data-selection recipe: a list of steps (mappings or :class:`SelectionStep`), or a
+    mapping holding one under ``steps``."""
+    if isinstance(steps, (Mapping, SelectionStep)):
+        steps = steps.get("steps", [steps]) if isinstance(steps, Mapping) else [steps]
     if not isinstance(steps, (list, tuple)):
         raise PrunekitError(f"recipe steps must be a list of mappings, got {type(steps).__name__} {steps!r:.60}")
-    out = []
-    for i, step in enumerate(steps):
-        if not isinstance(step, Mapping):
-            raise PrunekitError(f"recipe step {i} must be a mapping such as {{method: ccs, keep: 0.3}}, "
-                                f"got {type(step).__name__} {step!r:.60}")
-        step = dict(step)
-        unknown = set(map(str, step)) - STEP_KEYS
-        if unknown:
-            raise PrunekitError(f"recipe step {i}: unknown key(s) {sorted(unknown)}; choices: {sorted(STEP_KEYS)}")
-        method = step.get("method", "hardest")
-        if not isinstance(method, str) or method not in SELECTORS:
-            raise PrunekitError(f"recipe step {i}: method {method!r} is not one of {', '.join(METHODS)}")
-        if "keep" not in step:
-            raise PrunekitError(f"recipe step {i}: missing 'keep' (a fraction in (0, 1] or a whole count >= 1)")
-        keep = step["keep"]
-        if not (_is_number(keep) and (0 < keep <= 1 or (keep >= 1 and _is_whole(keep)))):
-            raise PrunekitError(f"recipe step {i}: keep {keep!r} is neither a fraction in (0, 1] nor a whole count >= 1")
-        checks = {
-            "beta": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)", "ccs"),
-            "offset": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)", "band"),
-            "bins": (lambda v: _is_whole(v) and v >= 1, "a whole number >= 1", "ccs"),
-            "seed": (lambda v: _is_whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)", None),
-            "class_balanced": (lambda v: isinstance(v, bool), "true or false", None),
-        }
-        for key, (ok, rule, only) in checks.items():
-            if key not in step:
-                continue
-            if not ok(step[key]):
-                raise PrunekitError(f"recipe step {i}: {key} {step[key]!r} must be {rule}")
-            if only is not None and method != only:
-                raise PrunekitError(f"recipe step {i}: {key} applies only to method {only}, not {method!r}")
-        for key in ("bins", "seed"):
-            if key in step:
-                step[key] = int(step[key])
-        out.append(step)
-    if not out:
+    if not steps:
         raise PrunekitError("recipe has no steps")
-    return out
+    return [parse_selection_step(step, f"steps[{i}]") for i, step in enumerate(steps)]
 
 
-def apply_recipe(
-    scores: np.ndarray, steps: Sequence[Mapping[str, Any]], labels: np.ndarray | None = None, seed: int = 0
-) -> Selection:
-    """Run the steps in order, each choosing from what the previous step kept."""
-    steps = validate_recipe(steps)
+def apply_recipe(scores: np.ndarray, steps: Any, labels: np.ndarray | None = None, seed: int = 0) -> Selection:
+    """Run the selection steps in order, each choosing from what the previous step kept.
+
+    A step without a seed uses ``seed + its index``."""
     pool = None
-    for i, step in enumerate(steps):
-        step = dict(step)
-        method = step.pop("method", "hardest")
-        keep = step.pop("keep")
-        step_seed = int(step.pop("seed", seed + i))
-        pool = select(scores, keep, method, labels=labels, pool=pool, seed=step_seed, **step)
+    for i, step in enumerate(selection_steps(steps)):
+        step_seed = seed + i if step.seed is None else step.seed
+        pool = select(scores, step.kept(len(scores)), step.selector, labels=labels, pool=pool, seed=step_seed,
+                      class_balanced=step.class_balanced, **step.options)
     return Selection(pool, len(scores))
 
 
@@ -294,8 +375,10 @@ class Selection:
     def fraction_removed(self) -> float:
         return 1 - len(self.indices) / self.n_total
 
-    def subset(self, dataset) -> torch.utils.data.Subset:
+    def subset(self, dataset):
         """A ``torch.utils.data.Subset`` of ``dataset`` (which must have ``n_total`` items)."""
+        import torch
+
         if len(dataset) != self.n_total:
             raise ValueError(f"dataset has {len(dataset)} examples, selection was made on {self.n_total}")
         return torch.utils.data.Subset(dataset, self.indices.tolist())

