@@ -31,7 +31,7 @@ from prunekit.data.scores import el2n_from_logits
 from prunekit.data.scores._common import batched_logits, batched_logits_and_embeddings
 from prunekit.data.select import ccs_default_beta, select
 from prunekit.data.train import Budget, accuracy, fit, kd_defaults
-from prunekit.datasets.vision import fashion_mnist
+from prunekit.core.data_sources import fashion_mnist
 from prunekit.zoo import SmallCNN
 
 RESULTS = Path(__file__).parent / "results"

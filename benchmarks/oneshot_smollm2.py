@@ -50,7 +50,7 @@ def child(name: str, threads: int, evaluate: bool) -> dict:
 
     torch.set_num_threads(threads)
     import prunekit
-    from prunekit.datasets.text import calibration_windows
+    from prunekit.core.data_sources import calibration_windows
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.memory import peak_rss_mb
     from prunekit.models import load_model, load_tokenizer

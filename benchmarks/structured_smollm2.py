@@ -103,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from prunekit.datasets.text import calibration_windows
+    from prunekit.core.data_sources import calibration_windows
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.evaluate.speed import flops_per_token, speed_receipt
     from prunekit.core.families import adapter_for

@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from prunekit.datasets.text import calibration_windows
+    from prunekit.core.data_sources import calibration_windows
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.models import load_model, load_tokenizer
     from prunekit.structured import prune_structured

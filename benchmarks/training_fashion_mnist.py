@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.datasets.vision import fashion_mnist
+from prunekit.core.data_sources import fashion_mnist
 from prunekit.training.criteria import keep_count
 from prunekit.training.imp import IterativeMagnitudePruning, snapshot
 from prunekit.training.loops import evaluate, steps_per_epoch, train

@@ -18,7 +18,7 @@ import torch
 
 import prunekit.data.cli as data_cli
 from prunekit.cli import main
-from prunekit.datasets.vision import TensorImageDataset
+from prunekit.core.data_sources import TensorImageDataset
 
 torch.set_num_threads(1)
 N_TRAIN = 64

@@ -26,7 +26,7 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
 def noisy_fashion_scores(tmp_path_factory):
     """6,000 Fashion-MNIST images, 10% of labels flipped to another class, scored by one 4-epoch run."""
     from prunekit.data.pipeline import score_classifier
-    from prunekit.datasets.vision import fashion_mnist
+    from prunekit.core.data_sources import fashion_mnist
 
     x, y = fashion_mnist("train").tensors()
     x, y = x[:6000], y[:6000].clone()
@@ -53,7 +53,7 @@ def test_scoring_resumes_from_saved_checkpoints(noisy_fashion_scores):
     """A rerun of the same scoring finds every checkpoint on disk and retrains nothing; other labels are refused."""
     from prunekit.core.errors import PrunekitError
     from prunekit.data.pipeline import score_classifier
-    from prunekit.datasets.vision import fashion_mnist
+    from prunekit.core.data_sources import fashion_mnist
 
     table, _, out, (x, y) = noisy_fashion_scores
     calls = []
@@ -70,7 +70,7 @@ def test_scoring_resumes_from_saved_checkpoints(noisy_fashion_scores):
 
 @pytest.mark.slow
 def test_geometry_score_finds_exact_duplicates_in_fashion_mnist():
-    from prunekit.datasets.vision import fashion_mnist
+    from prunekit.core.data_sources import fashion_mnist
 
     x, _ = fashion_mnist("test").tensors()
     x = x[:1000]
@@ -134,7 +134,7 @@ def test_cli_trains_on_a_selection_with_kd_on_real_mnist(tmp_path):
 
     from prunekit.data.cli import main
     from prunekit.data.select import Selection
-    from prunekit.datasets.vision import mnist
+    from prunekit.core.data_sources import mnist
 
     n = len(mnist("train"))
     keep = select(np.zeros(n), 0.3, "random", seed=0)

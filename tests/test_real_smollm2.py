@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.datasets.text import calibration_windows, evaluation_windows
+from prunekit.core.data_sources import calibration_windows, evaluation_windows
 from prunekit.evaluate.perplexity import window_nlls
 from prunekit.core.masks import parse_pattern
 from prunekit.core.stats import LayerStats

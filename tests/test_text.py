@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prunekit.datasets.text import (
+from prunekit.core.data_sources import (
     TextTooShortError,
     brown_files,
     brown_text,
@@ -51,7 +51,7 @@ def test_windows_are_reproducible_and_checked():
 
 
 def test_piecewise_tokenization_equals_whole_stream(smollm2_tokenizer):
-    from prunekit.datasets.text import _pieces, token_stream
+    from prunekit.core.data_sources import _pieces, token_stream
 
     text = brown_text("a")
     assert len(list(_pieces(text))) >= 3

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prunekit.datasets.vision import fashion_mnist
+from prunekit.core.data_sources import fashion_mnist
 from prunekit.training.loops import evaluate, steps_per_epoch, train
 from prunekit.training.pruner import Pruner, prune_once
 from prunekit.training.recovery import finetune

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from prunekit.core.calibration import walk_blocks
 from prunekit.core.registry import ALLOCATIONS
-from prunekit.datasets.text import calibration_windows, describe_source
+from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
 from prunekit.memory import lean_allocator, peak_rss_mb
 from prunekit.core.stats import LayerStats, collect_gradients

@@ -146,7 +146,7 @@ def cmd_prune(args) -> int:
         from prunekit.structured.cli import run_prune
 
         return run_prune(args)
-    from prunekit.datasets.text import check_source
+    from prunekit.core.data_sources import check_source
     from prunekit.io import check_output, save_pretrained
     from prunekit.models.loading import (check_device, check_seqlen, load_config, load_model, load_tokenizer,
                                          resolve_model_path)
@@ -185,7 +185,7 @@ def _manifest(result) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from prunekit.datasets.text import check_count, check_source
+    from prunekit.core.data_sources import check_count, check_source
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer
 

@@ -172,7 +172,7 @@ def _scores_dir(path: str) -> Path:
 
 # ---------------------------------------------------------------------------------- commands
 def _load_vision(name: str, split: str = "train"):
-    from prunekit.datasets.vision import fashion_mnist, mnist
+    from prunekit.core.data_sources import fashion_mnist, mnist
 
     return (fashion_mnist if name == "fashion-mnist" else mnist)(split)
 

@@ -6,7 +6,7 @@ The text scores are the entries of :data:`~prunekit.core.registry.SCORES` that n
 Documents get the same stable ids (index + content hash) as images, so a corpus is filtered with the
 same :mod:`prunekit.data.select` selectors.
 
-``brown_documents`` reads the Brown corpus through :func:`prunekit.datasets.text.brown_document`, the
+``brown_documents`` reads the Brown corpus through :func:`prunekit.core.data_sources.brown_document`, the
 same reader (and detokenizer) as the calibration and evaluation text.
 """
 
@@ -30,7 +30,7 @@ def brown_documents(limit: int | None = None, max_words: int | None = None) -> l
     """``(file name, text)`` for the Brown corpus files (all genres), in file-name order.
 
     ``max_words`` keeps the first words of each document (and the whitespace between them)."""
-    from prunekit.datasets.text import BROWN_GENRES, brown_document, brown_files
+    from prunekit.core.data_sources import BROWN_GENRES, brown_document, brown_files
 
     files = brown_files(BROWN_GENRES)
     if limit is not None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunekit.core.errors import PrunekitError
-from prunekit.datasets.text import DEFAULT_EVALUATION, evaluation_windows
+from prunekit.core.data_sources import DEFAULT_EVALUATION, evaluation_windows
 
 
 @dataclass
@@ -40,7 +40,7 @@ def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: boo
 
 def perplexity(model, tokenizer=None, text=DEFAULT_EVALUATION, nwindows: int | None = 32, seqlen: int = 512,
                batch_size: int = 1, progress: bool = False) -> PerplexityResult:
-    """Perplexity of ``model`` on ``text`` (any text source; see :mod:`prunekit.datasets.text`).
+    """Perplexity of ``model`` on ``text`` (any text source; see :mod:`prunekit.core.data_sources`).
 
     Windows need 2 to ``max_position_embeddings`` tokens; anything else is a one-line error."""
     windows = evaluation_windows(text, tokenizer, nwindows, seqlen)

@@ -115,7 +115,7 @@ def check_receipt_options(options: dict) -> None:
 
 def run_prune(args) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
-    from prunekit.datasets.text import check_source
+    from prunekit.core.data_sources import check_source
     from prunekit.io import check_output, save_pretrained
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 

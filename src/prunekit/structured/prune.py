@@ -174,7 +174,7 @@ def remove_blocks(adapter: Adapter, indices: list[int]) -> None:
 
 
 def _calibration_windows(adapter, calibration, tokenizer, nsamples, seqlen, seed) -> torch.Tensor:
-    from prunekit.datasets.text import calibration_windows
+    from prunekit.core.data_sources import calibration_windows
 
     if isinstance(calibration, torch.Tensor):
         return calibration_windows(calibration, None, nsamples, min(seqlen, calibration.shape[1]), seed)

@@ -176,7 +176,7 @@ def _build_model(c: dict[str, Any]):
 
 
 def _load_data(c: dict[str, Any]):
-    from prunekit.datasets.vision import fashion_mnist, mnist
+    from prunekit.core.data_sources import fashion_mnist, mnist
 
     load = fashion_mnist if c["dataset"] == "fashion-mnist" else mnist
     x, y = load("train").tensors()

@@ -1,1 +1,0 @@
-"""Datasets prunekit uses: calibration/evaluation text and real image data."""
