@@ -109,3 +109,52 @@ def test_select_with_recipe_and_class_quotas(score_dir, tmp_path, capsys):
     assert summary["kept"] == 80 and summary["score"] == "el2n"
     assert main(["data", "report", "--scores", str(score_dir)]) == 0
     assert "Spearman" in capsys.readouterr().out
+
+
+def _indices(path):
+    with np.load(path) as f:
+        return f["indices"]
+
+
+@pytest.mark.parametrize(("new", "old"), [
+    (["--selector", "ccs", "--sparsity", "0.7"], ["--method", "ccs", "--keep", "0.3"]),
+    (["--selector", "band", "--sparsity", "0.5", "--offset", "0.1"], ["--method", "band", "--keep", "0.5", "--offset", "0.1"]),
+    (["--sparsity", "0.2", "--class-balanced"], ["--keep", "0.8", "--class-balanced"]),
+])
+def test_select_new_flag_names_and_their_aliases_keep_the_same_examples(score_dir, tmp_path, new, old):
+    assert main(["data", "select", "--scores", str(score_dir), *new, "--out", str(tmp_path / "new.npz")]) == 0
+    assert main(["data", "select", "--scores", str(score_dir), *old, "--out", str(tmp_path / "old.npz")]) == 0
+    np.testing.assert_array_equal(_indices(tmp_path / "new.npz"), _indices(tmp_path / "old.npz"))
+
+
+@pytest.mark.parametrize("text", [
+    "score: el2n\nsteps:\n  - {selector: easiest, sparsity: 0.1}\n"
+    "  - {selector: ccs, sparsity: 0.6, options: {bins: 5}, class_balanced: true}\n",
+    "calibration: {nsamples: 8}\nsteps:\n  - {kind: selection, selector: easiest, sparsity: 0.1}\n"
+    "  - {kind: selection, method: ccs, keep: 0.4, bins: 5, class_balanced: true}\n",
+    "steps:\n- {method: easiest, keep: 0.9}\n- {method: ccs, keep: 0.4, options: {bins: 5}, class_balanced: true}\n",
+])
+def test_select_recipe_formats_agree(score_dir, tmp_path, text):
+    """The new keys, a full recipe of selection steps and legacy steps select the same examples."""
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("steps:\n  - {method: easiest, keep: 0.9}\n  - {method: ccs, keep: 0.4, bins: 5, class_balanced: true}\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    for path, out in ((legacy, "a.npz"), (recipe, "b.npz")):
+        assert main(["data", "select", "--scores", str(score_dir), "--recipe", str(path), "--out", str(tmp_path / out)]) == 0
+    np.testing.assert_array_equal(_indices(tmp_path / "a.npz"), _indices(tmp_path / "b.npz"))
+    steps = json.loads((tmp_path / "b.json").read_text())["steps"]
+    assert [s["selector"] for s in steps] == ["easiest", "ccs"] and steps[1]["options"]["bins"] == 5
+
+
+def test_help_lists_come_from_the_registries(capsys):
+    from prunekit.core.registry import SCORES, SELECTORS
+
+    for argv, registry in ((["data", "score", "--help"], SCORES), (["data", "select", "--help"], SELECTORS)):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert all(name in out for name in registry.names())
+    with pytest.raises(SystemExit):
+        main(["data", "select", "--help"])
+    assert "--bins" in capsys.readouterr().out  # a selector option is a flag

@@ -199,7 +199,7 @@ def test_selection_step_round_trips_and_aliases_mean_the_same():
 @pytest.mark.parametrize(("data", "message"), [
     ({"sparsity": 0.5, "keep": 0.5}, "not both"),
     ({}, "give sparsity"),
-    ({"sparsity": 0.5, "selector": "ccs", "method": "band"}, "not both"),
+    ({"sparsity": 0.5, "selector": "ccs", "method": "band"}, "'selector' twice"),
     ({"keep": 2.5}, "neither a fraction"),
     ({"sparsity": 0.5, "selector": "bnad"}, "did you mean 'band'"),
     ({"sparsity": 0.5, "selector": "band", "options": {"offset": 1.0}}, "option 'offset' of selector 'band' must be < 1"),

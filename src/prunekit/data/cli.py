@@ -232,17 +232,15 @@ def cmd_score(args) -> int:
 
 
 def read_select_recipe(path: str) -> tuple[dict, list]:
-    """``({score, aggregate}, steps)`` of a data-selection recipe file: a list of selection steps, or a
-    mapping with ``steps`` (and optionally ``score``, ``aggregate``; a full recipe's ``calibration``
-    is ignored). Read by the core's recipe reader; every step is checked by the registries."""
+    """``({score, aggregate}, steps)`` of a data-selection recipe file: a mapping with ``steps`` (and
+    optionally ``score``, ``aggregate``; a full recipe's ``calibration`` is ignored). Read by the
+    core's recipe reader; every step is checked by the registries."""
     from prunekit.core.recipe import PROVENANCE_KEYS, check_keys, read_recipe_file
     from prunekit.data.select import selection_steps
 
-    data = read_recipe_file(path)
-    if isinstance(data, list):
-        data = {"steps": data}
-    if not isinstance(data, dict) or "steps" not in data:
-        raise PrunekitError(f"recipe file {path!r} must be a list of selection steps or a mapping with 'steps'")
+    data = read_recipe_file(path)  # a non-empty mapping, or a one-line error
+    if "steps" not in data:
+        raise PrunekitError(f"recipe file {path!r} must hold the selection steps under 'steps'")
     check_keys({k: v for k, v in data.items() if k not in PROVENANCE_KEYS}, RECIPE_KEYS, f"recipe file {path!r}")
     for key in ("score", "aggregate"):
         if key in data and not isinstance(data[key], str):

@@ -40,7 +40,7 @@ import numpy as np
 
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.recipe import Step, parse_step
-from prunekit.core.registry import SELECTORS, STEPS, check_fields, option
+from prunekit.core.registry import SELECTORS, STEPS, option
 
 SEED_MAX = 2**32 - 1
 
@@ -243,25 +243,18 @@ def _is_whole(v: Any) -> bool:
 class SelectionStep(Step):
     """Keep a subset of the training examples, chosen by a selector on a data score."""
 
-    selector: str | None = option(None, "which examples are kept: a selector name (default hardest)")
+    key_aliases = {"method": "selector"}  # the key of data-selection recipes written before
+    selector: str = option("hardest", "which examples are kept: a selector name")
     sparsity: float | None = option(None, "fraction of the whole dataset removed", min=0, below=1)
+    keep: int | float | None = option(None, "alias of sparsity: the fraction kept (1 - sparsity), or a count of "
+                                      "examples", above=0)
     options: dict = option(help="the selector's options, e.g. {bins: 50}", default_factory=dict)
     class_balanced: bool = option(False, "exact per-class quotas, proportional to each class's size in the pool")
     seed: int | None = option(None, "seed of tie-breaks and random draws (default: the run's seed + the step's "
                               "index)", min=0, max=SEED_MAX)
-    method: str | None = option(None, "alias of selector")
-    keep: int | float | None = option(None, "alias of sparsity: the fraction kept (1 - sparsity), or a count of "
-                                      "examples", above=0)
 
-    def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key, value in check_fields(type(self), values, "selection step", noun="key").items():
-            setattr(self, key, value)
-        if self.selector is not None and self.method is not None and self.selector != self.method:
-            raise PrunekitError(f"selection step: give selector ({self.selector!r}) or its alias method "
-                                f"({self.method!r}), not both")
-        self.selector = SELECTORS.canonical(self.selector or self.method or "hardest")
-        self.method = None
+    def validate(self) -> None:
+        self.selector = SELECTORS.canonical(self.selector)
         if (self.sparsity is None) == (self.keep is None):
             raise PrunekitError("selection step: give sparsity (the fraction removed) or its alias keep (the "
                                 "fraction kept, or a count)" + (", not both" if self.keep is not None else ""))
@@ -282,7 +275,7 @@ class SelectionStep(Step):
                 "class_balanced": self.class_balanced, "seed": self.seed}
 
 
-STEP_FIELDS = tuple(f.name for f in dataclasses.fields(SelectionStep))
+STEP_KEYS = (*(f.name for f in dataclasses.fields(SelectionStep)), *SelectionStep.key_aliases)
 
 
 def parse_selection_step(data: Any, where: str = "step") -> SelectionStep:
@@ -302,9 +295,9 @@ def parse_selection_step(data: Any, where: str = "step") -> SelectionStep:
     options = data.get("options", {})
     if isinstance(options, Mapping):
         options = dict(options)
-        for key in [k for k in data if k not in STEP_FIELDS]:
+        for key in [k for k in data if k not in STEP_KEYS]:
             if key not in names:
-                raise unknown_choice("key", key, [*STEP_FIELDS, *names], where=where)
+                raise unknown_choice("key", key, [*STEP_KEYS, *names], where=where)
             if key in options:
                 raise PrunekitError(f"{where}: {key!r} is given both flat and under options")
             options[key] = data.pop(key)
