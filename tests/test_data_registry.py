@@ -176,9 +176,9 @@ def test_every_selector_keeps_the_exact_count_balanced_and_deterministic(name, k
 @pytest.mark.parametrize("name", SELECTORS.names())
 def test_every_selector_option_is_checked_by_the_registry(name):
     for opt in SELECTORS.options(name):
-        with pytest.raises(ValueError, match=f"option '{opt.name}' of selector '{name}'"):
+        with pytest.raises(ValueError, match=f"{opt.name}.*selector '{name}'.*got 'not a number'"):
             SELECTORS.build(name, {opt.name: "not a number"})
-    with pytest.raises(ValueError, match=f"unknown option 'nope' of selector '{name}'"):
+    with pytest.raises(ValueError, match=f"unknown option 'nope'.*selector '{name}'"):
         SELECTORS.build(name, {"nope": 1})
 
 
@@ -202,7 +202,7 @@ def test_selection_step_round_trips_and_aliases_mean_the_same():
     ({"sparsity": 0.5, "selector": "ccs", "method": "band"}, "'selector' twice"),
     ({"keep": 2.5}, "neither a fraction"),
     ({"sparsity": 0.5, "selector": "bnad"}, "did you mean 'band'"),
-    ({"sparsity": 0.5, "selector": "band", "options": {"offset": 1.0}}, "option 'offset' of selector 'band' must be < 1"),
+    ({"sparsity": 0.5, "selector": "band", "options": {"offset": 1.0}}, "offset.*selector 'band'.*got 1.0"),
     ({"sparsity": 0.5, "keepp": 0.5}, "unknown key 'keepp'"),
 ])
 def test_bad_selection_steps_are_one_line_errors(data, message):
