@@ -30,8 +30,10 @@ from prunekit.data.dynamics import TrainingDynamics
 from prunekit.data.scores import el2n_from_logits
 from prunekit.data.scores._common import batched_logits, batched_logits_and_embeddings
 from prunekit.data.select import ccs_default_beta, select
-from prunekit.data.train import Budget, accuracy, fit, kd_defaults
+from prunekit.data.train import Budget, fit, kd_defaults
+from prunekit.core.checkpoint import load_state
 from prunekit.core.data_sources import fashion_mnist
+from prunekit.core.train import accuracy
 from prunekit.zoo import SmallCNN
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,7 +65,7 @@ def scoring_run(x, y, xt, yt, seed: int, epochs: float, work: Path) -> dict:
             np.savez(early_file, el2n=el2n_from_logits(logits, y), grand=grand_last_layer_from(logits, h, y))
 
     if ckpt.is_file() and not early_file.is_file():  # stopped right after epoch 0, before the early scores
-        state = torch.load(ckpt, weights_only=False)
+        state = load_state(ckpt)  # safetensors + JSON: reading it never runs code
         if state["epoch"] == 0:
             probe = SmallCNN()
             probe.load_state_dict(state["model"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -38,9 +37,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     from prunekit.core.data_sources import calibration_windows
+    from prunekit.core.train import Callback, TrainConfig, train
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.models import load_model, load_tokenizer
     from prunekit.structured import prune_structured
+    from prunekit.training.recovery import CausalLMLoss
 
     tok = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m")
@@ -51,26 +52,25 @@ def main() -> None:
     pruned_ppl = perplexity(model, tok, "brown:a", nwindows=args.nwindows, seqlen=512).perplexity
     print(f"pruned {pruned_ppl:.2f} ({res.removed_fraction:.1%} of block parameters removed)", flush=True)
 
-    train = calibration_windows("brown:b-r", tok, args.steps, 512, 1)
-    model.train()
-    params = [p.requires_grad_(True) for p in model.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    windows = calibration_windows("brown:b-r", tok, args.steps, 512, 1)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    # one window per step in the windows' order; AdamW, warm-up then cosine to 0, grad-norm clip 1
+    config = TrainConfig(steps=args.steps, batch_size=1, shuffle=False, optimizer="adamw", lr=args.lr,
+                         weight_decay=0.0, schedule="cosine", warmup=args.warmup, max_grad_norm=1.0)
     losses = []
     t0 = time.perf_counter()
-    for step in range(args.steps):
-        scale = (step + 1) / args.warmup if step < args.warmup else 0.5 * (
-            1 + math.cos(math.pi * (step - args.warmup) / max(args.steps - args.warmup, 1)))
-        for group in opt.param_groups:
-            group["lr"] = args.lr * scale
-        ids = train[step : step + 1]
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+
+    def log(step: int) -> None:
         if step % 8 == 0 or step == args.steps - 1:
-            print(f"step {step} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"step {step} loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    class RecordLoss(Callback):
+        def after_step(self, state, batch) -> None:
+            losses.append(batch.loss.item())
+            log(batch.step)
+
+    train(model, (windows, None), config, [CausalLMLoss(), RecordLoss()])
     train_s = time.perf_counter() - t0
     model.eval()
     recovered_ppl = perplexity(model, tok, "brown:a", nwindows=args.nwindows, seqlen=512).perplexity

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from prunekit.core.data_sources import fashion_mnist
+from prunekit.core.train import Progress, TrainConfig, accuracy, train
 from prunekit.training.criteria import keep_count
 from prunekit.training.imp import IterativeMagnitudePruning, snapshot
-from prunekit.training.loops import evaluate, steps_per_epoch, train
 from prunekit.training.pruner import Pruner, prunable_weights, prune_once
 from prunekit.training.recovery import finetune
 from prunekit.training.schedules import ConstantSparsity, CubicSparsity
@@ -75,8 +75,12 @@ def new_cnn(**kwargs) -> SmallCNN:
 
 def run_seed(seed: int, data, args, log) -> dict:
     x, y, xt, yt = data
-    total_steps = round(args.epochs * steps_per_epoch(len(y), args.batch_size))
-    fit = {"batch_size": args.batch_size, "lr": args.lr, "quiet": args.quiet}
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed)
+    total_steps = config.total_steps(len(y))
+
+    def bar(desc: str) -> list:
+        return [] if args.quiet else [Progress(desc, leave=True)]
+
     res: dict[str, dict[str, float]] = {k: {} for k, _ in ROWS}
 
     torch.manual_seed(seed)
@@ -85,8 +89,8 @@ def run_seed(seed: int, data, args, log) -> dict:
     imp = IterativeMagnitudePruning(model, sparsities=SPARSITIES, rewind_step=args.rewind_step,
                                     scope="global", floor=args.floor)
     t = time.time()
-    train(model, x, y, args.epochs, pruner=imp.pruner, on_step=imp.on_step, seed=seed, desc="dense", **fit)
-    res["dense"] = evaluate(model, xt, yt)
+    train(model, (x, y), config, [imp.pruner, imp, *bar("dense")])
+    res["dense"] = accuracy(model, xt, yt)
     dense_state = snapshot(model)
     log(f"seed {seed} dense {res['dense']:.4f} ({time.time() - t:.0f}s)")
 
@@ -98,34 +102,34 @@ def run_seed(seed: int, data, args, log) -> dict:
             m.load_state_dict(dense_state)
             p = prune_once(m, s, crit, scope, args.floor, seed=seed)
             if key != "random":
-                res[key][str(s)] = evaluate(m, xt, yt)
+                res[key][str(s)] = accuracy(m, xt, yt)
             if key == "oneshot_mag":
                 mag_masks = p.state_dict()
             finetune(m, p, x, y, args.ft_epochs, lr=args.ft_lr, seed=seed, batch_size=args.batch_size,
-                     quiet=args.quiet, desc=f"ft {key} {s}")
-            res[f"{key}_ft"][str(s)] = evaluate(m, xt, yt)
+                     callbacks=bar(f"ft {key} {s}"))
+            res[f"{key}_ft"][str(s)] = accuracy(m, xt, yt)
             p.remove()
 
         torch.manual_seed(seed + 1000)
         m = new_cnn()
         p = Pruner(m, ConstantSparsity(s))
         p.load_state_dict(mag_masks)
-        train(m, x, y, args.epochs, pruner=p, seed=seed, desc=f"scratch {s}", **fit)
-        res["scratch"][str(s)] = evaluate(m, xt, yt)
+        train(m, (x, y), config, [p, *bar(f"scratch {s}")])
+        res["scratch"][str(s)] = accuracy(m, xt, yt)
 
         m = new_cnn()
         m.load_state_dict(init_state)
         schedule = CubicSparsity(0.0, s, start=int(0.1 * total_steps), end=int(0.6 * total_steps),
                                  frequency=args.agp_frequency)
         p = Pruner(m, schedule, "magnitude", "global", args.floor)
-        train(m, x, y, args.epochs, pruner=p, seed=seed, desc=f"agp {s}", **fit)
-        res["agp"][str(s)] = evaluate(m, xt, yt)
+        train(m, (x, y), config, [p, *bar(f"agp {s}")])
+        res["agp"][str(s)] = accuracy(m, xt, yt)
 
         width, hidden = small_dense_shape(keep_count(weight_count(m), s))
         torch.manual_seed(seed)
         m = new_cnn(width=width, hidden=hidden)
-        train(m, x, y, args.epochs, seed=seed, desc=f"small {s}", **fit)
-        res["small_dense"][str(s)] = evaluate(m, xt, yt)
+        train(m, (x, y), config, bar(f"small {s}"))
+        res["small_dense"][str(s)] = accuracy(m, xt, yt)
         res.setdefault("small_dense_shape", {})[str(s)] = [width, hidden, weight_count(m)]
         log(f"seed {seed} s={s} " + " ".join(f"{k}={res[k][str(s)]:.4f}" for k, _ in ROWS if str(s) in res[k])
             + f" ({time.time() - t:.0f}s)")
@@ -133,8 +137,8 @@ def run_seed(seed: int, data, args, log) -> dict:
     for _ in SPARSITIES:
         t = time.time()
         s = imp.next_round()
-        train(model, x, y, args.epochs, pruner=imp.pruner, seed=seed, desc=f"imp {s}", **fit)
-        res["imp"][str(s)] = evaluate(model, xt, yt)
+        train(model, (x, y), config, [imp.pruner, *bar(f"imp {s}")])
+        res["imp"][str(s)] = accuracy(model, xt, yt)
         log(f"seed {seed} imp s={s} {res['imp'][str(s)]:.4f} measured sparsity {imp.pruner.sparsity():.4f} "
             f"({time.time() - t:.0f}s)")
     return res

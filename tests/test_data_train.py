@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.data.dynamics import TrainingDynamics
-from prunekit.data.runs import load_state
-from prunekit.data.train import Budget, fit, kd_defaults, kd_loss
+from prunekit.core.checkpoint import load_state
+from prunekit.core.train import kd_loss
+from prunekit.data.train import Budget, fit, kd_defaults
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from prunekit.training.imp import IterativeMagnitudePruning, run_imp, snapshot
-from prunekit.training.loops import evaluate, train
+from prunekit.core.train import Hooks, TrainConfig, accuracy, train
 
 
 def make_data():
@@ -33,12 +33,12 @@ def test_rewind_to_initialization_restores_saved_weights_exactly():
     model = make_model()
     init = snapshot(model)
     imp = IterativeMagnitudePruning(model, rounds=3, rate=0.5)
-    train(model, x, y, epochs=2, batch_size=32, pruner=imp.pruner, on_step=imp.on_step)
+    train(model, (x, y), TrainConfig(epochs=2, batch_size=32), [imp.pruner, imp])
     for expected in (0.5, 0.75, 0.875):
         assert imp.next_round() == pytest.approx(expected)
         check_rewound(model, init, imp)
         assert imp.pruner.sparsity() == pytest.approx(expected, abs=0.01)
-        train(model, x, y, epochs=1, batch_size=32, pruner=imp.pruner)
+        train(model, (x, y), TrainConfig(epochs=1, batch_size=32), [imp.pruner])
     with pytest.raises(IndexError):
         imp.next_round()
 
@@ -54,7 +54,7 @@ def test_rewind_to_an_early_iteration():
         if step == 4:  # after the 5th optimizer step
             seen["w"] = snapshot(model)
 
-    train(model, x, y, epochs=1, batch_size=32, pruner=imp.pruner, on_step=record)
+    train(model, (x, y), TrainConfig(epochs=1, batch_size=32), [imp.pruner, Hooks(after_step=record)])
     assert not torch.equal(snapshot(model)["0.weight"], seen["w"]["0.weight"])
     imp.next_round()
     check_rewound(model, seen["w"], imp)
@@ -64,7 +64,7 @@ def test_masks_come_from_trained_not_rewound_weights():
     x, y = make_data()
     model = make_model()
     imp = IterativeMagnitudePruning(model, sparsities=[0.5])
-    train(model, x, y, epochs=2, batch_size=32, pruner=imp.pruner, on_step=imp.on_step)
+    train(model, (x, y), TrainConfig(epochs=2, batch_size=32), [imp.pruner, imp])
     trained = model[0].weight.detach().abs().clone()
     imp.next_round()
     kept = trained[~imp.pruner.masks["0"]]
@@ -75,10 +75,10 @@ def test_masks_come_from_trained_not_rewound_weights():
 def test_run_imp_returns_one_score_per_round():
     x, y = make_data()
 
-    def train_fn(model, pruner, on_step):
-        train(model, x, y, epochs=1, batch_size=32, pruner=pruner, on_step=on_step)
+    def train_fn(model, callbacks):
+        train(model, (x, y), TrainConfig(epochs=1, batch_size=32), callbacks)
 
-    results = run_imp(make_model(), train_fn, lambda m: evaluate(m, x, y), rounds=2, rate=0.5)
+    results = run_imp(make_model(), train_fn, lambda m: accuracy(m, x, y), rounds=2, rate=0.5)
     assert [s for s, _ in results] == pytest.approx([0.0, 0.5, 0.75])
     assert all(0.0 <= acc <= 1.0 for _, acc in results)
 

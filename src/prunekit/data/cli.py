@@ -363,7 +363,7 @@ def cmd_select(args) -> int:
 
 def _teacher_logits(cache: Path, n: int):
     """Cached teacher logits (safetensors), or ``None`` when there are none yet."""
-    from prunekit.data.runs import load_state
+    from prunekit.core.checkpoint import load_state
 
     if not cache.is_file():
         return None
@@ -378,10 +378,11 @@ def cmd_train(args) -> int:
     import numpy as np
     import torch
 
-    from prunekit.data.runs import save_state
+    from prunekit.core.checkpoint import save_state
+    from prunekit.core.train import accuracy
     from prunekit.data.scores._common import batched_logits
     from prunekit.data.select import Selection
-    from prunekit.data.train import Budget, accuracy, fit, kd_defaults
+    from prunekit.data.train import Budget, fit, kd_defaults
     from prunekit.zoo import SmallCNN
 
     _choice("dataset", args.dataset, VISION_DATASETS)

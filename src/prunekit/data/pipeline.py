@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core.checkpoint import load_state, save_state
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.registry import SCORES
 from prunekit.data.dynamics import TrainingDynamics
-from prunekit.data.runs import fingerprint, load_state, open_run, save_state
+from prunekit.data.runs import fingerprint, open_run
 from prunekit.data.scores.base import Score, ScoreContext
 from prunekit.data.table import ScoreTable
 from prunekit.data.train import Budget, fit

@@ -1,9 +1,8 @@
 """Run folders and checkpoints of the data commands: resumable, checked, and never executable.
 
 * **Checkpoints** (``student.ckpt``, ``teacher.ckpt``, ``work/seedN.ckpt``, cached teacher logits,
-  VoG snapshots) are safetensors files: every tensor and numpy array goes in the tensor section,
-  everything else (numbers, strings, booleans, ``None``, lists, dicts) is plain JSON in the header
-  metadata. Reading one never runs code, so a file planted in a run folder is at worst refused.
+  VoG snapshots) are :mod:`prunekit.core.checkpoint` files (safetensors + JSON): reading one never
+  runs code, so a file planted in a run folder is at worst refused.
 * **Run folders** (``data score --out``, ``data train --out``) hold a ``run.json`` with the command and
   its full configuration. A rerun resumes only the same configuration; any other is refused with
   one line naming the first key that differs, its recorded value and the new one.
@@ -24,87 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunekit.core.checkpoint import compare_config, first_line
 from prunekit.core.errors import PrunekitError
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
-_META_KEY = "prunekit_state"
 
 
-# ---------------------------------------------------------------------------------- checkpoints
-def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        name = f"t{len(tensors)}"
-        tensors[name] = obj.detach().cpu().contiguous().clone()  # own storage: safetensors refuses shared ones
-        return {"$tensor": name}
-    if isinstance(obj, np.ndarray):
-        return {"$ndarray": _encode(torch.from_numpy(np.array(obj, copy=True)), tensors)["$tensor"]}
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
-            return {k: _encode(v, tensors) for k, v in obj.items()}
-        return {"$items": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"$tuple": [_encode(v, tensors) for v in obj]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors) for v in obj]
-    if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if len(obj) == 1:
-        (tag, value), = obj.items()
-        if tag == "$tensor":
-            return tensors[value]
-        if tag == "$ndarray":
-            return tensors[value].numpy()
-        if tag == "$tuple":
-            return tuple(_decode(v, tensors) for v in value)
-        if tag == "$items":
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in value}
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` (tensors, arrays and plain values, nested) as one safetensors file."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    meta = json.dumps(_encode(state, tensors))
-    save_file(tensors, str(path), metadata={"format": "pt", _META_KEY: meta})
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_state`; anything else is a one-line :class:`PrunekitError`."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get(_META_KEY)
-            if meta is None:
-                raise ValueError("no prunekit state in its header")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safetensors handles are not iterable
-        state = _decode(json.loads(meta), tensors)
-        if not isinstance(state, dict):
-            raise ValueError("its state is not a mapping")
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, the answer is one line
-        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint ({_first_line(exc)}); "
-                            "delete it to start that part of the run over") from None
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
+# ---------------------------------------------------------------------------------- run identity
 def fingerprint(values: Iterable | np.ndarray | torch.Tensor) -> str:
     """A short content hash (16 hex digits) of an integer array, a tensor or a list of strings."""
     if isinstance(values, torch.Tensor):
@@ -114,16 +40,6 @@ def fingerprint(values: Iterable | np.ndarray | torch.Tensor) -> str:
     else:
         data = "\n".join(str(v) for v in values).encode()
     return hashlib.sha1(data).hexdigest()[:16]
-
-
-def compare_config(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first key (in ``new``'s order, then ``recorded``'s) whose value differs, or ``None``."""
-    missing = "<not set>"
-    for key in [*new, *(k for k in recorded if k not in new)]:
-        old, now = recorded.get(key, missing), new.get(key, missing)
-        if old != now:
-            return key, old, now
-    return None
 
 
 # ---------------------------------------------------------------------------------- output locations
@@ -161,7 +77,7 @@ def read_run(folder: str | Path, flag: str = "--out") -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as exc:
-        raise PrunekitError(f"{flag} {str(folder)!r} has an unreadable {RUN_FILE} ({_first_line(exc)}); "
+        raise PrunekitError(f"{flag} {str(folder)!r} has an unreadable {RUN_FILE} ({first_line(exc)}); "
                             "use another folder or delete it") from None
     if not (isinstance(data, dict) and isinstance(data.get("command"), str) and isinstance(data.get("config"), dict)):
         raise PrunekitError(f"{flag} {str(folder)!r} has a {RUN_FILE} that prunekit did not write "

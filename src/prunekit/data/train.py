@@ -1,6 +1,8 @@
-"""Train a classifier on a kept subset, plainly or with knowledge distillation (KD).
+"""Train a classifier on a kept subset, plainly or with knowledge distillation (KD): the data-pruning recipe
+of the one training loop (:func:`prunekit.core.train.train`).
 
-KD follows Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (2015):
+KD (:class:`prunekit.core.train.Distillation`) follows Hinton, Vinyals & Dean, "Distilling the Knowledge
+in a Neural Network" (2015):
 
 ``L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``
 
@@ -28,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prunekit.core.errors import PrunekitError
+from prunekit.core.train import Callback, Checkpoint, Distillation, Hooks, Progress, TrainConfig, train
 from prunekit.data.dynamics import TrainingDynamics
-from prunekit.data.runs import compare_config, fingerprint, load_state, save_state
+from prunekit.data.runs import fingerprint
 
 BUDGET_KINDS = ("equal-epochs", "equal-iterations")
 
@@ -64,20 +65,6 @@ def kd_defaults(fraction_removed: float) -> dict[str, float]:
     return {"temperature": 2.0, "alpha": 0.5 + 0.3 * fraction_removed}
 
 
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
-) -> torch.Tensor:
-    """Hinton et al. (2015) distillation loss, the soft term scaled by ``T^2``."""
-    hard = F.cross_entropy(student_logits, labels)
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return (1 - alpha) * hard + alpha * temperature**2 * soft
-
-
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -98,122 +85,30 @@ def fit(
     checkpoint_path: str | Path | None = None,
     progress: bool = False,
 ) -> nn.Module:
-    """SGD (Nesterov momentum 0.9, one-cycle lr) on ``x[indices]`` for exactly ``steps`` steps.
+    """SGD (Nesterov, one-cycle lr and momentum) on ``x[indices]`` for exactly ``steps`` steps.
 
-    ``teacher_logits`` (aligned with ``x``) switches on KD. ``dynamics`` records per-example
-    correctness/margins from the training forward passes. ``on_epoch_end(epoch, model)`` runs
-    after each pass over the subset (e.g. to score a checkpoint). With ``checkpoint_path`` the
-    full training state is saved after every pass and a rerun resumes from it, so a crash loses
-    at most one epoch of work. ``max_grad_norm`` clips the global gradient norm before each step
-    (``None`` disables it): without it, KD at T >= 2 sometimes diverged in the first steps of the
-    one-cycle warm-up (a dead network at chance accuracy); at 5.0 plain training is unaffected.
+    Each pass over the subset ends with a short batch (nothing is dropped). ``teacher_logits``
+    (aligned with ``x``) switches on KD. ``dynamics`` records per-example correctness/margins from
+    the training forward passes. ``on_epoch_end(epoch, model)`` runs after each pass over the
+    subset (e.g. to score a checkpoint). With ``checkpoint_path`` the full training state is saved
+    after every pass and a rerun resumes from it, so a crash loses at most one epoch of work.
+    ``max_grad_norm`` clips the global gradient norm before each step (``None`` disables it):
+    without it, KD at T >= 2 sometimes diverged in the first steps of the one-cycle warm-up (a dead
+    network at chance accuracy); at 5.0 plain training is unaffected.
     """
-    indices = torch.as_tensor(np.arange(len(x)) if indices is None else np.asarray(indices), dtype=torch.long)
-    if len(indices) == 0:
-        raise PrunekitError("cannot train on an empty subset")
-    if int(indices.min()) < 0 or int(indices.max()) >= len(x):
-        bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
-        raise PrunekitError(f"subset index {bad} is out of range [0, {len(x)})")
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    epoch, done = 0, 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    run = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "weight_decay": float(weight_decay),
-           "seed": int(seed), "max_grad_norm": max_grad_norm, "n_examples": len(x), "subset": fingerprint(indices),
-           "kd": teacher_logits is not None, "temperature": float(temperature) if teacher_logits is not None else None,
-           "alpha": float(alpha) if teacher_logits is not None else None, "dynamics": dynamics is not None}
-    if ckpt is not None and ckpt.is_file():
-        epoch, done = _resume(ckpt, run, model, opt, sched, gen, dynamics)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=done, desc="train", leave=False)
-    model.train()
-    while done < steps:
-        perm = indices[torch.randperm(len(indices), generator=gen)]
-        if dynamics is not None:
-            dynamics.start_epoch()
-        for i in range(0, len(perm), batch_size):
-            if done == steps:
-                break
-            batch = perm[i : i + batch_size]
-            xb, yb = x[batch], y[batch]
-            logits = model(xb)
-            if teacher_logits is None:
-                loss = F.cross_entropy(logits, yb)
-            else:
-                loss = kd_loss(logits, teacher_logits[batch], yb, temperature, alpha)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            done += 1
-            if dynamics is not None:
-                dynamics.update(batch, logits, yb)
-            if bar is not None:
-                bar.update(1)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
-            model.train()
-        if ckpt is not None:
-            _save_atomic(ckpt, {
-                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "epoch": epoch, "done": done, "run": run,
-                "dynamics": dynamics.state_dict() if dynamics is not None else None,
-            })
-        epoch += 1
-    if bar is not None:
-        bar.close()
+    config = TrainConfig(steps=steps, batch_size=batch_size, drop_last=False, lr=lr, weight_decay=weight_decay,
+                         schedule="one-cycle", max_grad_norm=max_grad_norm, seed=seed)
+    kd = teacher_logits is not None
+    callbacks: list[Callback] = [Distillation(teacher_logits, temperature, alpha)] if kd else []
+    callbacks += [cb for cb in (dynamics, Hooks(on_epoch_end=on_epoch_end) if on_epoch_end else None,
+                                Progress("train") if progress else None) if cb is not None]
+    if checkpoint_path is not None:
+        subset = torch.as_tensor(np.arange(len(x)) if indices is None else np.asarray(indices), dtype=torch.long)
+        run = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
+               "weight_decay": float(weight_decay), "seed": int(seed), "max_grad_norm": max_grad_norm,
+               "n_examples": len(x), "subset": fingerprint(subset), "kd": kd,
+               "temperature": float(temperature) if kd else None, "alpha": float(alpha) if kd else None,
+               "dynamics": dynamics is not None}
+        callbacks.append(Checkpoint(checkpoint_path, run))
+    train(model, (x, y), config, callbacks, indices=indices)
     return model
-
-
-def _resume(ckpt: Path, run: dict, model, opt, sched, gen, dynamics) -> tuple[int, int]:
-    """Restore the training state saved in ``ckpt``; a checkpoint of another run is refused."""
-    state = load_state(ckpt)  # safetensors + JSON: reading it never runs code
-    recorded = state.get("run")
-    if not isinstance(recorded, dict):
-        raise PrunekitError(f"checkpoint {str(ckpt)!r} records no training run; delete it to start over")
-    diff = compare_config(recorded, run)
-    if diff is not None:
-        key, old, new = diff
-        raise PrunekitError(f"checkpoint {str(ckpt)!r} belongs to another training run ({key}={old!r}, this run "
-                            f"has {key}={new!r}); delete it to start over")
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        epoch, done = state["epoch"], state["done"]
-        if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and 0 <= done <= run["steps"]):
-            raise ValueError(f"epoch {epoch!r} / done {done!r} out of range")
-        if dynamics is not None:
-            restored = TrainingDynamics.from_state_dict(state["dynamics"])
-            if restored.n != dynamics.n or len(restored.correct) != len(restored.margin):
-                raise ValueError(f"dynamics of {restored.n} examples, expected {dynamics.n}")
-            dynamics.correct, dynamics.margin = restored.correct, restored.margin
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PrunekitError(f"checkpoint {str(ckpt)!r} does not fit this run ({first}); delete it to start over") from None
-    return epoch + 1, done
-
-
-def _save_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_state(tmp, obj)
-    tmp.replace(path)
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
-    model.train(was_training)
-    return correct / len(x)

@@ -1,5 +1,7 @@
 """Pruning during training: schedules, criteria, a loop-agnostic pruner, IMP, recovery.
 
+They train with the one loop of :mod:`prunekit.core.train` (the pruner and IMP are its callbacks).
+
 Names are imported lazily; ``PruningCallback`` (Hugging Face ``Trainer``) imports transformers
 only when it is first used.
 """
@@ -17,7 +19,7 @@ _LAZY = {
     "IterativeMagnitudePruning": "imp", "run_imp": "imp", "snapshot": "imp", "rewind": "imp",
     "finetune": "recovery", "perp_recover": "recovery", "MaskedLoRA": "recovery",
     "add_masked_lora": "recovery", "merge_lora": "recovery",
-    "train": "loops", "evaluate": "loops", "make_optimizer": "loops",
+    "FixedMasks": "recovery", "CausalLMLoss": "recovery",
     "PruningCallback": "hf_callback",
 }
 

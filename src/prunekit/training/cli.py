@@ -190,8 +190,8 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     """Run the configured experiment; returns accuracies and the measured sparsity."""
     import torch
 
+    from prunekit.core.train import Progress, TrainConfig, accuracy, train
     from prunekit.training.imp import IterativeMagnitudePruning
-    from prunekit.training.loops import evaluate, make_optimizer, steps_per_epoch, train
     from prunekit.training.pruner import Pruner, prune_once
     from prunekit.training.recovery import finetune, perp_recover
     from prunekit.training.schedules import imp_sparsities, make_schedule
@@ -201,15 +201,18 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(c["seed"])
     x, y, xt, yt = _load_data(c)
     model = _build_model(c)
-    total = round(c["epochs"] * steps_per_epoch(len(y), c["batch_size"]))
-    fit = {"batch_size": c["batch_size"], "seed": c["seed"], "quiet": c["quiet"]}
+    config = TrainConfig(epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"], optimizer=c["optimizer"],
+                         seed=c["seed"])
+    total = config.total_steps(len(y))
     # wanda / gblm score weights on the first --calibration training images (gblm also on their labels)
     crit = {"seed": c["seed"], "calibration": (x[: c["calibration"]], y[: c["calibration"]])
             if c["criterion"] in ("wanda", "gblm") else None}
 
-    def run_training(pruner=None, on_step=None, desc="train") -> None:
-        opt = make_optimizer(model.parameters(), c["optimizer"], lr=c["lr"])
-        train(model, x, y, c["epochs"], optimizer=opt, pruner=pruner, on_step=on_step, desc=desc, **fit)
+    def progress(desc: str) -> list:
+        return [] if c["quiet"] else [Progress(desc, leave=True)]
+
+    def run_training(*callbacks, desc="train") -> None:
+        train(model, (x, y), config, [*callbacks, *progress(desc)])
 
     result: dict[str, Any] = {"model": c["model"], "dataset": c["dataset"], "method": c["method"]}
     pruner = None
@@ -223,28 +226,29 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
         run_training(pruner, desc=f"gradual {c['schedule']}")
     elif c["method"] == "oneshot":
         run_training(desc="dense")
-        result["dense_accuracy"] = evaluate(model, xt, yt)
+        result["dense_accuracy"] = accuracy(model, xt, yt)
         pruner = prune_once(model, c["sparsity"], c["criterion"], c["scope"], c["floor"], **crit)
-        result["pruned_accuracy"] = evaluate(model, xt, yt)
+        result["pruned_accuracy"] = accuracy(model, xt, yt)
+        recovery = {"batch_size": c["batch_size"], "seed": c["seed"]}
         if c["recovery"] == "finetune":
             finetune(model, pruner, x, y, c["recovery_epochs"], lr=c["recovery_lr"] or c["lr"] / 5,
-                     optimizer=c["optimizer"], desc="fine-tune", **fit)
+                     optimizer=c["optimizer"], callbacks=progress("fine-tune"), **recovery)
         elif c["recovery"] == "perp":
             perp_recover(model, pruner, x, y, c["recovery_epochs"], lr=c["recovery_lr"] or 1e-3,
-                         lora_rank=c["lora_rank"], desc="PERP", **fit)
+                         lora_rank=c["lora_rank"], callbacks=progress("PERP"), **recovery)
     else:
         # k rounds of p% each: --rate p, or the p that reaches --sparsity after --rounds rounds
         rate = c["rate"] or 1.0 - (1.0 - c["sparsity"]) ** (1.0 / c["rounds"])
         imp = IterativeMagnitudePruning(model, sparsities=imp_sparsities(c["rounds"], rate),
                                         rewind_step=c["rewind_step"], scope=c["scope"], floor=c["floor"])
-        run_training(imp.pruner, imp.on_step, desc="IMP dense")
-        result["dense_accuracy"] = evaluate(model, xt, yt)
+        run_training(imp.pruner, imp, desc="IMP dense")
+        result["dense_accuracy"] = accuracy(model, xt, yt)
         for r in range(imp.rounds):
             s = imp.next_round()
             run_training(imp.pruner, desc=f"IMP round {r + 1} ({s:.0%})")
-            result[f"round_{r + 1}_accuracy"] = evaluate(model, xt, yt)
+            result[f"round_{r + 1}_accuracy"] = accuracy(model, xt, yt)
         pruner = imp.pruner
-    result["accuracy"] = evaluate(model, xt, yt)
+    result["accuracy"] = accuracy(model, xt, yt)
     result["sparsity"] = pruner.sparsity() if pruner is not None else 0.0
     if c["output"]:
         state = {"model": model.state_dict(), "masks": pruner.masks if pruner else {}, "config": c}

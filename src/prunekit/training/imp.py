@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from prunekit.core.train import Batch, Callback, TrainState
 from prunekit.training.pruner import Pruner
 from prunekit.training.schedules import ConstantSparsity, imp_sparsities
 
@@ -30,16 +31,18 @@ def rewind(model: nn.Module, saved: dict[str, torch.Tensor], pruner: Pruner | No
         pruner.apply_masks()
 
 
-class IterativeMagnitudePruning:
+class IterativeMagnitudePruning(Callback):
     """State of an IMP run: the rewind point, the round counter and the pruner holding the masks.
 
-    Use it around your own training loop::
+    It is a training-loop callback (it saves the rewind point after step ``rewind_step``)::
 
         imp = IterativeMagnitudePruning(model, rounds=5, rate=0.2, rewind_step=200)
-        train(model, ..., pruner=imp.pruner, on_step=imp.on_step)   # dense run, saves step 200
+        train(model, data, config, callbacks=[imp.pruner, imp])   # dense run, saves step 200
         for _ in range(imp.rounds):
-            imp.next_round()                                        # prune + rewind
-            train(model, ..., pruner=imp.pruner)
+            imp.next_round()                                      # prune + rewind
+            train(model, data, config, callbacks=[imp.pruner])
+
+    In another loop, call :meth:`on_step` after every optimizer step of the dense run.
 
     ``rewind_step=0`` rewinds to the initialization (the weights when IMP was created).
     ``sparsities`` overrides the geometric 1 - (1 - rate)^k sequence.
@@ -63,8 +66,11 @@ class IterativeMagnitudePruning:
     def rounds(self) -> int:
         return len(self.sparsities)
 
+    def after_step(self, state: TrainState, batch: Batch) -> None:
+        self.on_step(batch.step)
+
     def on_step(self, step: int) -> None:
-        """Pass as ``on_step`` to the dense training run: saves the weights after ``rewind_step`` steps."""
+        """Call after optimizer step ``step`` of the dense run: saves the weights after ``rewind_step`` steps."""
         if self.rewind_point is None and step + 1 == self.rewind_step:
             self.rewind_point = snapshot(self.model)
 
@@ -82,19 +88,20 @@ class IterativeMagnitudePruning:
         return sparsity
 
 
-def run_imp(model: nn.Module, train_fn: Callable[[nn.Module, Pruner, Callable[[int], None] | None], None],
+def run_imp(model: nn.Module, train_fn: Callable[[nn.Module, list[Callback]], None],
             eval_fn: Callable[[nn.Module], float], rounds: int = 5, rate: float = 0.2, rewind_step: int = 0,
             **kwargs) -> list[tuple[float, float]]:
     """Whole IMP loop: dense run, then ``rounds`` of prune-rewind-retrain.
 
-    ``train_fn(model, pruner, on_step)`` trains one round; ``eval_fn(model)`` scores it.
+    ``train_fn(model, callbacks)`` trains one round with those training-loop callbacks (e.g.
+    ``lambda m, cbs: train(m, (x, y), config, cbs)``); ``eval_fn(model)`` scores it.
     Returns ``[(sparsity, score), ...]`` starting with the dense model at sparsity 0.
     """
     imp = IterativeMagnitudePruning(model, rounds, rate, rewind_step, **kwargs)
-    train_fn(model, imp.pruner, imp.on_step)
+    train_fn(model, [imp.pruner, imp])
     results = [(0.0, eval_fn(model))]
     for _ in range(imp.rounds):
         sparsity = imp.next_round()
-        train_fn(model, imp.pruner, None)
+        train_fn(model, [imp.pruner])
         results.append((sparsity, eval_fn(model)))
     return results

@@ -1,5 +1,8 @@
 """A pruner that plugs into any PyTorch training loop.
 
+In prunekit's loop it is a callback: ``train(model, (x, y), config, callbacks=[pruner])``.
+In your own loop:
+
     pruner = Pruner(model, CubicSparsity(0.0, 0.9, start=100, end=2000, frequency=50))
     pruner.attach(optimizer)
     for step, (x, y) in enumerate(batches):
@@ -19,6 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from prunekit.core.train import Batch, Callback, TrainState
 from prunekit.training.criteria import CRITERIA, compute_masks
 from prunekit.training.data_criteria import DATA_CRITERIA, data_scores
 from prunekit.training.schedules import ConstantSparsity
@@ -35,8 +39,12 @@ def prunable_weights(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn
             if isinstance(m, PRUNABLE) and name not in skip}
 
 
-class Pruner:
+class Pruner(Callback):
     """Keeps ``model``'s prunable weights at the sparsity ``schedule(step)`` prescribes.
+
+    As a training-loop callback it attaches the loop's optimizer at the start, calls
+    :meth:`step` after every optimizer step and detaches the optimizer at the end; its masks and
+    target are saved in checkpoints under ``pruner``.
 
     Args:
         model: any module; its Linear/Conv weights are pruned (or those named in ``targets``).
@@ -87,6 +95,8 @@ class Pruner:
         self.generator = torch.Generator().manual_seed(seed)
         self._hooks = [w.register_hook(self._grad_hook(n)) for n, w in weights.items()]
 
+    key = "pruner"
+
     def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             return grad * (~self.masks[name]).to(grad.dtype)
@@ -114,6 +124,15 @@ class Pruner:
         else:
             self.apply_masks()
         return changed
+
+    def on_start(self, state: TrainState) -> None:
+        self.attach(state.optimizer)
+
+    def after_step(self, state: TrainState, batch: Batch) -> None:
+        self.step(batch.step)
+
+    def on_end(self, state: TrainState) -> None:
+        self.detach(state.optimizer)
 
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:

@@ -6,16 +6,22 @@
   normalization parameters are trained, optionally with low-rank adapters on the pruned layers.
   The adapters are masked (their "MaskLoRA" variant): the layer computes with (W + B A) with the
   pruned entries zeroed, so merging them back cannot revive a pruned weight.
+* :class:`CausalLMLoss`: the next-token loss of a Hugging Face causal LM as a training-loop
+  callback, for recovery fine-tuning after structured pruning (``benchmarks/structured_smollm2_recovery.py``).
+
+All of them train with the one loop, :func:`prunekit.core.train.train`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit.training.loops import make_optimizer, train
+from prunekit.core.train import Batch, Callback, TrainConfig, TrainState, train
 from prunekit.training.pruner import Pruner
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
@@ -97,20 +103,24 @@ def perp_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def finetune(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.0,
-             lr: float = 0.01, optimizer: str = "sgd", **train_kwargs) -> int:
-    """Retrain every weight with ``pruner``'s masks held fixed. Returns the number of steps."""
-    frozen = _FixedMasks(pruner)
-    opt = make_optimizer(model.parameters(), optimizer, lr=lr)
-    return train(model, x, y, epochs, optimizer=opt, pruner=frozen, **train_kwargs)
+             lr: float = 0.01, optimizer: str = "sgd", callbacks: Sequence[Callback] = (), **config: Any) -> int:
+    """Retrain every weight with ``pruner``'s masks held fixed. Returns the number of steps.
+
+    ``config`` holds further :class:`~prunekit.core.train.TrainConfig` settings (``batch_size``, ``seed``...).
+    """
+    settings = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, **config)
+    return train(model, (x, y), settings, [FixedMasks(pruner), *callbacks])
 
 
 def perp_recover(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Tensor, epochs: float = 1.0,
                  lr: float = 1e-3, lora_rank: int = 0, lora_alpha: float | None = None,
-                 optimizer: str = "adamw", **train_kwargs) -> int:
+                 optimizer: str = "adamw", callbacks: Sequence[Callback] = (), **config: Any) -> int:
     """PERP: train only biases and norms (plus masked LoRA if ``lora_rank > 0``), then merge.
 
     Every other parameter is frozen during recovery and unfrozen afterwards; pruned weights stay zero.
+    No weight decay; ``config`` holds further :class:`~prunekit.core.train.TrainConfig` settings.
     """
+    settings = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=0.0, **config)
     if lora_rank:
         add_masked_lora(model, {n: m for n, m in pruner.masks.items()}, lora_rank, lora_alpha)
     trainable = perp_parameters(model)
@@ -120,8 +130,7 @@ def perp_recover(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Ten
     for p in trainable:
         p.requires_grad_(True)
     try:
-        opt = make_optimizer(trainable, optimizer, lr=lr, weight_decay=0.0)
-        steps = train(model, x, y, epochs, optimizer=opt, **train_kwargs)
+        steps = train(model, (x, y), settings, callbacks)  # the optimizer covers what requires gradients
     finally:
         merge_lora(model)
         for p in model.parameters():
@@ -130,18 +139,27 @@ def perp_recover(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Ten
     return steps
 
 
-class _FixedMasks:
-    """Adapter that keeps a pruner's current masks for any step (used while fine-tuning)."""
+class FixedMasks(Callback):
+    """Keeps a pruner's current masks at every step (while fine-tuning); the schedule is not consulted."""
 
     def __init__(self, pruner: Pruner):
         self.pruner = pruner
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        self.pruner.attach(optimizer)
+    def on_start(self, state: TrainState) -> None:
+        self.pruner.attach(state.optimizer)
 
-    def detach(self, optimizer: torch.optim.Optimizer) -> None:
-        self.pruner.detach(optimizer)
-
-    def step(self, step: int) -> bool:
+    def after_step(self, state: TrainState, batch: Batch) -> None:
         self.pruner.apply_masks()
-        return False
+
+    def on_end(self, state: TrainState) -> None:
+        self.pruner.detach(state.optimizer)
+
+
+class CausalLMLoss(Callback):
+    """The loss of a Hugging Face causal LM on token windows: ``model(input_ids=x, labels=x).loss``.
+
+    Train with ``data = (windows, None)``: each row of ``windows`` is one sequence of token ids.
+    """
+
+    def loss(self, state: TrainState, batch: Batch) -> torch.Tensor:
+        return state.model(input_ids=batch.x, labels=batch.x, use_cache=False).loss
