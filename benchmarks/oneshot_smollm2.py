@@ -54,7 +54,8 @@ def child(name: str, threads: int, evaluate: bool) -> dict:
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.memory import peak_rss_mb
     from prunekit.models import load_model, load_tokenizer
-    from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+    from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.oneshot.step import PruneStep
 
     model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     out = {"config": name, "threads": threads}

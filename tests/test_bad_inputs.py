@@ -223,15 +223,15 @@ ROWS = {
     "recipe null": (lambda c: c.recipe("null\n"), 2, "is empty", True),
     "recipe steps []": (lambda c: c.recipe("steps: []\n"), 2, "steps must be a non-empty list", True),
     "recipe seqlen true": (lambda c: c.recipe("calibration: {nsamples: 2, seqlen: true}\n"), 2,
-                           "calibration.seqlen must be an integer", True),
+                           "seqlen (calibration) must be an integer", True),
     "recipe unquoted 2:4": (lambda c: c.recipe("steps: [{method: magnitude, pattern: 2:4}]\n"), 2,
                             "quote it, '2:4'", True),
     "recipe empty targets": (lambda c: c.recipe("steps: [{method: magnitude, targets: []}]\n"), 2,
                              "targets is empty", True),
     "structured with --pattern": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--pattern", "2:4"), 2,
                                   "--pattern '2:4' does not apply to structured pruning", True),
-    "structured with --sparsity": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--sparsity", "0.5"), 2,
-                                   "--sparsity 0.5 does not apply to structured pruning", True),
+    "structured with --ratio and --sparsity": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--sparsity",
+                                                                 "0.5"), 2, "--ratio 0.2 is the old spelling", True),
     "structured with --device": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--device", "cpu"), 2,
                                  "--device 'cpu' does not apply", True),
     "--ratio without --structure": (lambda c: c.prune("--ratio", "0.2"), 2, "--ratio 0.2 applies only to structured",
@@ -337,7 +337,7 @@ def test_out_of_a_prunekit_output_is_replaced_with_overwrite(tiny_source, tmp_pa
             "--calibration", "brown:r", "--method", "magnitude"]
     assert main(argv) == 0
     assert main([*argv, "--overwrite", "--sparsity", "0.3"]) == 0
-    assert json.loads((out / "prunekit.json").read_text())["recipe"]["steps"][0]["sparsity"] == 0.3
+    assert json.loads((out / "prunekit.json").read_text())["steps"][0]["sparsity"] == 0.3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

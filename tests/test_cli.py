@@ -33,13 +33,13 @@ def small(folder, out, *extra):
 
 
 BAD = {
-    "sparsity above 1": (["--sparsity", "1.5"], "sparsity must be in [0, 1)"),
-    "sparsity 1": (["--sparsity", "1"], "sparsity must be in [0, 1)"),
-    "negative sparsity": (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+    "sparsity above 1": (["--sparsity", "1.5"], "sparsity (oneshot step) must be in [0, 1)"),
+    "sparsity 1": (["--sparsity", "1"], "sparsity (oneshot step) must be in [0, 1)"),
+    "negative sparsity": (["--sparsity", "-0.1"], "sparsity (oneshot step) must be in [0, 1)"),
     "N >= M": (["--pattern", "4:4"], "need 0 < N < M"),
     "M does not divide width": (["--pattern", "2:8"], "does not divide its input width 60"),
     "unknown method": (["--method", "wandaa"], "did you mean 'wanda'"),
-    "unknown allocation": (["--allocation", "owll"], "unknown allocation 'owll'"),
+    "unknown allocation": (["--allocation", "owll"], "got 'owll'; did you mean 'owl'?"),
     "unknown option": (["--method", "sparsegpt", "--option", "dampp=0.1"], "unknown option 'dampp'"),
 }
 
@@ -94,9 +94,9 @@ def test_prune_eval_inspect_round_trip(tiny_folder, tmp_path, capsys):
     result = json.loads(stdout)
     assert result["sparsity"] == pytest.approx(0.5) and result["out"] == str(out)
     manifest = json.loads((out / "prunekit.json").read_text())
-    assert manifest["recipe"]["steps"][0]["method"] == "sparsegpt"
-    assert manifest["calibration"] == "brown:r"
-    assert len(manifest["layers"]) == 14
+    assert manifest["steps"][0]["method"] == "sparsegpt"
+    assert manifest["calibration"]["source"] == "brown:r" and manifest["result"]["calibration"].startswith("brown:r")
+    assert len(manifest["result"]["layers"]) == 14
     code, stdout, _ = run(capsys, "inspect", "--model", out, "--json")
     report = json.loads(stdout)
     assert code == 0 and all(layer["nm"]["2:4"] for layer in report["layers"])
@@ -108,5 +108,21 @@ def test_prune_eval_inspect_round_trip(tiny_folder, tmp_path, capsys):
     assert run(capsys, *small(tiny_folder, out))[0] == 2
     code, _, _ = run(capsys, *small(tiny_folder, out, "--overwrite", "--method", "magnitude"))
     assert code == 0
-    assert json.loads((out / "prunekit.json").read_text())["recipe"]["steps"][0]["method"] == "magnitude"
+    assert json.loads((out / "prunekit.json").read_text())["steps"][0]["method"] == "magnitude"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pruned")]  # no temp folders left
+
+
+def test_prunekit_json_of_an_output_is_a_recipe_that_repeats_the_run(tiny_folder, tmp_path, capsys):
+    """`prunekit prune --recipe OUT/prunekit.json` on the same input gives the same masks (and weights)."""
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(capsys, *small(tiny_folder, first, "--method", "sparsegpt", "--sparsity", "0.6", "--allocation",
+                              "global", "--calibration", "brown:r", "--option", "blocksize=16"))[0] == 0
+    code, _, err = run(capsys, "prune", "--model", tiny_folder, "--out", second, "--quiet",
+                       "--recipe", first / "prunekit.json")
+    assert code == 0, err
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / "prunekit.json").read_text())["steps"] == json.loads(
+        (first / "prunekit.json").read_text())["steps"]

@@ -8,7 +8,8 @@ from prunekit.core.calibration import capture_block_inputs, run_block
 from prunekit.evaluate.sparsity import satisfies_nm
 from prunekit.io import save_pretrained
 from prunekit.core.families import adapter_for, weight_view
-from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+from prunekit.core.recipe import CalibrationConfig, Recipe
+from prunekit.oneshot.step import PruneStep
 from prunekit.core.registry import METHODS as REGISTRY
 from tests.conftest import FAMILIES, tiny_model, tiny_windows
 

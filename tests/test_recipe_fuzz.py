@@ -18,13 +18,14 @@ import pytest
 import yaml
 
 from prunekit.cli import main
-from prunekit.recipe import CalibrationConfig, PruneStep, Recipe, load_recipe
-from prunekit.structured.recipe import StructuredRecipe, StructuredStep, load_structured_recipe
+from prunekit.core.recipe import CalibrationConfig, Recipe, load_recipe
+from prunekit.oneshot.step import PruneStep
+from prunekit.structured.recipe import StructuredStep
 
 SEED = 20260
 STEP_KEYS = [f for f in PruneStep.__dataclass_fields__] + ["kind", "sparsty", ""]
 CALIB_KEYS = [f for f in CalibrationConfig.__dataclass_fields__] + ["samples"]
-STRUCT_KEYS = [f for f in StructuredStep.__dataclass_fields__] + ["ratios"]
+STRUCT_KEYS = [f for f in StructuredStep.__dataclass_fields__] + ["ratio", "ratios"]
 WORDS = ["wanda", "sparsegpt", "magnitude", "random", "gblm", "wandaa", "flap", "taylor", "cfsp", "l1",
          "uniform", "global", "owl", "blocks", "per-row", "unstructured", "2:4", "4:8", "4:4", "0:4", "2:3",
          "brown", "brown:a", "brown:zz", "Linear", "re:.*proj", "re:(", "mlp", "heads", "mlp,heads", "filters",
@@ -99,7 +100,8 @@ def recipe_data(rng: random.Random):
 def structured_data(rng: random.Random):
     if rng.random() < 0.1:
         return value(rng, 0, 6)
-    data = {"structured": section(rng, STRUCT_KEYS, GOOD_STRUCT) if rng.random() < 0.9 else value(rng, 0, 2)}
+    step = {"kind": "structured", **section(rng, STRUCT_KEYS, GOOD_STRUCT)} if rng.random() < 0.9 else value(rng, 0, 2)
+    data = {"steps": [step]}
     if rng.random() < 0.5:
         data["calibration"] = section(rng, CALIB_KEYS, GOOD_CALIB)
     return data
@@ -112,8 +114,13 @@ def check_one_line(err: BaseException) -> None:
 
 
 def check_valid(recipe: Recipe) -> None:
-    assert recipe.steps and all(isinstance(s, PruneStep) for s in recipe.steps)
+    assert recipe.steps and all(isinstance(s, (PruneStep, StructuredStep)) for s in recipe.steps)
     for step in recipe.steps:
+        if isinstance(step, StructuredStep):
+            assert isinstance(step.structure, str) and isinstance(step.round_to, int) and step.round_to >= 1
+            assert step.sparsity is None or 0 <= step.sparsity < 1
+            assert 0 <= step.floor < 1 and step.bias_compensation in (None, True, False)
+            continue
         assert 0 <= step.sparsity < 1 and 0 <= step.owl_lambda < 1 and step.owl_m > 0
         assert isinstance(step.seed, int) and not isinstance(step.seed, bool) and step.seed >= 0
         assert step.targets and all(isinstance(t, str) for t in step.targets + step.ignore)
@@ -122,14 +129,6 @@ def check_valid(recipe: Recipe) -> None:
     for v in (c.nsamples, c.seqlen, c.chunk_size):
         assert isinstance(v, int) and not isinstance(v, bool) and v >= 1
     assert Recipe.from_dict(recipe.to_dict()) == recipe
-
-
-def check_valid_structured(recipe: StructuredRecipe) -> None:
-    s = recipe.structured
-    assert isinstance(s.structure, str) and isinstance(s.round_to, int) and s.round_to >= 1
-    assert s.ratio is None or 0 <= s.ratio < 1
-    assert 0 <= s.floor < 1 and s.bias_compensation in (None, True, False)
-    assert StructuredRecipe.from_dict(recipe.to_dict()) == recipe
 
 
 def outcome(fn, data, check):
@@ -160,7 +159,7 @@ def test_fuzz_structured_recipe_from_dict():
     for i in range(150):
         data = structured_data(rng)
         try:
-            seen[outcome(StructuredRecipe.from_dict, data, check_valid_structured)] += 1
+            seen[outcome(Recipe.from_dict, data, check_valid)] += 1
         except Exception as err:  # noqa: BLE001
             raise AssertionError(f"case {i}: {data!r:.300} -> {type(err).__name__}: {str(err)[:300]}") from err
     assert seen["accepted"] >= 5 and seen["rejected"] >= 50, seen
@@ -209,13 +208,11 @@ def test_fuzz_recipe_files(tmp_path):
         suffix, content = file_text(rng)
         path = tmp_path / f"case{i}{suffix}"
         path.write_bytes(content)
-        for reader, check in ((load_recipe, check_valid), (load_structured_recipe, check_valid_structured)):
-            try:
-                seen[outcome(reader, path, check)] += 1
-            except Exception as err:  # noqa: BLE001
-                raise AssertionError(f"case {i} ({reader.__name__}): {content[:300]!r} -> "
-                                     f"{type(err).__name__}: {str(err)[:300]}") from err
-    assert seen["accepted"] >= 10 and seen["rejected"] >= 200, seen
+        try:
+            seen[outcome(load_recipe, path, check_valid)] += 1
+        except Exception as err:  # noqa: BLE001
+            raise AssertionError(f"case {i}: {content[:300]!r} -> {type(err).__name__}: {str(err)[:300]}") from err
+    assert seen["accepted"] >= 5 and seen["rejected"] >= 200, seen  # one reader for every kind of recipe
 
 
 @pytest.fixture(scope="module")

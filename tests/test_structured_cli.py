@@ -96,18 +96,20 @@ def test_cli_bad_requests_exit_2_and_write_nothing(smollm2_path, tmp_path, capsy
 
 def test_structured_recipe_yaml_python_and_flags_agree(tmp_path):
     from prunekit.cli import build_parser
+    from prunekit.core.recipe import Recipe, load_recipe
     from prunekit.structured.cli import recipe_from_args
-    from prunekit.structured.recipe import StructuredRecipe, StructuredStep, load_structured_recipe
+    from prunekit.structured.recipe import StructuredStep, apply_step
 
     path = tmp_path / "flap.yaml"
-    path.write_text("structured: {method: flap, structure: [mlp, heads], ratio: 0.3, allocation: blocks, round_to: 16}\n"
-                    "calibration: {nsamples: 4, seqlen: 32}\n")
-    recipe = load_structured_recipe(path)
-    assert recipe.structured.structure == "mlp,heads"
-    assert StructuredRecipe.from_dict(recipe.to_dict()) == recipe
+    path.write_text("steps: [{kind: structured, method: flap, structure: [mlp, heads], ratio: 0.3, allocation: blocks, "
+                    "round_to: 16}]\ncalibration: {nsamples: 4, seqlen: 32}\n")
+    recipe = load_recipe(path)
+    step = recipe.steps[0]
+    assert isinstance(step, StructuredStep) and step.structure == "mlp,heads" and step.sparsity == 0.3
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
     recipe.calibration.source = tiny_windows()
     by_recipe, by_call = tiny_model("llama"), tiny_model("llama")
-    result = recipe.apply(by_recipe)
+    result = apply_step(by_recipe, step, recipe.calibration)
     expected = prune_structured(by_call, method="flap", structure="mlp,heads", ratio=0.3, allocation="blocks",
                                 round_to=16, calibration=tiny_windows(), nsamples=4, seqlen=32)
     assert result.mlp_widths == expected.mlp_widths and all(w % 16 == 0 for w in result.mlp_widths)
@@ -116,36 +118,39 @@ def test_structured_recipe_yaml_python_and_flags_agree(tmp_path):
         assert torch.equal(by_recipe(ids).logits, by_call(ids).logits)
 
     def parse(*argv):
-        return recipe_from_args(build_parser().parse_args(["prune", "--model", "m", "--out", "o", *argv]))
+        args = build_parser().parse_args(["prune", "--model", "m", "--out", "o", *argv])
+        return recipe_from_args(args, load_recipe(args.recipe) if args.recipe else None)
 
     flags, receipt = parse("--recipe", str(path), "--ratio", "0.2", "--nsamples", "8",
                            "--option", "bias_compensation=false", "--option", "speed_runs=1")
-    step = flags.structured
-    assert (step.method, step.ratio, step.allocation, step.round_to, step.bias_compensation) == (
+    step = flags.steps[0]
+    assert (step.method, step.sparsity, step.allocation, step.round_to, step.bias_compensation) == (
         "flap", 0.2, "blocks", 16, False)
     assert (flags.calibration.nsamples, flags.calibration.seqlen) == (8, 32) and receipt == {"speed_runs": 1}
-    assert parse("--structure", "mlp", "--ratio", "0.2", "--allocation", "global")[0].structured.allocation == "global"
-    depth = parse("--structure", "blocks", "--remove", "4")[0].structured
-    assert (depth.remove, depth.ratio) == (4, None)
-    with pytest.raises(ValueError, match="unknown key 'ratios' in structured"):
-        StructuredRecipe.from_dict({"structured": {"ratios": 0.2}})
-    with pytest.raises(ValueError, match="allocation 'owl'"):
+    assert parse("--structure", "mlp", "--sparsity", "0.2", "--allocation", "global")[0].steps[0].allocation == "global"
+    depth = parse("--structure", "blocks", "--remove", "4")[0].steps[0]
+    assert (depth.remove, depth.sparsity) == (4, None)
+    with pytest.raises(ValueError, match="unknown key 'ratios' in steps"):
+        Recipe.from_dict({"steps": [{"kind": "structured", "ratios": 0.2}]})
+    with pytest.raises(ValueError, match="'structured' section is now a step"):
+        Recipe.from_dict({"structured": {"ratio": 0.2}})
+    with pytest.raises(ValueError, match="got 'owl'"):
         parse("--structure", "mlp", "--ratio", "0.2", "--allocation", "owl")
-    with pytest.raises(ValueError, match="ratio 1.0"):
-        StructuredStep(ratio=1.0)
+    with pytest.raises(ValueError, match=r"sparsity \(structured step\) must be in \[0, 1\), got 1.0"):
+        StructuredStep(sparsity=1.0)
 
 
 def test_a_structured_recipe_alone_takes_the_structured_branch(tmp_path, monkeypatch):
     import prunekit.structured.cli as structured_cli
 
     seen = []
-    monkeypatch.setattr(structured_cli, "run_prune", lambda args: seen.append(args.recipe) or 0)
+    monkeypatch.setattr(structured_cli, "run_prune", lambda args, recipe: seen.append(recipe.kinds()) or 0)
     path = tmp_path / "s.yaml"
-    path.write_text("structured: {method: flap, structure: mlp, ratio: 0.2}\n")
+    path.write_text("steps: [{kind: structured, method: flap, structure: mlp, sparsity: 0.2}]\n")
     assert main(["prune", "--model", "m", "--recipe", str(path), "--out", str(tmp_path / "o")]) == 0
-    assert seen == [str(path)]
+    assert seen == [["structured"]]
     unstructured = tmp_path / "u.yaml"
     unstructured.write_text("steps: [{method: magnitude, sparsity: 0.5}]\n")
     assert main(["prune", "--model", str(tmp_path / "missing"), "--recipe", str(unstructured),
                  "--out", str(tmp_path / "o2")]) == 2  # the one-shot branch: missing model, exit 2
-    assert seen == [str(path)]
+    assert seen == [["structured"]]

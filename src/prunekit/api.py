@@ -24,7 +24,9 @@ from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
 from prunekit.core.families import Adapter, adapter_for, weight_view
-from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+from prunekit.core.errors import PrunekitError
+from prunekit.core.recipe import CalibrationConfig, Recipe
+from prunekit.oneshot.step import PruneStep
 from prunekit.targets import select_layers
 
 
@@ -87,7 +89,7 @@ def as_recipe(recipe=None, **step_fields) -> Recipe:
         return Recipe(steps=[recipe])
     if isinstance(recipe, dict):
         return Recipe.from_dict(recipe)
-    from prunekit.recipe import load_recipe
+    from prunekit.core.recipe import load_recipe
 
     return load_recipe(recipe)
 
@@ -103,6 +105,10 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     that device in turn while the model and activations stay where they are.
     """
     recipe = as_recipe(recipe, **step_fields)
+    other = next((s.name for s in recipe.steps if not isinstance(s, PruneStep)), None)
+    if other is not None:
+        raise PrunekitError(f"prunekit.prune runs oneshot steps, not {other!r} steps (structured: "
+                            "prunekit.structured.recipe.apply_step; training: prunekit train; selection: prunekit data)")
     lean_allocator()  # one malloc arena for the runner's threads (see memory.py)
     calib = recipe.calibration
     source = calib.source if calibration is None else calibration

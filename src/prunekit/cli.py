@@ -41,7 +41,8 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     from prunekit.core.registry import METHODS
 
     p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda)")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights pruned per layer (default 0.5)")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction removed: of each layer's weights (default 0.5), or with --structure of "
+                   "the structures' parameters")
     p.add_argument("--pattern", default=None, help="unstructured | per-row | N:M such as 2:4 (N pruned of every M)")
     p.add_argument("--allocation", default=None, help="uniform | global | owl (layer-wise sparsity)")
     p.add_argument("--targets", default=None, help="comma list of class names or re:<regex> (default Linear)")
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_args(p)
     g = p.add_argument_group("structured pruning (physically removes channels, heads or blocks)")
     g.add_argument("--structure", default=None, help="comma list of mlp,heads,blocks")
-    g.add_argument("--ratio", type=float, default=None, help="fraction of the structures' parameters removed")
+    g.add_argument("--ratio", type=float, default=None, help="old spelling of --sparsity with --structure")
     g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (with --structure blocks)")
     g.add_argument("--round-to", type=int, default=None, help="kept MLP widths are multiples of this (default 8)")
     _add_output_args(p)
@@ -104,16 +105,25 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
 
 
-def recipe_from_args(args):
+def load_recipe_arg(args):
+    """The recipe of ``--recipe`` (any prunekit.json included), or None."""
+    from prunekit.core.recipe import load_recipe
+
+    return load_recipe(args.recipe) if getattr(args, "recipe", None) else None
+
+
+def recipe_from_args(args, recipe=None):
+    """The one-shot recipe: ``--recipe`` (if given) with the flags given overriding its first step."""
     import dataclasses
 
-    from prunekit.recipe import CalibrationConfig, PruneStep, Recipe, load_recipe
+    from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.oneshot.step import PruneStep
 
     for key, flag in STRUCTURED_ONLY.items():
         if getattr(args, key, None) is not None:
             raise UsageError(f"{flag} {getattr(args, key)!r} applies only to structured pruning; add --structure "
                              "mlp,heads,blocks or use --sparsity")
-    recipe = load_recipe(args.recipe) if args.recipe else None
+    recipe = recipe if recipe is not None else load_recipe_arg(args)
     steps = list(recipe.steps) if recipe else []
     step = {
         "method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "allocation": args.allocation,
@@ -129,7 +139,7 @@ def recipe_from_args(args):
         if "pattern" in given and "sparsity" not in given:
             base.pop("sparsity", None)
         steps = [PruneStep(**{**base, **given}), *steps[1:]]
-    calib = dict(vars(recipe.calibration)) if recipe else {}
+    calib = {k: v for k, v in vars(recipe.calibration).items()} if recipe else {}
     for key in ("nsamples", "seqlen", "seed"):
         value = getattr(args, key)
         if value is not None:
@@ -139,19 +149,32 @@ def recipe_from_args(args):
     return Recipe(steps=steps, calibration=CalibrationConfig(**calib))
 
 
-def cmd_prune(args) -> int:
-    from prunekit.structured.recipe import is_structured_recipe
+def _step_kind(args, recipe) -> str:
+    """Which kind of prune the command runs: ``structured`` with --structure or a structured recipe,
+    else ``oneshot``; a recipe mixes no kinds, and training/selection steps belong to other commands."""
+    kinds = set(recipe.kinds()) if recipe else set()
+    if len(kinds) > 1:
+        raise UsageError(f"recipe {args.recipe!r} mixes step kinds {', '.join(sorted(kinds))}; `prunekit prune` runs "
+                         "one kind per call (oneshot or structured): split it into two recipes")
+    kind = "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
+    commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe"}
+    if kind in commands:
+        raise UsageError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
+    return kind
 
-    if args.structure or is_structured_recipe(args.recipe):  # physical removal: prunekit.structured
+
+def cmd_prune(args) -> int:
+    recipe = load_recipe_arg(args)
+    if _step_kind(args, recipe) == "structured":  # physical removal: prunekit.structured
         from prunekit.structured.cli import run_prune
 
-        return run_prune(args)
+        return run_prune(args, recipe)
     from prunekit.core.data_sources import check_source
     from prunekit.io import check_output, save_pretrained
     from prunekit.models.loading import (check_device, check_seqlen, load_config, load_model, load_tokenizer,
                                          resolve_model_path)
 
-    recipe = recipe_from_args(args)  # every check that needs no weights comes before the model loads
+    recipe = recipe_from_args(args, recipe)  # every check that needs no weights comes before the model loads
     device = check_device(args.device)
     check_source(recipe.calibration.source)
     check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
@@ -162,7 +185,7 @@ def cmd_prune(args) -> int:
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
-    out = save_pretrained(model, args.out, tokenizer, manifest=_manifest(result), overwrite=args.overwrite,
+    out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
                           source=path)
     if args.json:
         print(json.dumps({**result.to_dict(), "out": str(out)}, default=str))
@@ -172,15 +195,19 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _manifest(result) -> dict:
+def manifest(recipe, result) -> dict:
+    """``prunekit.json`` of a one-shot output: the recipe that ran (so the file is itself a recipe) and
+    its result (per-layer sparsity, timings)."""
     data = result.to_dict()
     return {
-        "recipe": data["recipe"],
-        "calibration": data["calibration"],
-        "timings": {**data["timings"], "total_s": data["seconds"]},
-        "sparsity": data["sparsity"],
-        "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
-                               "method": r["method"]} for r in data["layers"]},
+        **recipe.to_dict(),
+        "result": {
+            "calibration": data["calibration"],
+            "timings": {**data["timings"], "total_s": data["seconds"]},
+            "sparsity": data["sparsity"],
+            "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
+                                   "method": r["method"]} for r in data["layers"]},
+        },
     }
 
 
@@ -222,7 +249,8 @@ def cmd_demo(args) -> int:
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.io import read_manifest, save_pretrained
     from prunekit.models import load_model, load_tokenizer
-    from prunekit.recipe import CalibrationConfig, PruneStep, Recipe
+    from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.oneshot.step import PruneStep
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,7 +274,7 @@ def cmd_demo(args) -> int:
     say(f"pruned perplexity {pruned.perplexity:8.2f}  ({pruned.perplexity / dense.perplexity:.2f}x dense)")
     say(result.summary(max_rows=8))
     say(f"pruning took {seconds:.1f} s; peak RSS {result.peak_rss_mb:,.0f} MB")
-    saved = save_pretrained(model, out, tokenizer, manifest={**_manifest(result), "demo": True},
+    saved = save_pretrained(model, out, tokenizer, manifest={**manifest(recipe, result), "demo": True},
                             overwrite=overwrite, source="smollm2-135m")
     say(f"saved to {saved}  (try: prunekit eval --model {saved})")
     if args.json:

@@ -22,6 +22,7 @@ at import time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import math
 import types
@@ -29,7 +30,7 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.errors import PrunekitError, short_repr, unknown_choice
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
@@ -95,11 +96,15 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, dict), value
     if hint is bool:
         return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is int:  # not a bool; and within int64, where torch and numpy can take it
+        return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < (1 << 63), value
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return ok, float(value) if ok else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return math.isfinite(value), float(value)
+        except OverflowError:  # an int too large for a float
+            return False, value
     if hint is str:
         return isinstance(value, str), value
     if isinstance(hint, type):
@@ -111,20 +116,38 @@ def check_value(value: Any, hint: Any, meta: typing.Mapping, where: str) -> Any:
     """``value`` converted to ``hint`` and checked against the field's range, or a one-line error."""
     ok, value = _matches(value, hint)
     if not ok:
-        raise PrunekitError(f"{where} must be {_type_name(hint)}, got {value!r}")
-    if value is None or isinstance(value, (bool, str, list, dict)):
-        if meta.get("choices") and value not in meta["choices"]:
-            raise PrunekitError(f"{where} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+        quote = " (YAML reads an unquoted 2:4 as the number 124: quote it, '2:4')" if (
+            isinstance(value, int) and "a string" in _type_name(hint)) else ""
+        raise PrunekitError(f"{where} must be {_type_name(hint)}, got {short_repr(value)}{quote}")
+    if value is None:
         return value
-    checks = (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
-              ("above", lambda v, b: v > b, ">"), ("below", lambda v, b: v < b, "<"))
-    for key, passes, symbol in checks:
-        bound = meta.get(key)
-        if bound is not None and isinstance(value, (int, float)) and not passes(value, bound):
-            raise PrunekitError(f"{where} must be {symbol} {bound:g}, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise PrunekitError(f"{where} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PrunekitError(f"{where} must be one of {', '.join(map(repr, choices))}, got {short_repr(value)}{hint}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, meta):
+        raise PrunekitError(f"{where} must be {_range_text(meta)}, got {short_repr(value)}")
     return value
+
+
+def _in_range(value: float, meta: typing.Mapping) -> bool:
+    return ((meta.get("min") is None or value >= meta["min"]) and (meta.get("max") is None or value <= meta["max"])
+            and (meta.get("above") is None or value > meta["above"])
+            and (meta.get("below") is None or value < meta["below"]))
+
+
+def _range_text(meta: typing.Mapping) -> str:
+    """``in [0, 1)``, ``>= 1``, ``> 0`` ... from a field's bounds."""
+    low = f"[{meta['min']:g}" if meta.get("min") is not None else (
+        f"({meta['above']:g}" if meta.get("above") is not None else None)
+    high = f"{meta['max']:g}]" if meta.get("max") is not None else (
+        f"{meta['below']:g})" if meta.get("below") is not None else None)
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    return ("<= " if high[-1] == "]" else "< ") + high[:-1]
 
 
 def check_fields(cls: type, data: typing.Mapping, where: str, noun: str = "option") -> dict:
@@ -133,14 +156,14 @@ def check_fields(cls: type, data: typing.Mapping, where: str, noun: str = "optio
     Errors read "unknown <noun> 'x' of <where>; did you mean ...", "<noun> 'x' of <where> must be ...".
     Returns the converted values (ints given for float fields become floats)."""
     if not isinstance(data, typing.Mapping):
-        raise PrunekitError(f"the {noun}s of {where} must be a mapping, got {data!r}")
+        raise PrunekitError(f"the {noun}s of {where} must be a mapping, got {short_repr(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
     hints = typing.get_type_hints(cls)
     checked = {}
     for key, value in data.items():
         if key not in fields:
             raise unknown_choice(noun, key, fields, where=where)
-        checked[key] = check_value(value, hints.get(key, Any), fields[key].metadata, f"{noun} {key!r} of {where}")
+        checked[key] = check_value(value, hints.get(key, Any), fields[key].metadata, f"{key} ({where})")
     return checked
 
 
@@ -192,7 +215,7 @@ class Registry:
         """The registered name for ``name`` or one of its aliases, or a did-you-mean error."""
         self._load()
         if not isinstance(name, str):
-            raise PrunekitError(f"{self.kind} must be a name (a string), got {name!r}")
+            raise PrunekitError(f"{self.kind} must be a name (a string), got {short_repr(name)}")
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -255,6 +278,6 @@ SCORES = Registry("data score", builtin=("prunekit.data.scores",))
 """Per-example scores for data pruning, each with its direction, see ``prunekit/data/scores/``."""
 SELECTORS = Registry("selector", builtin=("prunekit.data.select",))
 """Which examples a data-pruning run keeps (hardest, easiest, band, CCS, class quotas, random)."""
-STEPS = Registry("recipe step", builtin=("prunekit.oneshot", "prunekit.structured", "prunekit.training",
-                                        "prunekit.data"))
+STEPS = Registry("recipe step", builtin=("prunekit.oneshot.step", "prunekit.structured.recipe",
+                                        "prunekit.data.select"))
 """The kinds of step a recipe may hold (``kind:`` key of a step), see :mod:`prunekit.core.recipe`."""

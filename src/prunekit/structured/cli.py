@@ -13,9 +13,8 @@ import copy
 import json
 
 from prunekit.core.errors import PrunekitError
-from prunekit.structured.criteria import NAMES
 
-ONESHOT_ONLY = {"sparsity": "--sparsity", "pattern": "--pattern", "targets": "--targets", "ignore": "--ignore",
+ONESHOT_ONLY = {"pattern": "--pattern", "targets": "--targets", "ignore": "--ignore",
                 "device": "--device"}
 PIPELINE_OPTIONS = {"allocation": str, "floor": float, "bias_compensation": bool}
 RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int, "speed_seqlen": int, "speed_decode": int}
@@ -47,27 +46,29 @@ def parse_structure(text: str) -> tuple[str, ...]:
     return parts
 
 
-def recipe_from_args(args):
-    """A :class:`~prunekit.structured.recipe.StructuredRecipe` from ``--recipe`` (if given) and the flags;
-    flags that are given override the recipe. Receipt options are returned separately."""
-    from prunekit.recipe import CalibrationConfig
-    from prunekit.structured.recipe import StructuredRecipe, StructuredStep, load_structured_recipe
+def recipe_from_args(args, recipe=None):
+    """The structured recipe: ``--recipe`` (if given; its steps are structured) with the flags given
+    overriding its first step. Speed-receipt options are returned separately."""
+    from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.structured.recipe import StructuredStep
 
     for key, flag in ONESHOT_ONLY.items():
         if getattr(args, key, None) is not None:
             raise PrunekitError(f"{flag} {getattr(args, key)!r} does not apply to structured pruning (--structure or a "
-                                "structured recipe); use --ratio (or --remove for blocks) and drop it")
-    recipe = load_structured_recipe(args.recipe) if getattr(args, "recipe", None) else None
-    step = recipe.structured.__dict__.copy() if recipe else {**StructuredStep().__dict__, "ratio": None}
+                                "structured recipe); use --sparsity (or --remove for blocks) and drop it")
+    if getattr(args, "ratio", None) is not None and getattr(args, "sparsity", None) is not None:
+        raise PrunekitError(f"--ratio {args.ratio} is the old spelling of --sparsity {args.sparsity}; give one of them")
+    fraction = args.sparsity if getattr(args, "sparsity", None) is not None else getattr(args, "ratio", None)
+    first = recipe.steps[0] if recipe else None
+    step = {k: v for k, v in first.to_dict().items() if k != "kind"} if first else {
+        **{k: v for k, v in StructuredStep().to_dict().items() if k != "kind"}, "sparsity": None}
     options = parse_options(getattr(args, "option", None))
     receipt_options = {k: options.pop(k) for k in list(options) if k in RECEIPT_OPTIONS}
     check_receipt_options(receipt_options)
     pipeline = {k: options.pop(k) for k in list(options) if k in PIPELINE_OPTIONS}
     if args.method is not None and args.method != step["method"]:
         step["options"] = {}  # criterion options belong to the recipe's method
-    if args.method is not None and args.method not in NAMES:
-        raise ValueError(f"--method {args.method!r} has no structured criterion; choose from {', '.join(NAMES)}")
-    given = {"method": args.method, "ratio": args.ratio, "remove": getattr(args, "remove", None),
+    given = {"method": args.method, "sparsity": fraction, "remove": getattr(args, "remove", None),
              "allocation": getattr(args, "allocation", None),
              "structure": ",".join(parse_structure(args.structure)) if args.structure else None}
     if getattr(args, "round_to", None) is not None:
@@ -76,18 +77,19 @@ def recipe_from_args(args):
     if getattr(args, "round_to", None) is not None and "mlp" not in parts:
         raise PrunekitError(f"--round-to {args.round_to} applies only to structure mlp, but structure is "
                             f"{','.join(parts)}; drop it")
-    if args.ratio is not None and given["remove"] is not None and parts == ("blocks",):
-        raise PrunekitError(f"--ratio {args.ratio} and --remove {given['remove']} both say how many blocks to remove; "
+    if fraction is not None and given["remove"] is not None and parts == ("blocks",):
+        raise PrunekitError(f"--sparsity {fraction} and --remove {given['remove']} both say how many blocks to remove; "
                             "give one of them")
     step.update({k: v for k, v in given.items() if v is not None}, **pipeline)
     step["options"] = {**step["options"], **options}
-    calibration = recipe.calibration if recipe else CalibrationConfig()
+    calibration = dict(vars(recipe.calibration)) if recipe else {}
     for key in ("nsamples", "seqlen", "seed"):
         if getattr(args, key, None) is not None:
-            setattr(calibration, key, getattr(args, key))
+            calibration[key] = getattr(args, key)
     if getattr(args, "calibration", None) is not None:
-        calibration.source = args.calibration
-    return StructuredRecipe(StructuredStep(**step), CalibrationConfig(**vars(calibration))), receipt_options
+        calibration["source"] = args.calibration
+    steps = [StructuredStep(**step), *(recipe.steps[1:] if recipe else [])]
+    return Recipe(steps, CalibrationConfig(**calibration)), receipt_options
 
 
 def check_round_to(model, step) -> None:
@@ -113,13 +115,13 @@ def check_receipt_options(options: dict) -> None:
             raise PrunekitError(f"--option {key} must be an integer >= 1, got {value!r}")
 
 
-def run_prune(args) -> int:
+def run_prune(args, recipe=None) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
     from prunekit.core.data_sources import check_source
     from prunekit.io import check_output, save_pretrained
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 
-    recipe, receipt_options = recipe_from_args(args)  # every check that needs no model comes first
+    recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first
     check_source(recipe.calibration.source)
     check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
     path = resolve_model_path(args.model)
@@ -127,13 +129,17 @@ def run_prune(args) -> int:
     quiet = args.quiet or args.json
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
-    check_round_to(model, recipe.structured)
+    from prunekit.structured.recipe import apply_step
+
+    for step in recipe.steps:
+        check_round_to(model, step)
     dense = copy.deepcopy(model) if receipt_options.get("receipt", True) else None
-    result = recipe.apply(model, tokenizer=tokenizer, progress=not quiet)
-    step = recipe.structured
-    if result.parameters_after == result.parameters_before and (step.ratio or step.remove):
-        raise PrunekitError(f"nothing was removed: ratio {step.ratio} (remove {step.remove}, round_to {step.round_to}) "
-                            "keeps every unit of this model; use a larger ratio or a smaller --round-to")
+    for step in recipe.steps:
+        result = apply_step(model, step, recipe.calibration, tokenizer=tokenizer, progress=not quiet)
+        if result.parameters_after == result.parameters_before and (step.sparsity or step.remove):
+            raise PrunekitError(f"nothing was removed: sparsity {step.sparsity} (remove {step.remove}, round_to "
+                                f"{step.round_to}) keeps every unit of this model; use a larger sparsity or a smaller "
+                                "--round-to")
     receipt = None
     if dense is not None:
         from prunekit.evaluate.speed import speed_receipt
@@ -141,7 +147,7 @@ def run_prune(args) -> int:
         receipt = speed_receipt(dense, model, runs=int(receipt_options.get("speed_runs", 3)),
                                 seq_len=int(receipt_options.get("speed_seqlen", 512)),
                                 decode_tokens=int(receipt_options.get("speed_decode", 64)))
-    manifest = {"structured": result.to_dict(), "layer_shapes": result.layer_shapes, "recipe": recipe.to_dict(),
+    manifest = {**recipe.to_dict(), "result": result.to_dict(), "layer_shapes": result.layer_shapes,
                 "speed": receipt.to_dict() if receipt else None}
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
     if args.json:
