@@ -52,7 +52,7 @@ def child(name: str, threads: int, evaluate: bool) -> dict:
     import prunekit
     from prunekit.core.data_sources import calibration_windows
     from prunekit.evaluate.perplexity import perplexity
-    from prunekit.memory import peak_rss_mb
+    from prunekit.core.memory import peak_rss_mb
     from prunekit.models import load_model, load_tokenizer
     from prunekit.core.recipe import CalibrationConfig, Recipe
     from prunekit.oneshot.step import PruneStep

@@ -358,7 +358,7 @@ def test_a_killed_save_leaves_nothing_after_the_next_save(tiny_source, tmp_path,
         (folder / "model.safetensors").write_bytes(b"half a model")
     argv = ["prune", "--model", str(tiny_source), "--out", str(tmp_path / "out"), "--quiet", "--nsamples", "2",
             "--seqlen", "16", "--calibration", "brown:r", "--method", "magnitude"]
-    with caplog.at_level("WARNING", logger="prunekit.io"):
+    with caplog.at_level("WARNING", logger="prunekit.core.io"):
         assert main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
     removed = [r.getMessage() for r in caplog.records if "no longer running" in r.getMessage()]

@@ -72,7 +72,7 @@ def test_outlier_ratio_counts_entries_above_m_times_mean():
 def test_lean_allocator_applies_on_glibc_once():
     import platform
 
-    from prunekit.memory import lean_allocator, peak_rss_mb
+    from prunekit.core.memory import lean_allocator, peak_rss_mb
 
     on_glibc = platform.libc_ver()[0] == "glibc"
     assert lean_allocator() is on_glibc  # mallopt accepted both settings
@@ -93,7 +93,7 @@ def test_lowest_k_equals_a_stable_sort_with_many_ties(shape, dim):
 
 
 def test_bad_mmap_threshold_setting_is_a_clear_error(monkeypatch):
-    import prunekit.memory as memory
+    import prunekit.core.memory as memory
 
     monkeypatch.setattr(memory, "_applied", False)
     monkeypatch.setenv("PRUNEKIT_MMAP_THRESHOLD_MB", "lots")

@@ -6,7 +6,7 @@ import torch
 import prunekit
 from prunekit.core.calibration import capture_block_inputs, run_block
 from prunekit.evaluate.sparsity import satisfies_nm
-from prunekit.io import save_pretrained
+from prunekit.core.io import save_pretrained
 from prunekit.core.families import adapter_for, weight_view
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep

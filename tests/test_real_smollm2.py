@@ -81,7 +81,7 @@ def test_demo_prunes_evaluates_and_saves_a_reloadable_model(smollm2_path, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from prunekit.cli import main
-    from prunekit.io import read_manifest
+    from prunekit.core.io import read_manifest
 
     out = tmp_path / "demo"
     assert main(["demo", "--nsamples", "4", "--nwindows", "2", "--out", str(out), "--json"]) == 0

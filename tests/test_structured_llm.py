@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.io import read_manifest, save_pretrained
+from prunekit.core.io import read_manifest, save_pretrained
 from prunekit.core.families import adapter_for, family_for, weight_view
 from prunekit.models import load_model
 from prunekit.structured import find_groups, prune_structured

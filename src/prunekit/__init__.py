@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "prunekit.models",
     "load_tokenizer": "prunekit.models",
-    "load_pretrained": "prunekit.io",
-    "save_pretrained": "prunekit.io",
+    "load_pretrained": "prunekit.core.io",
+    "save_pretrained": "prunekit.core.io",
     "prune": "prunekit.api",
     "PruneResult": "prunekit.api",
     "Recipe": "prunekit.core.recipe",

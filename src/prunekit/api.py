@@ -19,7 +19,7 @@ from prunekit.core.calibration import walk_blocks
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
-from prunekit.memory import lean_allocator, peak_rss_mb
+from prunekit.core.memory import lean_allocator, peak_rss_mb
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
@@ -27,7 +27,7 @@ from prunekit.core.families import Adapter, adapter_for, weight_view
 from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
-from prunekit.targets import select_layers
+from prunekit.core.targets import select_layers
 
 
 @dataclass

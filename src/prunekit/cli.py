@@ -170,7 +170,7 @@ def cmd_prune(args) -> int:
 
         return run_prune(args, recipe)
     from prunekit.core.data_sources import check_source
-    from prunekit.io import check_output, save_pretrained
+    from prunekit.core.io import check_output, save_pretrained
     from prunekit.models.loading import (check_device, check_seqlen, load_config, load_model, load_tokenizer,
                                          resolve_model_path)
 
@@ -247,7 +247,7 @@ def cmd_demo(args) -> int:
 
     import prunekit
     from prunekit.evaluate.perplexity import perplexity
-    from prunekit.io import read_manifest, save_pretrained
+    from prunekit.core.io import read_manifest, save_pretrained
     from prunekit.models import load_model, load_tokenizer
     from prunekit.core.recipe import CalibrationConfig, Recipe
     from prunekit.oneshot.step import PruneStep
@@ -256,7 +256,7 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     overwrite = out.exists() and read_manifest(out).get("demo") is True
-    from prunekit.io import check_output
+    from prunekit.core.io import check_output
 
     check_output(out, overwrite)
     say = (lambda *a: None) if args.quiet or args.json else print

@@ -137,12 +137,16 @@ def _in_range(value: float, meta: typing.Mapping) -> bool:
             and (meta.get("below") is None or value < meta["below"]))
 
 
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
 def _range_text(meta: typing.Mapping) -> str:
     """``in [0, 1)``, ``>= 1``, ``> 0`` ... from a field's bounds."""
-    low = f"[{meta['min']:g}" if meta.get("min") is not None else (
-        f"({meta['above']:g}" if meta.get("above") is not None else None)
-    high = f"{meta['max']:g}]" if meta.get("max") is not None else (
-        f"{meta['below']:g})" if meta.get("below") is not None else None)
+    low = f"[{_number(meta['min'])}" if meta.get("min") is not None else (
+        f"({_number(meta['above'])}" if meta.get("above") is not None else None)
+    high = f"{_number(meta['max'])}]" if meta.get("max") is not None else (
+        f"{_number(meta['below'])})" if meta.get("below") is not None else None)
     if low and high:
         return f"in {low}, {high}"
     if low:

@@ -21,7 +21,7 @@ WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
 def _describe(err: BaseException) -> str:
-    from prunekit.io import describe_error
+    from prunekit.core.io import describe_error
 
     return describe_error(err)
 
@@ -123,7 +123,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, dev
     """
     from transformers import AutoModelForCausalLM
 
-    from prunekit.io import load_pretrained, read_manifest
+    from prunekit.core.io import load_pretrained, read_manifest
 
     name = str(name_or_path)
     path = resolve_model_path(name)

@@ -8,7 +8,7 @@ from prunekit.core.errors import PrunekitError, short_repr, unknown_choice
 from prunekit.core.masks import check_sparsity, parse_pattern
 from prunekit.core.recipe import Step
 from prunekit.core.registry import METHODS, STEPS, option
-from prunekit.targets import validate_selectors
+from prunekit.core.targets import validate_selectors
 
 ALLOCATIONS = ("uniform", "global", "owl")  # the core allocations that spread weight sparsity over layers
 

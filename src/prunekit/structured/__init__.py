@@ -9,8 +9,8 @@ _LAZY = {
     "prune_structured": "prunekit.structured.prune",
     "StructuredResult": "prunekit.structured.prune",
     "find_groups": "prunekit.structured.groups",
-    "layer_shapes": "prunekit.structured.export",
-    "apply_layer_shapes": "prunekit.structured.export",
+    "layer_shapes": "prunekit.core.shapes",
+    "apply_layer_shapes": "prunekit.core.shapes",
 }
 
 __all__ = list(_LAZY)

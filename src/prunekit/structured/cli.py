@@ -118,7 +118,7 @@ def check_receipt_options(options: dict) -> None:
 def run_prune(args, recipe=None) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
     from prunekit.core.data_sources import check_source
-    from prunekit.io import check_output, save_pretrained
+    from prunekit.core.io import check_output, save_pretrained
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 
     recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first

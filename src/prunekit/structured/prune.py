@@ -23,7 +23,7 @@ from prunekit.core.stats import ModelStats, collect_gradients
 from prunekit.structured import allocate
 from prunekit.structured.criteria import Criterion, ScoreContext, build_criterion
 from prunekit.structured.criteria.block_importance import blocks_to_remove
-from prunekit.structured.export import layer_shapes, rewrite_config
+from prunekit.core.shapes import layer_shapes, rewrite_config
 from prunekit.structured.groups import KINDS, Group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
 

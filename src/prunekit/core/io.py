@@ -46,7 +46,7 @@ OWN_FILES = re.compile(
 OWN_FOLDERS = {"additional_chat_templates": re.compile(r"[^/\\]+\.jinja")}
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d{1,10})-[a-z0-9_]{8}")
 
-log = logging.getLogger("prunekit.io")
+log = logging.getLogger("prunekit.core.io")
 
 
 class OutputExistsError(PrunekitError):
@@ -286,7 +286,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
     from safetensors import safe_open
 
-    from prunekit.structured.export import apply_layer_shapes
+    from prunekit.core.shapes import apply_layer_shapes
 
     files, sizes = {}, {}
     for file in sorted(Path(path).glob("*.safetensors")):
