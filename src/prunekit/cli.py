@@ -8,7 +8,6 @@ Ctrl-C is one line and exit code 130.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -25,16 +24,6 @@ STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--roun
 
 class UsageError(PrunekitError):
     pass
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--option expects key=value, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
@@ -91,11 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     _add_output_args(d)
 
-    for name in ("training", "data"):  # sub-CLIs owned by their packages
-        try:
-            module = importlib.import_module(f"prunekit.{name}.cli")
-        except ImportError:
-            continue
+    from prunekit.data import cli as data_cli  # sub-commands owned by their packages; a broken import is an error
+    from prunekit.training import cli as training_cli
+
+    for module in (training_cli, data_cli):
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
@@ -116,7 +104,7 @@ def recipe_from_args(args, recipe=None):
     """The one-shot recipe: ``--recipe`` (if given) with the flags given overriding its first step."""
     import dataclasses
 
-    from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.core.recipe import CalibrationConfig, Recipe, parse_options
     from prunekit.oneshot.step import PruneStep
 
     for key, flag in STRUCTURED_ONLY.items():
@@ -129,7 +117,7 @@ def recipe_from_args(args, recipe=None):
         "method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "allocation": args.allocation,
         "targets": args.targets.split(",") if args.targets else None,
         "ignore": args.ignore.split(",") if args.ignore else None,
-        "options": dict(_parse_option(o) for o in args.option) or None, "seed": args.seed,
+        "options": parse_options(args.option) or None, "seed": args.seed,
     }
     given = {k: v for k, v in step.items() if v is not None}
     if not steps or given:

@@ -160,6 +160,28 @@ def check_keys(data: dict, allowed, where: str) -> None:
             raise unknown_choice("key", key, allowed, where=where)
 
 
+# ------------------------------------------------------------------ command-line values
+
+def parse_value(text: str) -> Any:
+    """A flag's text as a value: JSON where it is JSON (numbers, true/false/null, lists, mappings),
+    else the text itself (``wanda``, ``brown:a``)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def parse_options(items: list[str] | None, flag: str = "--option") -> dict:
+    """``["key=value", ...]`` (repeated ``--option`` flags) as a mapping, values through :func:`parse_value`."""
+    options = {}
+    for text in items or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise PrunekitError(f"{flag} expects key=value, got {short_repr(text)}")
+        options[key] = parse_value(value)
+    return options
+
+
 # ------------------------------------------------------------------ files
 
 def read_recipe_file(path: str | Path) -> dict:

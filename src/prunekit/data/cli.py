@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.recipe import parse_value
 from prunekit.core.registry import SCORES, SELECTORS, check_value
 from prunekit.data.runs import check_run_folder, check_writable, fingerprint, open_run
 from prunekit.data.select import SEED_MAX
@@ -135,18 +136,9 @@ def _choice(kind: str, value: str, choices) -> str:
     return value
 
 
-def _literal(text: str) -> Any:
-    """A flag's text as a value: a JSON number or true/false/null, else the text itself."""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-    return value if value is None or isinstance(value, (bool, int, float)) else text
-
-
 def _flag(flag: str, text: str, hint: Any, **bounds) -> Any:
     """The value of ``flag`` checked with the registry's checker (type, then ``min``/``max``/``above``/``below``)."""
-    return check_value(_literal(text), hint, bounds, flag)
+    return check_value(parse_value(text), hint, bounds, flag)
 
 
 def _int_list(flag: str, text: str, lo: int = 0, hi: int = SEED_MAX) -> list[int]:
@@ -252,7 +244,7 @@ def _option_value(selector: str, option: str, text: str) -> Any:
     """The text of ``--<option>`` checked against the selector's field (type and range)."""
     cls = SELECTORS.get(selector)
     field = next(f for f in dataclasses.fields(cls) if f.name == option)
-    return check_value(_literal(text), typing.get_type_hints(cls)[option], field.metadata,
+    return check_value(parse_value(text), typing.get_type_hints(cls)[option], field.metadata,
                        f"--{option.replace('_', '-')}")
 
 
