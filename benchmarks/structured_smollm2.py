@@ -104,6 +104,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from prunekit.core.data_sources import calibration_windows
+    from prunekit.core.registry import CRITERIA
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.evaluate.speed import flops_per_token, speed_receipt
     from prunekit.core.families import adapter_for
@@ -160,7 +161,7 @@ def main() -> None:
         if (phase == "ppl" and row) or (phase == "speed" and row and row.get("speed")):
             continue
         label, method, structure, options = CONFIGS[key]
-        stats = statistics(method == "taylor")
+        stats = statistics("gradients" in CRITERIA.get(method).needs)
         model = copy.deepcopy(dense)
         kw = {"remove": round(ratio * 30), "ratio": None} if structure == ("blocks",) else {"ratio": ratio}
         res = prune_structured(model, method=method, structure=structure, statistics=stats,

@@ -165,15 +165,15 @@ def test_unknown_reduction_and_undeclared_needs_are_errors():
 # ------------------------------------------------------------------ what the structured driver asks for
 
 def test_structured_driver_collects_exactly_the_declared_statistics():
-    from prunekit.structured.criteria import build_criterion
+    from prunekit.core.registry import CRITERIA
     from prunekit.structured.prune import gather_statistics, needed_statistics
 
-    flap, random, taylor = build_criterion("flap"), build_criterion("random"), build_criterion("taylor")
+    flap, random, taylor = CRITERIA.build("flap"), CRITERIA.build("random"), CRITERIA.build("taylor")
     assert needed_statistics(flap, ("mlp", "heads"), 0.2, compensate=True) == {"moments"}
     assert needed_statistics(flap, ("blocks",), None, compensate=True) == {"similarity"}
     assert needed_statistics(random, ("mlp", "blocks"), 0.2, compensate=False) == set()
     assert needed_statistics(taylor, ("mlp",), 0.2, compensate=False) == {"gradients"}
-    assert needed_statistics(build_criterion("magnitude"), ("mlp",), 0.2, compensate=True) == {"moments"}
+    assert needed_statistics(CRITERIA.build("magnitude"), ("mlp",), 0.2, compensate=True) == {"moments"}
 
     model = tiny_model("llama")
     adapter = adapter_for(model)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import prunekit
+from prunekit.core.registry import CRITERIA
 from prunekit.core.io import read_manifest, save_pretrained
 from prunekit.core.families import adapter_for, family_for, weight_view
 from prunekit.models import load_model
@@ -76,7 +77,7 @@ def test_gqa_removes_a_kv_head_with_all_its_query_heads():
     assert logits(model).isfinite().all()
 
 
-@pytest.mark.parametrize("method", ["flap", "taylor", "cfsp", "magnitude", "random"])
+@pytest.mark.parametrize("method", CRITERIA.names())
 @pytest.mark.parametrize("round_to", [8, 16])
 def test_kept_widths_obey_rounding_and_budget(method, round_to):
     model = tiny_model("llama")
@@ -161,7 +162,9 @@ def test_flap_bias_compensation_makes_removing_constant_channels_exact():
     ({"structure": "mlp", "ratio": -0.1}, "ratio -0.1"),
     ({"structure": "filters", "ratio": 0.2}, "structure 'filters'.*mlp, heads, blocks"),
     ({"structure": "heads", "ratio": 0.9, "allocation": "uniform"}, "every attention head"),
-    ({"structure": "mlp", "ratio": 0.2, "method": "sparsegpt"}, "method 'sparsegpt'.*flap"),
+    ({"structure": "mlp", "ratio": 0.2, "method": "sparsegpt"}, "structured criterion 'sparsegpt'.*flap"),
+    ({"structure": "mlp", "ratio": 0.2, "method": "cfsp", "beta": -1}, r"beta \(structured criterion 'cfsp'\)"),
+    ({"structure": "mlp", "ratio": 0.2, "method": "cfsp", "bta": 1}, "unknown option 'bta'.*'beta'"),
     ({"structure": "blocks", "remove": 2}, "remove 2 blocks"),
     ({"structure": "mlp", "ratio": 0.2, "allocation": "owl"}, "allocation 'owl'"),
 ])

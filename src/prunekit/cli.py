@@ -27,9 +27,10 @@ class UsageError(PrunekitError):
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
-    from prunekit.core.registry import METHODS
+    from prunekit.core.registry import CRITERIA, METHODS
 
-    p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda)")
+    p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda); with "
+                   f"--structure: {', '.join(name for name, _ in CRITERIA.describe())} (default flap)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction removed: of each layer's weights (default 0.5), or with --structure of "
                    "the structures' parameters")
     p.add_argument("--pattern", default=None, help="unstructured | per-row | N:M such as 2:4 (N pruned of every M)")

@@ -25,6 +25,8 @@ from prunekit.core.masks import top_k_indices
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.structured.groups import Group
 
+NAMES = ("uniform", "global", "blocks")  # the entries of the core ALLOCATIONS that structured pruning applies
+
 
 def min_units(group: Group, floor: float, round_to: int) -> int:
     """Fewest units a group may keep: ``floor`` of its units, at least one unit or ``round_to`` channels."""

@@ -13,6 +13,9 @@ Every tensor with channels carries a list of *segments* (channel space, size, sp
 
 A merged space is one prunable group when it has a producer and never reaches the model output, the
 image input, or an operation the tracer does not understand (those spaces are left intact).
+
+Channels are scored by the structured criteria that declare the structure ``filters``
+(:meth:`~prunekit.structured.criteria.base.Criterion.score_filters`, e.g. magnitude, l1, random).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.masks import top_k_indices
+from prunekit.core.registry import CRITERIA
+from prunekit.structured.criteria import ScoreContext, scoring
 
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
                 nn.LeakyReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
@@ -61,6 +67,25 @@ class CnnGroup:
     producers: list[str] = field(default_factory=list)  # conv / linear names (output rows)
     passengers: list[str] = field(default_factory=list)  # batch norms and depthwise convs
     consumers: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def n_units(self) -> int:
+        """The units of a filter group are its channels."""
+        return self.size
+
+    def unit_sums(self, model: nn.Module, value) -> torch.Tensor:
+        """Per channel, the sum of ``value(weight in float64) -> same shape`` over its producer filters,
+        depthwise filters and consumer input columns (biases and norms are not counted)."""
+        total = torch.zeros(self.size, dtype=torch.float64)
+        depthwise = [name for name in self.passengers if isinstance(model.get_submodule(name), nn.Conv2d)]
+        for name in self.producers + depthwise:
+            w = model.get_submodule(name).weight.detach().double()
+            total += value(w).reshape(w.shape[0], -1).sum(dim=1)
+        for name, offset, mult in self.consumers:
+            w = model.get_submodule(name).weight.detach().double()
+            cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # in x rest
+            total += value(cols[offset * mult : (offset + self.size) * mult]).reshape(self.size, -1).sum(dim=1)
+        return total
 
 
 class _Graph:
@@ -236,28 +261,7 @@ def find_cnn_groups(model: nn.Module, example: torch.Tensor) -> list[CnnGroup]:
     return [grp for r, grp in roots.items() if r not in blocked and grp.producers]
 
 
-# ------------------------------------------------------------------ scores and removal
-
-def _out_rows(m: nn.Module) -> torch.Tensor:
-    return m.weight.detach().reshape(m.weight.shape[0], -1)
-
-
-def magnitude_scores(model: nn.Module, group: CnnGroup, p: int = 2) -> torch.Tensor:
-    """Group L_p norm over producer filters, depthwise filters and consumer input columns."""
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for name in group.producers:
-        total += _out_rows(model.get_submodule(name)).double().abs().pow(p).sum(dim=1)
-    for name in group.passengers:
-        m = model.get_submodule(name)
-        if isinstance(m, nn.Conv2d):
-            total += _out_rows(m).double().abs().pow(p).sum(dim=1)
-    for name, offset, mult in group.consumers:
-        w = model.get_submodule(name).weight.detach().double()
-        cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # in x rest
-        cols = cols[offset * mult : (offset + group.size) * mult].reshape(group.size, -1)
-        total += cols.abs().pow(p).sum(dim=1)
-    return total.pow(1.0 / p)
-
+# ------------------------------------------------------------------ removal
 
 def remove_channels(model: nn.Module, plan: list[tuple[CnnGroup, torch.Tensor]]) -> None:
     """Apply all groups' kept channel indices at once (consumer columns of several groups included)."""
@@ -353,51 +357,53 @@ def _kept(size: int, ratio: float, round_to: int) -> int:
     return max(1, min(size, kept))
 
 
-def _plan(model, groups, ratio, round_to, method, generator) -> list[tuple[CnnGroup, torch.Tensor]]:
-    plan = []
-    for grp in groups:
-        k = _kept(grp.size, ratio, round_to)
-        if method == "random":
-            score = torch.rand(grp.size, generator=generator, dtype=torch.float64)
-        else:
-            score = magnitude_scores(model, grp, p=1 if method == "l1" else 2)
-        plan.append((grp, top_k_indices(score, k)))
-    return plan
+def _plan(model, groups, ratio, round_to, criterion, ctx) -> list[tuple[CnnGroup, torch.Tensor]]:
+    return [(grp, top_k_indices(criterion.score_filters(model, grp, ctx), _kept(grp.size, ratio, round_to)))
+            for grp in groups]
+
+
+def filter_criterion(method: str, options: dict | None = None):
+    """The structured criterion ``method`` with checked ``options``, if it scores CNN filters."""
+    criterion = CRITERIA.build(method, options)
+    if "filters" not in criterion.structures:
+        raise PrunekitError(f"method {method!r} does not score CNN filters (structure 'filters'); choose from "
+                            f"{', '.join(scoring('filters'))}")
+    return criterion
 
 
 def prune_cnn(model: nn.Module, example: torch.Tensor, ratio: float | None = None, flops: float | None = None,
-              method: str = "magnitude", round_to: int = 8, seed: int = 0) -> CnnResult:
+              method: str = "magnitude", round_to: int = 8, seed: int = 0, **options) -> CnnResult:
     """Remove the same fraction of channels from every prunable group of a CNN, in place.
 
     Give ``ratio`` (fraction of each group's channels) or ``flops`` (fraction of the FLOPs to remove;
-    the channel ratio is found by bisection). Kept widths are multiples of ``round_to``.
+    the channel ratio is found by bisection). Kept widths are multiples of ``round_to``. ``method``
+    is a structured criterion that scores filters, ``options`` its options (e.g. ``p=1``).
     """
     import copy
 
-    if method not in ("magnitude", "l1", "l2", "random"):
-        raise ValueError(f"method {method!r} is not available for CNN filters; choose from magnitude, l1, l2, random")
+    criterion = filter_criterion(method, options)
     if (ratio is None) == (flops is None):
-        raise ValueError("give exactly one of ratio (channels) or flops (fraction of FLOPs removed)")
+        raise PrunekitError("give exactly one of ratio (channels) or flops (fraction of FLOPs removed)")
     target = ratio if ratio is not None else flops
     if not 0.0 <= target < 1.0:
-        raise ValueError(f"{'ratio' if ratio is not None else 'flops'} {target} is outside [0, 1)")
+        raise PrunekitError(f"{'ratio' if ratio is not None else 'flops'} {target} is outside [0, 1)")
     model.eval()
     groups = find_cnn_groups(model, example)
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no prunable channel groups (structure 'filters')")
+        raise PrunekitError(f"{type(model).__name__} has no prunable channel groups (structure 'filters')")
     before = cnn_flops(model, example)
     params_before = sum(p.numel() for p in model.parameters())
-    gen = torch.Generator().manual_seed(seed)
     if flops is not None:
+        ctx = ScoreContext(generator=torch.Generator().manual_seed(seed))
         lo, hi = 0.0, 0.95
         for _ in range(12):  # bisection on the channel ratio
             mid = (lo + hi) / 2
             trial = copy.deepcopy(model)
-            remove_channels(trial, _plan(trial, find_cnn_groups(trial, example), mid, round_to, method, gen))
+            remove_channels(trial, _plan(trial, find_cnn_groups(trial, example), mid, round_to, criterion, ctx))
             lo, hi = (mid, hi) if 1 - cnn_flops(trial, example) / before < flops else (lo, mid)
         ratio = hi
-    gen = torch.Generator().manual_seed(seed)
-    remove_channels(model, _plan(model, groups, ratio, round_to, method, gen))
+    ctx = ScoreContext(generator=torch.Generator().manual_seed(seed))
+    remove_channels(model, _plan(model, groups, ratio, round_to, criterion, ctx))
     widths = {grp.producers[0]: _kept(grp.size, ratio, round_to) for grp in groups}
     return CnnResult(widths, before, cnn_flops(model, example), params_before,
                      sum(p.numel() for p in model.parameters()), ratio)

@@ -17,18 +17,19 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from prunekit.core.families import Adapter, adapter_for, weight_view
 from prunekit.core.calibration import walk_blocks
+from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.families import Adapter, adapter_for, weight_view
+from prunekit.core.registry import CRITERIA
+from prunekit.core.shapes import layer_shapes, rewrite_config
 from prunekit.core.stats import ModelStats, collect_gradients
 from prunekit.structured import allocate
-from prunekit.structured.criteria import Criterion, ScoreContext, build_criterion
+from prunekit.structured.criteria import LLM_STRUCTURES, Criterion, ScoreContext
 from prunekit.structured.criteria.block_importance import blocks_to_remove
-from prunekit.core.shapes import layer_shapes, rewrite_config
 from prunekit.structured.groups import KINDS, Group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
 
-STRUCTURES = (*KINDS, "blocks")
-ALLOCATIONS = ("uniform", "global", "blocks")
+STRUCTURES = LLM_STRUCTURES
 
 
 @dataclass
@@ -74,28 +75,33 @@ def count(module: nn.Module) -> int:
 
 def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], ratio: float | None,
                   remove: int | None, allocation: str | None) -> None:
-    """One-line ValueErrors for requests that cannot be honoured."""
+    """One-line errors for requests that cannot be honoured."""
     for s in structure:
         if s not in STRUCTURES:
-            raise ValueError(f"structure {s!r} is not available for {adapter.family.name} models; "
-                             f"choose from {', '.join(STRUCTURES)}")
+            raise PrunekitError(f"structure {s!r} is not available for {adapter.family.name} models; "
+                                f"choose from {', '.join(STRUCTURES)}")
     if not structure:
-        raise ValueError(f"no structure given; choose from {', '.join(STRUCTURES)}")
+        raise PrunekitError(f"no structure given; choose from {', '.join(STRUCTURES)}")
+    scored = CRITERIA.get(method).structures  # unknown criteria: did-you-mean
+    for s in structure:
+        if s not in scored:
+            raise PrunekitError(f"structured criterion {method!r} does not score structure {s!r}; it scores "
+                                f"{', '.join(x for x in STRUCTURES if x in scored)}")
     channel = [s for s in structure if s != "blocks"]
     if channel and ratio is None:
-        raise ValueError(f"structure {','.join(channel)} needs a ratio in [0, 1)")
+        raise PrunekitError(f"structure {','.join(channel)} needs a ratio in [0, 1)")
     if ratio is not None and not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio {ratio} is outside [0, 1): it is the fraction of the structure's parameters removed")
+        raise PrunekitError(f"ratio {ratio} is outside [0, 1): it is the fraction of the structure's parameters "
+                            "removed")
     if "blocks" in structure:
         n = len(adapter.blocks)
         k = remove if remove is not None else (round(ratio * n) if ratio is not None and not channel else None)
         if k is None:
-            raise ValueError("structure blocks needs --remove N (or a ratio when blocks is the only structure)")
+            raise PrunekitError("structure blocks needs --remove N (or a ratio when blocks is the only structure)")
         if not 0 <= k < n:
-            raise ValueError(f"remove {k} blocks is outside [0, {n - 1}]: the model has {n} blocks")
-    if allocation is not None and allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation {allocation!r} is unknown; choose from {', '.join(ALLOCATIONS)}")
-    build_criterion(method)  # raises for unknown methods
+            raise PrunekitError(f"remove {k} blocks is outside [0, {n - 1}]: the model has {n} blocks")
+    if allocation is not None and allocation not in allocate.NAMES:
+        raise unknown_choice("allocation", allocation, allocate.NAMES, where="structured pruning")
 
 
 def needed_statistics(criterion: Criterion, structure: tuple[str, ...], ratio: float | None,
@@ -202,7 +208,7 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
     structure = tuple(s.strip() for s in structure.split(",")) if isinstance(structure, str) else tuple(structure)
     adapter = adapter_for(model)
     check_request(adapter, method, structure, ratio, remove, allocation)
-    criterion = build_criterion(method, **options)
+    criterion = CRITERIA.build(method, options)
     allocation = allocation or criterion.allocation
     compensate = criterion.bias_compensation if bias_compensation is None else bias_compensation
     blocks_before = count(adapter.blocks)

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import CalibrationConfig, Step
-from prunekit.core.registry import STEPS, option
-
-STRUCTURED_ALLOCATIONS = ("uniform", "global", "blocks")
+from prunekit.core.registry import CRITERIA, STEPS, option
+from prunekit.structured import allocate
 
 
 @STEPS.register("structured")
@@ -33,8 +32,8 @@ class StructuredStep(Step):
     structure: str | list[str] = option("mlp,heads", "mlp, heads, blocks (comma string or list)")
     sparsity: float | None = option(0.2, "fraction of the structures' parameters removed", min=0, below=1)
     remove: int | None = option(None, "number of blocks to remove (structure blocks)", min=0)
-    allocation: str | None = option(None, "uniform | global | blocks; default: the method's own",
-                                    choices=STRUCTURED_ALLOCATIONS)
+    allocation: str | None = option(None, f"{' | '.join(allocate.NAMES)}; default: the method's own",
+                                    choices=allocate.NAMES)
     round_to: int = option(8, "kept MLP widths are multiples of this", min=1)
     floor: float = option(0.05, "global/blocks: every layer keeps at least this fraction of its units", min=0,
                           below=1)
@@ -44,7 +43,6 @@ class StructuredStep(Step):
 
     def validate(self) -> None:
         from prunekit.structured.cli import parse_structure
-        from prunekit.structured.criteria import build_criterion
 
         if isinstance(self.structure, list):
             self.structure = ",".join(self.structure)
@@ -55,7 +53,7 @@ class StructuredStep(Step):
                                     f"{self.structure!r}; add blocks or drop remove")
             if parts == ("blocks",):
                 self.sparsity = None  # remove N blocks: a fraction would be ignored
-        build_criterion(self.method, **self.options)  # unknown methods and options
+        CRITERIA.check(self.method, self.options)  # unknown criteria, unknown keys, types and ranges
 
     @property
     def ratio(self) -> float | None:

@@ -1,27 +1,17 @@
-"""Structured criteria, one per file; ``build_criterion(name, **options)`` makes one by name."""
+"""Structured criteria, one file each: importing this package registers them all in
+:data:`prunekit.core.registry.CRITERIA` (build one with ``CRITERIA.build(name, options)``).
 
-from __future__ import annotations
+Each declares the structures it scores (``structures``: LLM MLP channels, attention units and
+blocks, CNN filters) and the calibration statistics it needs (``needs``)."""
 
-from prunekit.structured.criteria.base import Criterion, ScoreContext
-
-NAMES = ("magnitude", "l1", "l2", "taylor", "flap", "cfsp", "random")
-
-
-def build_criterion(name: str, **options) -> Criterion:
-    from prunekit.structured.criteria.cfsp import Cfsp
-    from prunekit.structured.criteria.flap import Flap
-    from prunekit.structured.criteria.magnitude import GroupMagnitude
-    from prunekit.structured.criteria.random import RandomScores
-    from prunekit.structured.criteria.taylor import Taylor
-
-    table = {"magnitude": GroupMagnitude, "l2": GroupMagnitude, "l1": lambda **o: GroupMagnitude(p=1, **o),
-             "taylor": Taylor, "flap": Flap, "cfsp": Cfsp, "random": RandomScores}
-    if name not in table:
-        raise ValueError(f"method {name!r} is not a structured criterion; choose from {', '.join(NAMES)}")
-    try:
-        return table[name](**options)
-    except TypeError as err:
-        raise ValueError(f"bad option for structured method {name!r}: {err}") from None
+from prunekit.core.registry import CRITERIA
+from prunekit.structured.criteria import cfsp, flap, magnitude, random, taylor  # noqa: F401
+from prunekit.structured.criteria.base import LLM_STRUCTURES, STRUCTURES, Criterion, ScoreContext
 
 
-__all__ = ["NAMES", "Criterion", "ScoreContext", "build_criterion"]
+def scoring(structure: str) -> list[str]:
+    """Names of the criteria that score ``structure`` (one of :data:`STRUCTURES`), sorted."""
+    return [name for name in CRITERIA.names() if structure in CRITERIA.get(name).structures]
+
+
+__all__ = ["LLM_STRUCTURES", "STRUCTURES", "Criterion", "ScoreContext", "scoring"]

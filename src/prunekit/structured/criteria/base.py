@@ -1,14 +1,26 @@
-"""The contract of a structured criterion: one importance score per unit of a coupled group."""
+"""The contract of a structured criterion: one importance score per unit of a coupled group.
+
+A criterion is a config dataclass registered in :data:`prunekit.core.registry.CRITERIA` (one file
+each in this package); its fields are its options, checked by the registry before anything runs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.stats import ModelStats, check_needs
-from prunekit.structured.groups import Group
+from prunekit.structured.groups import KINDS, Group
+
+if TYPE_CHECKING:
+    from prunekit.structured.cnn import CnnGroup
+
+LLM_STRUCTURES = (*KINDS, "blocks")  # what prune_structured removes from a decoder LLM
+STRUCTURES = (*LLM_STRUCTURES, "filters")  # ... and prune_cnn from a CNN (output channels of conv groups)
 
 
 @dataclass
@@ -22,6 +34,8 @@ class ScoreContext:
 class Criterion:
     """Higher score = more important = kept.
 
+    ``structures`` declares what the criterion scores: LLM MLP channels and attention units
+    (:meth:`score`), whole blocks (:meth:`block_scores`) and/or CNN filters (:meth:`score_filters`).
     ``needs`` declares the statistics :meth:`score` reads (a subset of
     :data:`prunekit.core.stats.NEEDS`: ``moments``, ``gradients`` reduced by
     ``gradient_reduction``, ``similarity``); ``block_needs`` those :meth:`block_scores` reads for
@@ -31,6 +45,7 @@ class Criterion:
     """
 
     name: ClassVar[str]
+    structures: ClassVar[frozenset[str]] = frozenset(LLM_STRUCTURES)
     needs: ClassVar[frozenset[str]] = frozenset()
     gradient_reduction: ClassVar[str] = "mean"
     block_needs: ClassVar[frozenset[str]] = frozenset({"similarity"})
@@ -40,9 +55,20 @@ class Criterion:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        check_needs(cls.needs | cls.block_needs, f"structured criterion {cls.__name__}", cls.gradient_reduction)
+        owner = f"structured criterion {cls.__name__}"
+        check_needs(cls.needs | cls.block_needs, owner, cls.gradient_reduction)
+        unknown = sorted(set(cls.structures) - set(STRUCTURES))
+        if unknown:
+            raise PrunekitError(f"{owner} declares unknown structures {unknown}; known: {', '.join(STRUCTURES)}")
+        if "filters" in cls.structures and cls.score_filters is Criterion.score_filters:
+            raise PrunekitError(f"{owner} declares structure 'filters' but does not define score_filters")
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_filters(self, model: nn.Module, group: CnnGroup, ctx: ScoreContext) -> torch.Tensor:
+        """Importance of every channel of a CNN channel group (structure ``filters``); criteria that
+        declare ``filters`` in :attr:`structures` define it."""
         raise NotImplementedError
 
     def block_scores(self, ctx: ScoreContext, n_blocks: int) -> torch.Tensor:
@@ -57,13 +83,6 @@ class Criterion:
         ``ratio`` (``costs``: prunable parameters per block). The same ratio everywhere unless a
         criterion knows better."""
         return [ratio] * len(costs)
-
-
-def weights(_name, module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight as out x in, bias) of a module, for :meth:`Group.unit_sums`."""
-    from prunekit.core.families import weight_view
-
-    return weight_view(module), module.bias
 
 
 def consumer_channel_sum(group: Group, per_channel: torch.Tensor) -> torch.Tensor:

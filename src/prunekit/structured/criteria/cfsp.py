@@ -21,19 +21,22 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.core.families import weight_view
+from prunekit.core.registry import CRITERIA, option
 from prunekit.core.stats import ModelStats
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
 from prunekit.structured.groups import Group
 
 
+@CRITERIA.register("cfsp")
 @dataclass
 class Cfsp(Criterion):
-    name = "cfsp"
+    """CFSP: per-block budgets from block importance, channels by activation x relative weight."""
+
     needs = frozenset({"moments", "similarity"})
     standardize = True
     allocation = "blocks"
-    beta: float = 0.5
-    max_ratio: float = 0.9
+    beta: float = option(0.5, "how strongly less important blocks give more (0: the same ratio everywhere)", min=0)
+    max_ratio: float = option(0.9, "no block loses more than this fraction of its units' parameters", above=0, max=1)
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
         name, module, _ = group.consumer

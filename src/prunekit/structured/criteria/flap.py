@@ -17,15 +17,21 @@ and both structures at once: the adaptive global structure ("AL-AM").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prunekit.core.families import weight_view
+from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
 from prunekit.structured.groups import Group
 
 
+@CRITERIA.register("flap")
+@dataclass
 class Flap(Criterion):
-    name = "flap"
+    """FLAP: input fluctuation x squared weight column, adaptive global structure, bias compensation."""
+
     needs = frozenset({"moments"})
     standardize = True
     allocation = "global"

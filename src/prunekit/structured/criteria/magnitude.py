@@ -2,6 +2,9 @@
 for Efficient ConvNets", eq. 1 with p=1; the L2 variant as in Torch-Pruning's GroupNormImportance).
 
 score(u) = (sum over the unit's producer rows, producer bias entries and consumer columns of |w|^p)^(1/p)
+
+For a CNN filter group (:class:`~prunekit.structured.cnn.CnnGroup`) the unit is an output channel:
+its producer filters, its depthwise filters and its consumers' input columns (no biases).
 """
 
 from __future__ import annotations
@@ -9,21 +12,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from prunekit.structured.criteria.base import Criterion, ScoreContext
+from prunekit.core.families import weight_view
+from prunekit.core.registry import CRITERIA, option
+from prunekit.structured.criteria.base import LLM_STRUCTURES, Criterion, ScoreContext
 from prunekit.structured.groups import Group
 
 
+@CRITERIA.register("magnitude", aliases=("l2",))
 @dataclass
 class GroupMagnitude(Criterion):
-    name = "magnitude"
-    p: int = 2
+    """Group L_p norm of the weights a unit owns (alias l2; no calibration data; LLM and CNN)."""
+
+    structures = frozenset({*LLM_STRUCTURES, "filters"})
+    p: int = option(2, "norm order: 2 is the Euclidean norm, 1 the sum of |w|", min=1)
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
         def value(_name, module):
-            from prunekit.core.families import weight_view
-
             b = module.bias.abs().pow(self.p) if module.bias is not None else None
             return weight_view(module).abs().pow(self.p), b
 
         return group.unit_sums(value).pow(1.0 / self.p)
+
+    def score_filters(self, model: nn.Module, group, ctx: ScoreContext) -> torch.Tensor:
+        return group.unit_sums(model, lambda w: w.abs().pow(self.p)).pow(1.0 / self.p)
+
+
+@CRITERIA.register("l1")
+@dataclass
+class GroupL1(GroupMagnitude):
+    """Group L1 norm of the weights a unit owns (Li et al. 2017): magnitude with p = 1."""
+
+    p: int = option(1, "norm order (fixed; use magnitude for another p)", choices=(1,))

@@ -12,15 +12,21 @@ Scores estimate a loss change, so they are comparable across layers (no standard
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prunekit.core.families import weight_view
+from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria.base import Criterion, ScoreContext
 from prunekit.structured.groups import Group
 
 
+@CRITERIA.register("taylor")
+@dataclass
 class Taylor(Criterion):
-    name = "taylor"
+    """First-order Taylor (LLM-Pruner): sum of |weight x gradient| over what a unit owns."""
+
     needs = frozenset({"gradients"})
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
