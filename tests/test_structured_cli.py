@@ -49,7 +49,7 @@ def test_cli_on_smollm2_uniform_and_per_layer_round_trips(smollm2_path, tmp_path
                  "--option", "receipt=false", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layer_shapes"] == {} and report["out"] == str(uni)
-    assert set(report["structured"]["mlp_widths"]) == {1296} and set(report["structured"]["heads"]) == {6}
+    assert set(report["result"]["mlp_widths"]) == {1296} and set(report["result"]["heads"]) == {6}
     model = AutoModelForCausalLM.from_pretrained(uni).eval()  # plain transformers, rewritten config
     assert model.config.intermediate_size == 1296 and model.config.num_key_value_heads == 2
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (6 * 64, 576)
@@ -65,7 +65,7 @@ def test_cli_on_smollm2_uniform_and_per_layer_round_trips(smollm2_path, tmp_path
                  "--option", "speed_decode=4", "--quiet"]) == 0
     manifest = read_manifest(per_layer)
     assert manifest["layer_shapes"]["linears"] and manifest["speed"]["flops_ratio"] < 0.85
-    widths = manifest["structured"]["mlp_widths"]
+    widths = manifest["result"]["mlp_widths"]
     assert len(set(widths)) > 1 and all(w % 8 == 0 for w in widths)
     reloaded = prunekit.load_model(per_layer)
     assert reloaded.model.layers[0].mlp.down_proj.bias is not None  # FLAP bias compensation
@@ -80,7 +80,7 @@ def test_cli_on_smollm2_uniform_and_per_layer_round_trips(smollm2_path, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv, needle", [
-    (["--structure", "mlp", "--ratio", "1.0"], "ratio 1.0"),
+    (["--structure", "mlp", "--ratio", "1.0"], "sparsity (structured step) must be in [0, 1), got 1.0"),
     (["--structure", "filters", "--ratio", "0.2"], "'filters'"),
     (["--structure", "mlp", "--ratio", "0.2", "--method", "sparsegpt"], "'sparsegpt'"),
     (["--structure", "heads", "--ratio", "0.9", "--option", "allocation=uniform"], "every attention head"),
