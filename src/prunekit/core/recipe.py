@@ -136,21 +136,23 @@ class Recipe:
         return [s.name for s in self.steps]
 
 
-def parse_step(data: Any, where: str = "step") -> Step:
-    """A step dataclass from its mapping (``kind`` selects the dataclass; default ``oneshot``)."""
+def parse_step(data: Any, where: str = "") -> Step:
+    """A step dataclass from its mapping (``kind`` selects the dataclass; default ``oneshot``).
+    ``where`` says where the step is in messages (e.g. ``steps[0]``)."""
     if not isinstance(data, dict):
-        raise PrunekitError(f"{where} must be a mapping, got {short_repr(data)}")
+        raise PrunekitError(f"{where or 'a step'} must be a mapping, got {short_repr(data)}")
     kind = STEPS.canonical(data.get("kind", "oneshot"))
     cls = STEPS.get(kind)
+    label = f"{where} ({kind} step)" if where else f"{kind} step"
     values = {}
     for key, value in data.items():
         if key == "kind":
             continue
         key = cls.key_aliases.get(key, key)
         if key in values:
-            raise PrunekitError(f"{where} ({kind}) gives {key!r} twice (once by an old spelling); keep one")
+            raise PrunekitError(f"{label} gives {key!r} twice (once by an old spelling); keep one")
         values[key] = value
-    return cls(**check_fields(cls, values, f"{where} ({kind})", noun="key"))
+    return cls(**check_fields(cls, values, label, noun="key"))
 
 
 def check_keys(data: dict, allowed, where: str) -> None:

@@ -1,8 +1,9 @@
 """``prunekit train``: train and prune the SmallCNN or ResNet on Fashion-MNIST / MNIST.
 
-Settings come from flags or a YAML/JSON recipe (same names, ``-`` or ``_``); flags win over the
-recipe, the recipe over the defaults. Every value is checked before any training; a bad one gives
-a one-line error naming it and exit code 2.
+Settings are the fields of the recipe's training step (:class:`prunekit.training.step.TrainingStep`),
+from flags or a YAML/JSON recipe (same names, ``-`` or ``_``); flags win over the recipe, the recipe
+over the defaults. Every value is checked before any training; a bad one gives a one-line error naming
+it and exit code 2.
 
     prunekit train --method gradual --sparsity 0.9 --schedule cubic --epochs 3
     prunekit train --method oneshot --sparsity 0.8 --recovery perp --lora-rank 4
@@ -13,52 +14,45 @@ a one-line error naming it and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from prunekit.core.errors import PrunekitError
 
-DEFAULTS: dict[str, Any] = {
-    "model": "cnn", "depth": 8, "width": None, "dataset": "fashion-mnist", "epochs": 1.0, "batch_size": 128,
-    "lr": 0.05, "optimizer": "sgd", "method": "dense", "sparsity": 0.9, "schedule": "cubic",
-    "prune_start": 0.1, "prune_end": 0.6, "frequency": 10, "criterion": "magnitude", "scope": "layer",
-    "floor": 0.0, "rounds": 3, "rate": None, "rewind_step": 0, "recovery": "none", "recovery_epochs": 0.5,
-    "recovery_lr": None, "lora_rank": 0, "calibration": 128, "limit": None, "seed": 0, "threads": None, "output": None,
-    "json": False, "quiet": False,
-}
-CHOICES = {
-    "model": ("cnn", "resnet"), "dataset": ("fashion-mnist", "mnist"), "optimizer": ("sgd", "adamw"),
-    "method": ("dense", "gradual", "oneshot", "imp"), "schedule": ("cubic", "linear", "constant", "oneshot"),
-    "criterion": ("magnitude", "random", "wanda", "gblm"), "scope": ("layer", "global"), "recovery": ("none", "finetune", "perp"),
-}
-INTS = ("depth", "width", "batch_size", "frequency", "rounds", "rewind_step", "lora_rank", "calibration", "limit",
-        "seed", "threads")
-FLOATS = ("epochs", "lr", "rate", "sparsity", "prune_start", "prune_end", "floor", "recovery_epochs", "recovery_lr")
+RUNTIME: dict[str, Any] = {"threads": None, "output": None, "json": False, "quiet": False}  # not part of a recipe
 
 
 class ConfigError(PrunekitError):
     """A bad setting; its message names the setting and the value."""
 
 
+def _step_fields() -> list:
+    from prunekit.training.step import TrainingStep
+
+    return [f for f in dataclasses.fields(TrainingStep) if f.init]
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an ``argparse`` sub-parsers object and return its parser."""
+    from prunekit.training.step import TrainingStep
+
     p = subparsers.add_parser("train", help="train and prune a small CNN/ResNet on Fashion-MNIST or MNIST",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", help="YAML or JSON file with any of the settings below")
-    for key, default in DEFAULTS.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", default=None)
-            continue
-        kind = "int" if key in INTS else "float" if key in FLOATS else "str"
-        shown = "/".join(CHOICES[key]) if key in CHOICES else kind
-        # values stay strings here and are parsed in run(), so every bad value gets the same one-line error
-        p.add_argument(flag, default=None, metavar=shown.upper() if key not in CHOICES else "{" + shown + "}",
-                       help=f"default: {default}")
+    p.add_argument("--recipe", help="YAML or JSON recipe with one training step (or a flat mapping of the settings)")
+    for f in _step_fields():
+        flags = ["--" + f.name.replace("_", "-")]
+        flags += ["--" + old for old, new in TrainingStep.key_aliases.items() if new == f.name]
+        choices = f.metadata.get("choices")
+        # values stay strings here and are checked by the step, so every bad value gets the same one-line error
+        p.add_argument(*flags, dest=f.name, default=None, metavar="{" + "/".join(choices) + "}" if choices else None,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default})")
+    p.add_argument("--threads", default=None, help="torch threads (default: all cores)")
+    p.add_argument("--output", default=None, help="save the pruned model and masks to this file (must not exist)")
+    p.add_argument("--json", action="store_true", default=None, help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
     p.set_defaults(func=run)
 
     def one_line_error(message: str) -> None:
@@ -69,102 +63,68 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _load_recipe(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"recipe {path!r} not found")
-    text = file.read_text()
-    try:
-        if file.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes a one-line message
-        raise ConfigError(f"recipe {path!r} is not valid {file.suffix.lstrip('.') or 'YAML'}: "
-                          f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path!r} must be a mapping of settings, got {type(data).__name__}")
-    recipe = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in DEFAULTS:
-            raise ConfigError(f"unknown recipe setting {key!r} in {path!r}")
-        recipe[name] = value
-    return recipe
+def _recipe_step(path: str) -> dict[str, Any]:
+    """The settings of ``--recipe``: a recipe with one training step, or a flat mapping of settings."""
+    from prunekit.core.recipe import Recipe, read_recipe_file
 
-
-def _coerce(key: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if key in INTS:
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{key.replace('_', '-')} must be an integer, got {value!r}") from None
-    if key in FLOATS:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{key.replace('_', '-')} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"--{key.replace('_', '-')} must be finite, got {value!r}")
-        return number
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(CHOICES[key])}, got {value!r}")
-    if isinstance(DEFAULTS[key], bool) and not isinstance(value, bool):
-        raise ConfigError(f"--{key.replace('_', '-')} must be true or false, got {value!r}")
-    return value
-
-
-def _check_ranges(c: dict[str, Any]) -> None:
-    def need(ok: bool, key: str, rule: str) -> None:
-        if not ok:
-            raise ConfigError(f"--{key.replace('_', '-')} must be {rule}, got {c[key]!r}")
-
-    need(c["epochs"] > 0, "epochs", "> 0")
-    need(c["batch_size"] >= 1, "batch_size", ">= 1")
-    need(c["lr"] > 0, "lr", "> 0")
-    need(0 <= c["sparsity"] < 1, "sparsity", "in [0, 1)")
-    need(0 <= c["prune_start"] < 1, "prune_start", "in [0, 1)")
-    need(c["prune_start"] < c["prune_end"] <= 1, "prune_end", f"in ({c['prune_start']}, 1]")
-    need(c["frequency"] >= 1, "frequency", ">= 1")
-    if c["output"] is not None:  # checked before training: an hour of work must not end in a refusal
-        need(isinstance(c["output"], str) and c["output"].strip() != "", "output", "a file path")
-        out = os.path.abspath(c["output"])
-        need(not os.path.lexists(out), "output", "a path that does not exist yet (nothing is overwritten)")
-        need(not c["output"].endswith(("/", os.sep)), "output", "a file path, not a folder")
-        need(os.path.isdir(os.path.dirname(out)), "output", "in an existing folder")
-        need(os.access(os.path.dirname(out), os.W_OK | os.X_OK), "output", "in a folder you can write to")
-    need(0 <= c["floor"] <= 1 - c["sparsity"], "floor", f"in [0, 1 - sparsity] = [0, {1 - c['sparsity']:.4g}]")
-    need(c["rounds"] >= 1, "rounds", ">= 1")
-    need(c["rate"] is None or 0 < c["rate"] < 1, "rate", "in (0, 1)")
-    need(c["rewind_step"] >= 0, "rewind_step", ">= 0")
-    need(c["recovery_epochs"] > 0, "recovery_epochs", "> 0")
-    need(c["recovery_lr"] is None or c["recovery_lr"] > 0, "recovery_lr", "> 0")
-    need(c["lora_rank"] >= 0, "lora_rank", ">= 0")
-    need(c["calibration"] >= 1, "calibration", ">= 1")
-    need(c["limit"] is None or c["limit"] >= c["batch_size"], "limit", f">= batch size {c['batch_size']}")
-    need(c["depth"] >= 8 and (c["depth"] - 2) % 6 == 0, "depth", "6n + 2 with n >= 1 (8, 14, 20, ...)")
-    need(c["width"] is None or c["width"] >= 1, "width", ">= 1")
-    need(c["threads"] is None or c["threads"] >= 1, "threads", ">= 1")
-    if c["recovery"] != "none" and c["method"] != "oneshot":
-        raise ConfigError(f"--recovery {c['recovery']!r} needs --method oneshot, got {c['method']!r}")
-    if c["method"] == "imp" and c["criterion"] != "magnitude":
-        raise ConfigError(f"--method imp prunes by magnitude; --criterion {c['criterion']!r} is not used by it")
+    data = read_recipe_file(path)
+    if "steps" in data:
+        recipe = Recipe.from_dict(data)
+        if recipe.kinds() != ["training"]:
+            raise ConfigError(f"recipe {path!r} holds {', '.join(recipe.kinds())} steps; `prunekit train` runs one "
+                              "training step")
+        step = recipe.steps[0].to_dict()
+        step.pop("kind")
+        return step
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the recipe, then explicit flags; every value coerced and range-checked."""
-    config = dict(DEFAULTS)
-    if getattr(args, "recipe", None):
-        config.update(_load_recipe(args.recipe))
-    config.update({k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None})
-    config = {k: _coerce(k, v) for k, v in config.items()}
-    _check_ranges(config)
-    return config
+    """The step's defaults, then the recipe, then explicit flags, checked by :class:`TrainingStep`; plus the
+    runtime settings (threads, output, json, quiet)."""
+    from prunekit.core.recipe import parse_step, parse_value
+
+    settings = _recipe_step(args.recipe) if getattr(args, "recipe", None) else {}
+    for f in _step_fields():
+        text = getattr(args, f.name, None)
+        if text is not None:
+            settings[f.name] = parse_value(text) if f.type not in ("str", "str | None") else text
+    try:
+        step = parse_step({"kind": "training", **settings})
+    except PrunekitError as err:
+        raise ConfigError(str(err)) from None
+    runtime = {key: getattr(args, key, None) if getattr(args, key, None) is not None else default
+               for key, default in RUNTIME.items()}
+    runtime["threads"] = _threads(runtime["threads"])
+    _check_output(runtime["output"])
+    config = dataclasses.asdict(step)
+    return {**config, **runtime}
+
+
+def _threads(value: Any) -> int | None:
+    from prunekit.core.recipe import parse_value
+    from prunekit.core.registry import check_value
+
+    if value is None:
+        return None
+    return check_value(parse_value(value) if isinstance(value, str) else value, int, {"min": 1}, "--threads")
+
+
+def _check_output(output: Any) -> None:
+    """``--output`` is checked before training: an hour of work must not end in a refusal."""
+    if output is None:
+        return
+
+    def need(ok: bool, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"--output must be {rule}, got {output!r}")
+
+    need(isinstance(output, str) and output.strip() != "", "a file path")
+    out = os.path.abspath(output)
+    need(not os.path.lexists(out), "a path that does not exist yet (nothing is overwritten)")
+    need(not output.endswith(("/", os.sep)), "a file path, not a folder")
+    need(os.path.isdir(os.path.dirname(out)), "in an existing folder")
+    need(os.access(os.path.dirname(out), os.W_OK | os.X_OK), "in a folder you can write to")
 
 
 def _build_model(c: dict[str, Any]):
@@ -205,7 +165,8 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
                          seed=c["seed"])
     total = config.total_steps(len(y))
     # wanda / gblm score weights on the first --calibration training images (gblm also on their labels)
-    crit = {"seed": c["seed"], "calibration": (x[: c["calibration"]], y[: c["calibration"]])
+    n = c["calibration_examples"]
+    crit = {"seed": c["seed"], "calibration": (x[:n], y[:n])
             if c["criterion"] in ("wanda", "gblm") else None}
 
     def progress(desc: str) -> list:
