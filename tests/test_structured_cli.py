@@ -10,7 +10,8 @@ from prunekit.cli import main
 from prunekit.evaluate.speed import flops_per_token, linear_weights, speed_receipt
 from prunekit.core.io import read_manifest
 from prunekit.structured import prune_structured
-from prunekit.structured.cli import parse_options, parse_structure
+from prunekit.core.recipe import parse_options
+from prunekit.structured.recipe import parse_structure
 from tests.conftest import tiny_model, tiny_windows
 
 

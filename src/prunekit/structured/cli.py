@@ -1,6 +1,6 @@
 """``prunekit prune --structure ...``: the structured branch of the prune command.
 
-The lead's CLI parses the flags and calls :func:`run_prune`; every bad request raises a one-line
+The top-level CLI parses the flags and calls :func:`run_prune`; every bad request raises a one-line
 ``PrunekitError`` (exit code 2 there) before anything is written: flags of one-shot pruning that
 do not apply here (``--sparsity``, ``--pattern``, ``--targets``, ``--ignore``, ``--device``) are
 errors, not ignored, and so is a request that would remove nothing (``--round-to`` not below the
@@ -13,37 +13,13 @@ import copy
 import json
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.recipe import parse_options
+from prunekit.structured.recipe import parse_structure
 
 ONESHOT_ONLY = {"pattern": "--pattern", "targets": "--targets", "ignore": "--ignore",
                 "device": "--device"}
 PIPELINE_OPTIONS = {"allocation": str, "floor": float, "bias_compensation": bool}
 RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int, "speed_seqlen": int, "speed_decode": int}
-
-
-def parse_options(items: list[str] | None) -> dict:
-    """``["key=value", ...]`` -> dict, values parsed as JSON where they are JSON (numbers, true/false)."""
-    options = {}
-    for text in items or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects key=value, got {text!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def parse_structure(text: str) -> tuple[str, ...]:
-    from prunekit.structured.prune import STRUCTURES
-
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    for p in parts:
-        if p not in STRUCTURES:
-            raise ValueError(f"--structure {p!r} is unknown; choose from {', '.join(STRUCTURES)}")
-    if not parts:
-        raise ValueError(f"--structure is empty; choose from {', '.join(STRUCTURES)}")
-    return parts
 
 
 def recipe_from_args(args, recipe=None):

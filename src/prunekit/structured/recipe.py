@@ -21,6 +21,18 @@ from prunekit.core.registry import CRITERIA, STEPS, option
 from prunekit.structured import allocate
 
 
+def parse_structure(text: str) -> tuple[str, ...]:
+    from prunekit.structured.prune import STRUCTURES
+
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    for p in parts:
+        if p not in STRUCTURES:
+            raise PrunekitError(f"--structure {p!r} is unknown; choose from {', '.join(STRUCTURES)}")
+    if not parts:
+        raise PrunekitError(f"--structure is empty; choose from {', '.join(STRUCTURES)}")
+    return parts
+
+
 @STEPS.register("structured")
 @dataclass
 class StructuredStep(Step):
@@ -42,7 +54,6 @@ class StructuredStep(Step):
     options: dict = option(default_factory=dict, help="criterion options, e.g. {beta: 0.5} for cfsp")
 
     def validate(self) -> None:
-        from prunekit.structured.cli import parse_structure
 
         if isinstance(self.structure, list):
             self.structure = ",".join(self.structure)
