@@ -76,3 +76,18 @@ def test_pruner_hits_the_cubic_sparsity_exactly_at_every_step():
             expected_zeros = round(sched(step) * layer.weight.numel())
             assert int((layer.weight == 0).sum()) == expected_zeros, (step, sched(step))
     assert pruner.sparsity() == pytest.approx(0.85, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", __import__("prunekit.core.registry", fromlist=["SCHEDULES"]).SCHEDULES.names())
+def test_every_registered_schedule_is_a_pure_bounded_function_of_the_step(name):
+    """Each schedule from the registry: zero before its start, the target from its end on, never
+    decreasing, never above the target, and the same value however often or in which order asked."""
+    from prunekit.core.registry import SCHEDULES
+
+    sched = make_schedule(name, 0.8, start=5, end=45, frequency=4)
+    assert isinstance(sched, SCHEDULES.get(name))
+    values = [sched(t) for t in range(60)]
+    assert all(v == 0.0 for v in values[:5])
+    assert values[45:] == [pytest.approx(0.8)] * 15
+    assert values == sorted(values) and max(values) <= 0.8 + 1e-12
+    assert [sched(t) for t in reversed(range(60))] == values[::-1]  # pure: no state between calls
