@@ -77,8 +77,20 @@ class OneShotSparsity:
         return cls(sparsity, start)
 
 
+@dataclass(frozen=True)
 class _Ramp:
     """A schedule from ``initial`` at ``start`` to ``final`` at ``end``, updated every ``frequency`` steps."""
+
+    initial: float
+    final: float
+    start: int
+    end: int
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        _check_fraction("initial sparsity", self.initial)
+        _check_fraction("final sparsity", self.final)
+        _check_window(self.start, self.end, self.frequency)
 
     @classmethod
     def from_window(cls, sparsity: float, start: int, end: int | None, frequency: int, initial: float):
@@ -91,17 +103,6 @@ class _Ramp:
 @dataclass(frozen=True)
 class LinearSparsity(_Ramp):
     """Linear ramp from ``initial`` at ``start`` to ``final`` at ``end``, updated every ``frequency`` steps."""
-
-    initial: float
-    final: float
-    start: int
-    end: int
-    frequency: int = 1
-
-    def __post_init__(self) -> None:
-        _check_fraction("initial sparsity", self.initial)
-        _check_fraction("final sparsity", self.final)
-        _check_window(self.start, self.end, self.frequency)
 
     def __call__(self, step: int) -> float:
         if step < self.start:
@@ -122,17 +123,6 @@ class CubicSparsity(_Ramp):
     holds its last value; before ``start`` nothing is pruned and after ``end`` it stays at s_f.
     The cubic prunes fast while there are many redundant weights and slows down near the target.
     """
-
-    initial: float
-    final: float
-    start: int
-    end: int
-    frequency: int = 1
-
-    def __post_init__(self) -> None:
-        _check_fraction("initial sparsity", self.initial)
-        _check_fraction("final sparsity", self.final)
-        _check_window(self.start, self.end, self.frequency)
 
     def __call__(self, step: int) -> float:
         if step < self.start:
