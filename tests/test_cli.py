@@ -126,3 +126,22 @@ def test_prunekit_json_of_an_output_is_a_recipe_that_repeats_the_run(tiny_folder
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((second / "prunekit.json").read_text())["steps"] == json.loads(
         (first / "prunekit.json").read_text())["steps"]
+
+
+def test_list_reads_every_registry_and_the_readme_names_every_method(capsys):
+    from pathlib import Path
+
+    from prunekit.core import registry
+
+    code, stdout, _ = run(capsys, "list", "--json")
+    listing = json.loads(stdout)
+    assert code == 0 and set(listing) == {"methods", "criteria", "allocations", "schedules", "scores", "selectors",
+                                          "steps"}
+    for kind, entries in listing.items():
+        names = [e["name"] for e in entries]
+        assert names and all(e["description"] for e in entries), kind
+    assert [e["name"] for e in listing["methods"]] == registry.METHODS.names()
+    sparsegpt = next(e for e in listing["methods"] if e["name"] == "sparsegpt")
+    assert {o["name"]: o["default"] for o in sparsegpt["options"]} == {"percdamp": 0.01, "blocksize": 128}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in registry.METHODS.names())

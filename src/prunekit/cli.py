@@ -19,11 +19,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 MAX_MESSAGE = 400  # characters of an error line
 DEMO_OUT = "out/smollm2-135m-wanda50"
+REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
+                  "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS"}
 STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to"}
-
-
-class UsageError(PrunekitError):
-    pass
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", required=True)
     _add_output_args(i)
 
+    r = sub.add_parser("list", help="what can be named: methods, criteria, allocations, schedules, scores, "
+                       "selectors, recipe steps (read from the registries)")
+    r.add_argument("kind", nargs="?", choices=sorted(REGISTRY_KINDS), help="one kind (default: all)")
+    _add_output_args(r)
+
     d = sub.add_parser("demo", help="prune the embedded SmolLM2-135M with Wanda 50%% and compare perplexity")
     d.add_argument("--nsamples", type=int, default=64)
     d.add_argument("--nwindows", type=int, default=32)
@@ -110,7 +113,7 @@ def recipe_from_args(args, recipe=None):
 
     for key, flag in STRUCTURED_ONLY.items():
         if getattr(args, key, None) is not None:
-            raise UsageError(f"{flag} {getattr(args, key)!r} applies only to structured pruning; add --structure "
+            raise PrunekitError(f"{flag} {getattr(args, key)!r} applies only to structured pruning; add --structure "
                              "mlp,heads,blocks or use --sparsity")
     recipe = recipe if recipe is not None else load_recipe_arg(args)
     steps = list(recipe.steps) if recipe else []
@@ -143,12 +146,12 @@ def _step_kind(args, recipe) -> str:
     else ``oneshot``; a recipe mixes no kinds, and training/selection steps belong to other commands."""
     kinds = set(recipe.kinds()) if recipe else set()
     if len(kinds) > 1:
-        raise UsageError(f"recipe {args.recipe!r} mixes step kinds {', '.join(sorted(kinds))}; `prunekit prune` runs "
+        raise PrunekitError(f"recipe {args.recipe!r} mixes step kinds {', '.join(sorted(kinds))}; `prunekit prune` runs "
                          "one kind per call (oneshot or structured): split it into two recipes")
     kind = "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
     commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe"}
     if kind in commands:
-        raise UsageError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
+        raise PrunekitError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
     return kind
 
 
@@ -229,6 +232,28 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    """Every registered name with its one-line description and options (type, default, help)."""
+    from prunekit.core import registry
+
+    listing = {}
+    for kind in [args.kind] if args.kind else REGISTRY_KINDS:
+        reg = getattr(registry, REGISTRY_KINDS[kind])
+        listing[kind] = [{"name": name, "description": doc,
+                          "options": [{"name": o.name, "type": o.type, "default": o.default, "help": o.help}
+                                      for o in reg.options(name)]} for name, doc in reg.describe()]
+    if args.json:
+        print(json.dumps(listing, default=str))
+        return 0
+    for kind, entries in listing.items():
+        print(f"{kind}:")
+        for entry in entries:
+            print(f"  {entry['name']:<18} {entry['description']}")
+            for o in entry["options"]:
+                print(f"  {'':<18}   {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import time
 
@@ -282,7 +307,7 @@ def _silence_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo}
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "list": cmd_list, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     try:
         return _main(argv)
+    except BrokenPipeError:  # `prunekit list | head`: the reader left; nothing to report
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:  # Ctrl-C anywhere: one line, no traceback (outputs are atomic: nothing half-written)
         print(f"prunekit {command}: interrupted".replace("prunekit : ", "prunekit: "), file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -25,10 +25,6 @@ from prunekit.core.errors import PrunekitError
 RUNTIME: dict[str, Any] = {"threads": None, "output": None, "json": False, "quiet": False}  # not part of a recipe
 
 
-class ConfigError(PrunekitError):
-    """A bad setting; its message names the setting and the value."""
-
-
 def _step_fields() -> list:
     from prunekit.training.step import TrainingStep
 
@@ -71,7 +67,7 @@ def _recipe_step(path: str) -> dict[str, Any]:
     if "steps" in data:
         recipe = Recipe.from_dict(data)
         if recipe.kinds() != ["training"]:
-            raise ConfigError(f"recipe {path!r} holds {', '.join(recipe.kinds())} steps; `prunekit train` runs one "
+            raise PrunekitError(f"recipe {path!r} holds {', '.join(recipe.kinds())} steps; `prunekit train` runs one "
                               "training step")
         step = recipe.steps[0].to_dict()
         step.pop("kind")
@@ -89,10 +85,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         text = getattr(args, f.name, None)
         if text is not None:
             settings[f.name] = parse_value(text) if f.type not in ("str", "str | None") else text
-    try:
-        step = parse_step({"kind": "training", **settings})
-    except PrunekitError as err:
-        raise ConfigError(str(err)) from None
+    step = parse_step({"kind": "training", **settings})
     runtime = {key: getattr(args, key, None) if getattr(args, key, None) is not None else default
                for key, default in RUNTIME.items()}
     runtime["threads"] = _threads(runtime["threads"])
@@ -117,7 +110,7 @@ def _check_output(output: Any) -> None:
 
     def need(ok: bool, rule: str) -> None:
         if not ok:
-            raise ConfigError(f"--output must be {rule}, got {output!r}")
+            raise PrunekitError(f"--output must be {rule}, got {output!r}")
 
     need(isinstance(output, str) and output.strip() != "", "a file path")
     out = os.path.abspath(output)
@@ -232,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
         result = train_and_prune(config)
-    except PrunekitError as exc:  # ConfigError included
+    except PrunekitError as exc:
         print(f"prunekit train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
