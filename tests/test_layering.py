@@ -12,7 +12,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
 CAPABILITIES = ("prunekit.oneshot", "prunekit.structured", "prunekit.training", "prunekit.data",
-                "prunekit.evaluate", "prunekit.cli", "prunekit.zoo")
+                "prunekit.evaluate", "prunekit.cli", "prunekit.zoo", "prunekit.vocab", "prunekit.delta")
 
 
 def module_name(path: Path) -> str:

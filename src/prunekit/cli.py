@@ -1,4 +1,4 @@
-"""``prunekit prune|eval|inspect|demo`` (and ``train``/``data`` where those packages are present).
+"""``prunekit prune|eval|inspect|demo`` (and ``train``/``data``/``vocab``, owned by their packages).
 
 Every bad input is a one-line error on stderr and exit code 2, with nothing written; checks that need
 no weights (flags, recipe, device, model config, text source, --out) run before the model loads.
@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from prunekit.data import cli as data_cli  # sub-commands owned by their packages; a broken import is an error
     from prunekit.training import cli as training_cli
+    from prunekit.vocab import cli as vocab_cli
 
-    for module in (training_cli, data_cli):
+    for module in (training_cli, data_cli, vocab_cli):
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
@@ -149,7 +150,8 @@ def _step_kind(args, recipe) -> str:
         raise PrunekitError(f"recipe {args.recipe!r} mixes step kinds {', '.join(sorted(kinds))}; `prunekit prune` runs "
                          "one kind per call (oneshot or structured): split it into two recipes")
     kind = "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
-    commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe"}
+    commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe",
+                "vocab": "prunekit vocab --recipe"}
     if kind in commands:
         raise PrunekitError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
     return kind

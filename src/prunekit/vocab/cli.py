@@ -1,0 +1,97 @@
+"""``prunekit vocab``: keep the vocabulary a corpus needs.
+
+    prunekit vocab --model smollm2-135m --text brown:b-r --out out/smollm2-brown
+    prunekit vocab --model smollm2-135m --text notes.txt --top 8000 --keep-file ids.txt --out out/x
+    prunekit vocab --model smollm2-135m --recipe out/smollm2-brown/prunekit.json --out out/y
+
+The output is a standard folder (smaller ``vocab_size``, remapped special-token ids, rewritten
+``tokenizer.json``) that loads with ``AutoModelForCausalLM``/``AutoTokenizer``; its
+``prunekit.json`` holds the step that ran and the id map (``result.vocab.kept_ids``, ranges such as
+``"0-16,18,20-31"``: new id j is the j-th id listed, an id of the original model also when the input
+was itself vocabulary-pruned; :func:`prunekit.vocab.prune.read_id_map` reads it).
+Every check that needs no weights (flags, text source, keep file, --out) runs before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from prunekit.core.errors import PrunekitError
+
+MANIFEST_KEY = "vocab"  # result.vocab of prunekit.json
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``vocab`` sub-command to a parent CLI's sub-parsers."""
+    p = subparsers.add_parser("vocab", help="vocabulary pruning: keep the token ids a corpus needs, drop the other "
+                              "embedding and output-head rows, rewrite the tokenizer")
+    p.add_argument("--model", required=True, help="smollm2-135m, a local folder, or a Hugging Face hub id")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--text", default=None, help="text whose tokens are kept: brown | brown:<genres> | a text file "
+                   "(default brown: genres b-r)")
+    p.add_argument("--top", type=int, default=None, help="also keep the tokenizer's N most frequent tokens")
+    p.add_argument("--keep-file", default=None, help="also keep the token ids in this file (integers; # comments)")
+    p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one vocab step (an output's prunekit.json "
+                   "repeats its run); flags given too override it")
+    p.add_argument("--quiet", action="store_true", help="no summary")
+    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
+    return p
+
+
+def step_from_args(args):
+    """The vocab step: ``--recipe``'s (if given) with the flags given overriding it."""
+    from prunekit.core.recipe import load_recipe
+    from prunekit.vocab.step import VocabStep
+
+    values = {}
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        if recipe.kinds() != ["vocab"]:
+            raise PrunekitError(f"recipe {args.recipe!r} holds {', '.join(recipe.kinds())} steps; `prunekit vocab` "
+                                "runs one vocab step")
+        values = {k: v for k, v in recipe.steps[0].to_dict().items() if k != "kind"}
+    given = {"text": args.text, "top": args.top, "keep_file": args.keep_file}
+    values.update({k: v for k, v in given.items() if v is not None})
+    return VocabStep(**values)
+
+
+def compose_ids(folder, kept_ids: list[int]) -> list[int]:
+    """Kept ids relative to the original model when the input model was already vocabulary-pruned."""
+    from prunekit.vocab.prune import read_id_map
+
+    previous = read_id_map(folder) if Path(folder).is_dir() else None
+    if not previous:
+        return kept_ids
+    if max(kept_ids) >= len(previous):
+        raise PrunekitError(f"the id map in {str(folder)!r} has {len(previous)} ids but the model has more tokens; "
+                            "the prunekit.json does not belong to this model")
+    return [previous[i] for i in kept_ids]
+
+
+def run(args) -> int:
+    from prunekit.core.io import check_output, save_pretrained
+    from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.vocab.prune import encode_ids
+    from prunekit.vocab.step import apply_vocab_step
+
+    step = step_from_args(args)  # every check that needs no weights comes before the model loads
+    load_config(args.model)
+    path = resolve_model_path(args.model)
+    check_output(args.out, args.overwrite, inputs=(args.model, path))
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    new_tokenizer, result = apply_vocab_step(model, tokenizer, step)
+    data = result.to_dict()
+    data["kept_ids"] = encode_ids(compose_ids(path, result.kept_ids))
+    manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}
+    out = save_pretrained(model, args.out, new_tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
+    if args.json:
+        print(json.dumps({k: v for k, v in {**data, "out": str(out)}.items() if k != "kept_ids"}))
+    elif not args.quiet:
+        print(result.summary())
+        print(f"kept: {', '.join(f'{k} {v:,}' for k, v in result.counts.items())}")
+        print(f"saved to {out}")
+    return 0
