@@ -7,6 +7,7 @@ together with the torch thread count.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -88,17 +89,24 @@ def _prefill(model: nn.Module, ids: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache by: ``cache`` (transformers 5.2x renamed it; the old
+    ``past_key_values`` warns and goes in 5.40) or ``past_key_values`` (earlier versions)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _decode(model: nn.Module, prompt: torch.Tensor, tokens: int) -> float:
-    """Greedy decoding of ``tokens`` tokens after ``prompt``; returns tokens/s of the decode steps."""
+    """Greedy decoding of ``tokens`` tokens after ``prompt``; returns tokens/s of the decode steps.
+    The one cache object is filled in place by every step."""
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    kv = {cache_keyword(model): DynamicCache()}
+    out = model(input_ids=prompt, use_cache=True, **kv)
     nxt = out.logits[:, -1:].argmax(-1)
     t0 = time.perf_counter()
     for _ in range(tokens):
-        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=nxt, use_cache=True, **kv)
         nxt = out.logits[:, -1:].argmax(-1)
     return tokens / (time.perf_counter() - t0)
 
