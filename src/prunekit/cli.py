@@ -1,4 +1,4 @@
-"""``prunekit prune|eval|inspect|demo`` (and ``train``/``data``/``vocab``, owned by their packages).
+"""``prunekit prune|eval|inspect|demo`` (and ``train``/``data``/``vocab``/``delta``, owned by their packages).
 
 Every bad input is a one-line error on stderr and exit code 2, with nothing written; checks that need
 no weights (flags, recipe, device, model config, text source, --out) run before the model loads.
@@ -20,7 +20,8 @@ EXIT_INTERRUPTED = 130
 MAX_MESSAGE = 400  # characters of an error line
 DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
-                  "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS"}
+                  "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS",
+                  "delta-methods": "DELTA_METHODS"}
 STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to"}
 
 
@@ -85,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(d)
 
     from prunekit.data import cli as data_cli  # sub-commands owned by their packages; a broken import is an error
+    from prunekit.delta import cli as delta_cli
     from prunekit.training import cli as training_cli
     from prunekit.vocab import cli as vocab_cli
 
-    for module in (training_cli, data_cli, vocab_cli):
+    for module in (training_cli, data_cli, vocab_cli, delta_cli):
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
@@ -151,7 +153,7 @@ def _step_kind(args, recipe) -> str:
                          "one kind per call (oneshot or structured): split it into two recipes")
     kind = "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
     commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe",
-                "vocab": "prunekit vocab --recipe"}
+                "vocab": "prunekit vocab --recipe", "delta": "prunekit delta --recipe"}
     if kind in commands:
         raise PrunekitError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
     return kind

@@ -283,5 +283,8 @@ SCORES = Registry("data score", builtin=("prunekit.data.scores",))
 SELECTORS = Registry("selector", builtin=("prunekit.data.select",))
 """Which examples a data-pruning run keeps (hardest, easiest, band, CCS, class quotas, random)."""
 STEPS = Registry("recipe step", builtin=("prunekit.oneshot.step", "prunekit.structured.recipe",
-                                        "prunekit.training.step", "prunekit.data.select", "prunekit.vocab.step"))
+                                        "prunekit.training.step", "prunekit.data.select", "prunekit.vocab.step",
+                                        "prunekit.delta.step"))
 """The kinds of step a recipe may hold (``kind:`` key of a step), see :mod:`prunekit.core.recipe`."""
+DELTA_METHODS = Registry("delta method", builtin=("prunekit.delta",))
+"""How the delta between a fine-tuned model and its base is pruned (DARE, DAREx-q, ...), see ``prunekit/delta/``."""

@@ -1,0 +1,106 @@
+"""``prunekit delta``: prune the delta between a fine-tuned model and its base.
+
+    prunekit delta --base smollm2-135m --finetuned out/ft --method dare --sparsity 0.9 --out out/ft-dare90
+    prunekit delta --base B --finetuned F --method darex-q --drop 0.99 --option scope=global \\
+                   --calibration notes.txt --nsamples 16 --seqlen 256 --out O
+    prunekit delta --base B --finetuned F --recipe O/prunekit.json --out O2
+
+The output is the merged model (base + pruned delta), a standard folder; its ``prunekit.json`` is the
+recipe that ran (calibration + one delta step) with the base model and the result (per-layer kept
+delta entries, the rescaling factors). Every check that needs no weights (flags, recipe, text source,
+both models' configs, --out) runs before the models load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from prunekit.core.errors import PrunekitError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``delta`` sub-command to a parent CLI's sub-parsers."""
+    from prunekit.core.registry import DELTA_METHODS
+
+    p = subparsers.add_parser("delta", help="delta pruning: DARE, DAREx-q, magnitude or Wanda-style pruning of the "
+                              "difference between a fine-tuned model and its base")
+    p.add_argument("--base", required=True, help="the base model: an embedded name, a local folder or a hub id")
+    p.add_argument("--finetuned", required=True, help="the fine-tuned model (same architecture and shapes)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--method", default=None, help=f"one of: {', '.join(DELTA_METHODS.names())} (default dare)")
+    p.add_argument("--sparsity", "--drop", dest="sparsity", type=float, default=None,
+                   help="fraction of each layer's delta entries set to zero, DARE's p (default 0.9)")
+    p.add_argument("--option", action="append", default=[], help="method option key=value, e.g. scope=global")
+    p.add_argument("--targets", default=None, help="comma list of class names or re:<regex> (default Linear)")
+    p.add_argument("--ignore", default=None, help="comma list of class names or re:<regex> to skip")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random drops (default 0)")
+    p.add_argument("--calibration", default=None, help="text for wanda and darex-q: brown | brown:<genres> | a file")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
+    p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one delta step (an output's prunekit.json "
+                   "repeats its run); flags given too override it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
+    return p
+
+
+def recipe_from_args(args):
+    """The delta recipe: ``--recipe`` (if given) with the flags given overriding its step and calibration."""
+    from prunekit.core.recipe import CalibrationConfig, Recipe, load_recipe, parse_options
+    from prunekit.delta.step import DeltaStep
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    if recipe is not None and recipe.kinds() != ["delta"]:
+        raise PrunekitError(f"recipe {args.recipe!r} holds {', '.join(recipe.kinds())} steps; `prunekit delta` runs "
+                            "one delta step")
+    step = {k: v for k, v in recipe.steps[0].to_dict().items() if k != "kind"} if recipe else {}
+    if args.method is not None and args.method != step.get("method"):
+        step.pop("options", None)  # options belong to the recipe's method
+    given = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
+             "targets": args.targets.split(",") if args.targets else None,
+             "ignore": args.ignore.split(",") if args.ignore else None}
+    step.update({k: v for k, v in given.items() if v is not None})
+    options = parse_options(args.option)
+    if options:
+        step["options"] = {**step.get("options", {}), **options}
+    calibration = dict(vars(recipe.calibration)) if recipe else {}
+    for key in ("nsamples", "seqlen"):
+        if getattr(args, key) is not None:
+            calibration[key] = getattr(args, key)
+    if args.calibration is not None:
+        calibration["source"] = args.calibration
+    return Recipe([DeltaStep(**step)], CalibrationConfig(**calibration))
+
+
+def run(args) -> int:
+    from prunekit.core.data_sources import check_source
+    from prunekit.core.io import check_output, save_pretrained
+    from prunekit.delta.prune import prune_delta
+    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
+
+    recipe = recipe_from_args(args)  # every check that needs no weights comes before the models load
+    step = recipe.steps[0]
+    base_config, ft_config = load_config(args.base), load_config(args.finetuned)
+    if base_config.model_type != ft_config.model_type:
+        raise PrunekitError(f"the base is a {base_config.model_type} model but the fine-tuned model a "
+                            f"{ft_config.model_type} model; a delta needs two models of the same architecture")
+    if step.build().needs_calibration:
+        check_source(recipe.calibration.source)
+        check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")
+    base_path, ft_path = resolve_model_path(args.base), resolve_model_path(args.finetuned)
+    check_output(args.out, args.overwrite, inputs=(args.base, base_path, args.finetuned, ft_path))
+    tokenizer = load_tokenizer(args.finetuned)
+    base, finetuned = load_model(args.base), load_model(args.finetuned)
+    result = prune_delta(base, finetuned, step, recipe.calibration, tokenizer, progress=not args.quiet)
+    manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "delta": result.to_dict()}}
+    out = save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=ft_path)
+    if args.json:
+        data = result.to_dict()
+        data.pop("layers")
+        print(json.dumps({**data, "out": str(out)}))
+    elif not args.quiet:
+        print(result.summary())
+        print(f"saved to {out}")
+    return 0

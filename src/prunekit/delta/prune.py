@@ -1,0 +1,195 @@
+"""``prune_delta(base, finetuned, step)``: prune the fine-tuning delta of every target layer.
+
+The flow: check that the two models have the same tensors and shapes -> resolve the target layers
+(the decoder blocks' linear layers, ``targets``/``ignore`` as in one-shot pruning) -> for each
+target layer, ``D = W_ft - W_base`` becomes ``method.prune(D, p, ctx)`` and the fine-tuned layer is
+rewritten as ``W_base + pruned D``. Methods that read statistics of the layer inputs (Wanda-style
+norms, DAREx-q's X^T X) run inside the core block runner on the fine-tuned model, each layer pruned
+as soon as its statistics are complete (as one-shot pruning does); a method with one global
+rescaling factor has it chosen afterwards, as the candidate of lowest loss on the calibration text.
+
+Parameters that are not targets (embeddings, norms, the head) keep their whole delta; the result
+lists how many of them differ from the base.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunekit.core.calibration import walk_blocks
+from prunekit.core.data_sources import calibration_windows, describe_source
+from prunekit.core.errors import PrunekitError
+from prunekit.core.families import adapter_for, weight_view
+from prunekit.core.recipe import CalibrationConfig
+from prunekit.core.stats import LayerStats
+from prunekit.core.targets import select_layers
+from prunekit.delta.base import DeltaContext
+from prunekit.delta.step import DeltaStep
+
+
+@dataclass
+class DeltaLayerReport:
+    name: str
+    shape: tuple[int, int]
+    nonzero_before: int  # delta entries that are not zero before pruning
+    nonzero_after: int
+    factor: float | None = None  # the rescaling factor a layer-wise method chose
+
+
+@dataclass
+class DeltaResult:
+    """What a delta prune did, per layer and in total."""
+
+    method: str
+    sparsity: float
+    layers: list[DeltaLayerReport] = field(default_factory=list)
+    factor: float | None = None  # the global rescaling factor, when the method chooses one
+    factor_losses: dict = field(default_factory=dict)  # candidate factor -> calibration loss
+    untargeted_changed: list[str] = field(default_factory=list)  # other tensors that differ from the base
+    calibration: str = ""
+    seconds: float = 0.0
+
+    @property
+    def delta_before(self) -> int:
+        return sum(r.nonzero_before for r in self.layers)
+
+    @property
+    def delta_after(self) -> int:
+        return sum(r.nonzero_after for r in self.layers)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(delta_before=self.delta_before, delta_after=self.delta_after)
+        return data
+
+    def summary(self) -> str:
+        kept = self.delta_after / max(self.delta_before, 1)
+        factor = f"; global factor {self.factor:.3g}" if self.factor is not None else ""
+        layer_factors = [r.factor for r in self.layers if r.factor is not None and r.nonzero_before]
+        if layer_factors:
+            factor += (f"; layer factors {min(layer_factors):.3g}..{max(layer_factors):.3g} "
+                       f"(DARE's 1/(1-p) = {1 / (1 - self.sparsity):.3g})")
+        other = (f"; {len(self.untargeted_changed)} other tensors keep their whole delta"
+                 if self.untargeted_changed else "")
+        return (f"{self.method} p={self.sparsity:g}: {len(self.layers)} layers, {self.delta_after:,} of "
+                f"{self.delta_before:,} nonzero delta entries kept ({kept:.2%}){factor}{other}; {self.seconds:.1f} s")
+
+
+def check_pair(base: nn.Module, finetuned: nn.Module) -> None:
+    """The two models must have the same tensors with the same shapes (one-line error naming the first
+    that differs)."""
+    a, b = base.state_dict(), finetuned.state_dict()
+    if type(base) is not type(finetuned):
+        raise PrunekitError(f"the base is a {type(base).__name__} but the fine-tuned model a {type(finetuned).__name__}; "
+                            "a delta needs two models of the same architecture")
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            which = "base" if name not in a else "fine-tuned model"
+            raise PrunekitError(f"the {which} has no tensor {name!r}; base and fine-tuned model differ in architecture")
+        if a[name].shape != b[name].shape:
+            raise PrunekitError(f"tensor {name!r} is {list(a[name].shape)} in the base but {list(b[name].shape)} in "
+                                "the fine-tuned model; a delta needs two models of the same shapes")
+
+
+def changed_tensors(base: nn.Module, finetuned: nn.Module, skip: set[str]) -> list[str]:
+    """Names of the tensors (outside ``skip``) whose values differ between the two models."""
+    a, b = base.state_dict(), finetuned.state_dict()
+    return [name for name in a if name not in skip and not torch.equal(a[name], b[name])]
+
+
+@torch.no_grad()
+def calibration_loss(model: nn.Module, windows: torch.Tensor, chunk_size: int = 8) -> float:
+    """Mean next-token loss of ``model`` on token ``windows`` (every window weighs the same)."""
+    device = next(model.parameters()).device
+    total = 0.0
+    for start in range(0, len(windows), chunk_size):
+        ids = windows[start : start + chunk_size].to(device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1)
+        total += float(nll.sum())
+    return total / len(windows)
+
+
+def _layer_generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = None,
+                calibration: CalibrationConfig | None = None, tokenizer=None, progress: bool = False,
+                **step_fields) -> DeltaResult:
+    """Prune the delta of ``finetuned`` against ``base`` in place (``finetuned`` becomes the merged model).
+
+    ``step`` is a :class:`DeltaStep` (or give its fields: ``prune_delta(b, f, method="dare",
+    sparsity=0.9)``); ``calibration`` (a :class:`CalibrationConfig`, whose source may also be a 2-D
+    tensor of token windows) is read only by methods that need data."""
+    step = step if step is not None else DeltaStep(**step_fields)
+    check_pair(base, finetuned)
+    method = step.build()
+    start = time.perf_counter()
+    adapter = adapter_for(finetuned)
+    per_block = [select_layers(adapter.linears(i), step.targets, step.ignore) for i in range(len(adapter.blocks))]
+    if not any(per_block):
+        raise PrunekitError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
+    calib = calibration or CalibrationConfig()
+    result = DeltaResult(step.method, step.sparsity)
+    windows = None
+    if method.needs_calibration:
+        result.calibration = describe_source(calib.source)
+        windows = calibration_windows(calib.source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
+    kept: dict[str, torch.Tensor] = {}  # the kept (unscaled) deltas, for a global factor
+
+    @torch.no_grad()
+    def prune_layer(name: str, module: nn.Module, stats: LayerStats | None) -> None:
+        weight = weight_view(module)
+        base_weight = weight_view(base.get_submodule(name))
+        delta = weight.float() - base_weight.float()
+        ctx = DeltaContext(name, stats, _layer_generator(step.seed, name))
+        new = method.prune(delta, step.sparsity, ctx)
+        if method.global_factor:
+            kept[name] = new
+        weight.copy_((base_weight.float() + new).to(weight.dtype))
+        result.layers.append(DeltaLayerReport(name, tuple(weight.shape), int((delta != 0).sum()),
+                                              int((new != 0).sum()), ctx.factor))
+
+    needs = method.statistics()
+    if needs:
+        walk_blocks(finetuned, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer, needs=needs,
+                    progress=progress, desc=f"delta {step.method}")
+    else:
+        for layers in tqdm(per_block, desc=f"delta {step.method}", disable=not progress, leave=False):
+            for name, module in layers.items():
+                prune_layer(name, module, None)
+    if method.global_factor:
+        result.factor, result.factor_losses = _choose_factor(finetuned, base, kept, method.factor_grid(step.sparsity),
+                                                             windows, calib.chunk_size, progress)
+    targets = {f"{name}.weight" for layers in per_block for name in layers}
+    result.untargeted_changed = changed_tensors(base, finetuned, targets)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def _set_factor(model: nn.Module, base: nn.Module, kept: dict[str, torch.Tensor], factor: float) -> None:
+    for name, delta in kept.items():
+        weight = weight_view(model.get_submodule(name))
+        weight.copy_((weight_view(base.get_submodule(name)).float() + factor * delta).to(weight.dtype))
+
+
+def _choose_factor(model, base, kept, grid, windows, chunk_size, progress) -> tuple[float, dict]:
+    """The factor of ``grid`` with the lowest calibration loss (ties: the first), set on ``model``."""
+    losses = {}
+    for factor in tqdm(grid, desc="delta factor", disable=not progress, leave=False):
+        _set_factor(model, base, kept, factor)
+        loss = calibration_loss(model, windows, chunk_size)
+        losses[round(factor, 6)] = loss if math.isfinite(loss) else float("inf")
+    best = min(losses, key=lambda f: (losses[f], f))
+    chosen = next(f for f in grid if round(f, 6) == best)
+    _set_factor(model, base, kept, chosen)
+    return chosen, losses

@@ -1,0 +1,47 @@
+"""The delta step of a recipe (``kind: delta``)::
+
+    steps:
+      - kind: delta
+        method: darex-q        # dare | darex-q | magnitude | wanda (DELTA_METHODS)
+        sparsity: 0.9          # DARE's drop rate p: the fraction of delta entries set to zero (alias: drop)
+        options: {scope: layer}
+    calibration: {source: brown:a, nsamples: 16, seqlen: 256}   # read by wanda and darex-q only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunekit.core.errors import PrunekitError, short_repr
+from prunekit.core.recipe import Step
+from prunekit.core.registry import DELTA_METHODS, STEPS, option
+from prunekit.core.targets import validate_selectors
+
+
+@STEPS.register("delta")
+@dataclass
+class DeltaStep(Step):
+    """Prune the delta between a fine-tuned model and its base (DARE, DAREx-q, magnitude, Wanda-style)."""
+
+    key_aliases = {"drop": "sparsity"}
+
+    method: str = option("dare", "a registered delta method (see `prunekit list delta-methods`)")
+    sparsity: float = option(0.9, "fraction of each target layer's delta entries set to zero (DARE's p)", min=0,
+                             below=1)
+    targets: list[str] = option(default_factory=lambda: ["Linear"], help="class names or 're:<regex>'")
+    ignore: list[str] = option(default_factory=list, help="class names or 're:<regex>'; wins over targets")
+    options: dict = option(default_factory=dict, help="method options, e.g. {scope: global} for darex-q")
+    seed: int = option(0, "seed of the random drops (per layer: seed and layer name)", min=0)
+
+    def validate(self) -> None:
+        self.method = DELTA_METHODS.canonical(self.method)
+        self.options = DELTA_METHODS.check(self.method, self.options)
+        if not self.targets or not all(self.targets):
+            raise PrunekitError(f"targets is empty or has an empty name ({short_repr(self.targets)}), so no delta "
+                                "would be pruned; give class names such as 'Linear' or 're:<regex>'")
+        validate_selectors(self.targets, "targets")
+        validate_selectors(self.ignore, "ignore")
+
+    def build(self):
+        """The method instance with its checked options."""
+        return DELTA_METHODS.build(self.method, self.options)
