@@ -136,7 +136,7 @@ def test_list_reads_every_registry_and_the_readme_names_every_method(capsys):
     code, stdout, _ = run(capsys, "list", "--json")
     listing = json.loads(stdout)
     assert code == 0 and set(listing) == {"methods", "criteria", "allocations", "schedules", "scores", "selectors",
-                                          "steps"}
+                                          "steps", "delta-methods"}
     for kind, entries in listing.items():
         names = [e["name"] for e in entries]
         assert names and all(e["description"] for e in entries), kind
