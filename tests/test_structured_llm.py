@@ -110,7 +110,8 @@ def test_per_layer_widths_and_added_biases_reload_with_load_pretrained(family, t
     model = tiny_model(family)
     result = prune_structured(model, method="flap", structure=("mlp", "heads"), ratio=0.4, round_to=8,
                               calibration=tiny_windows(), nsamples=8, seqlen=32, allocation="blocks")
-    assert result.layer_shapes, "flap with biases and per-block budgets needs layer_shapes"
+    # the tiny blocks come out equally wide: Llama's bias flags then describe the added biases (a plain folder)
+    assert bool(result.layer_shapes) == (family != "llama"), "added biases without a bias flag need layer_shapes"
     out = save_pretrained(model, tmp_path / "pruned", manifest={"layer_shapes": result.layer_shapes})
     assert read_manifest(out)["layer_shapes"] == result.layer_shapes
     for reloaded in (prunekit.load_pretrained(out), load_model(out)):

@@ -22,7 +22,7 @@ DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
                   "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS",
                   "delta-methods": "DELTA_METHODS"}
-STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to"}
+STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to", "widths": "--widths"}
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, default=None, help="old spelling of --sparsity with --structure")
     g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (with --structure blocks)")
     g.add_argument("--round-to", type=int, default=None, help="kept MLP widths are multiples of this (default 8)")
+    g.add_argument("--widths", default=None, choices=("per-layer", "uniform"),
+                   help="per-layer (default): each layer keeps what the allocation gives it, loaded by "
+                   "prunekit.load_pretrained; uniform: every block the same widths, a folder plain from_pretrained loads")
     _add_output_args(p)
 
     e = sub.add_parser("eval", help="perplexity on a fixed protocol")

@@ -268,22 +268,76 @@ def check_layer_shapes(shapes, file) -> None:
             raise bad(f"heads[{name[:80]!r}] must be a positive integer, got {str(value)[:60]}")
 
 
+def read_layer_shapes(path: str | Path) -> dict:
+    """The per-layer shapes of a folder: ``prunekit_layer_shapes`` in its ``config.json`` (where
+    structured pruning writes them, so they survive ``save_pretrained``), else ``layer_shapes`` in
+    its ``prunekit.json`` (folders written before); {} for a folder the config describes."""
+    from prunekit.core.shapes import CONFIG_KEY
+
+    file = Path(path) / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        config = {}  # an unreadable config is reported by the loader itself
+    shapes = config.get(CONFIG_KEY) if isinstance(config, dict) else None
+    if shapes is not None:
+        check_layer_shapes(shapes, file)
+        return shapes
+    return read_manifest(path).get("layer_shapes") or {}
+
+
+def folder_kind(path: str | Path) -> str:
+    """How a model folder loads: ``"plain"`` (``from_pretrained``), ``"per-layer"`` (per-layer widths:
+    :func:`load_pretrained`) or ``"decilm"`` (the DeciLM / Nemotron-NAS layout, read by
+    :func:`load_pretrained` as the Llama model it describes)."""
+    if not Path(path).is_dir():
+        return "plain"
+    if read_decilm(path)[0] is not None:
+        return "decilm"
+    return "per-layer" if read_layer_shapes(path) else "plain"
+
+
+def size_mismatch_hint(path: str | Path, err: BaseException) -> PrunekitError | None:
+    """A one-line error for weights whose shapes differ from what ``config.json`` builds (a pruned
+    folder whose per-layer widths were dropped), else None."""
+    text = str(err)
+    if "size mismatch" not in text and "ignore_mismatched_sizes" not in text:
+        return None
+    return PrunekitError(f"the weights in {str(path)!r} do not have the shapes its config.json describes and the config "
+                         "records no per-layer widths (prunekit_layer_shapes); if prunekit pruned it with per-layer "
+                         "widths, the widths were dropped from config.json: restore them (prunekit.json keeps a copy "
+                         "under layer_shapes)")
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a folder written by prunekit with the stock transformers classes (no remote code).
 
-    Folders with per-layer widths (``"layer_shapes"`` in ``prunekit.json``, written by structured
-    pruning) load in three steps: ``from_pretrained`` loads everything whose shape the config
-    describes (with transformers' own key renames and weight tying); the recorded linears are
-    replaced by modules of the recorded shapes; their weights and biases are copied from the
-    safetensors files, and a missing one is an error. Recorded shapes that do not match the
-    tensors in the files are a one-line error.
+    Folders with per-layer widths (``prunekit_layer_shapes`` in ``config.json``, or ``layer_shapes``
+    in the ``prunekit.json`` of older folders; written by structured pruning) load in three steps:
+    ``from_pretrained`` loads everything whose shape the config describes (with transformers' own
+    key renames and weight tying); the recorded linears are replaced by modules of the recorded
+    shapes; their weights and biases are copied from the safetensors files, and a missing one is an
+    error. Recorded shapes that do not match the tensors in the files are a one-line error. The
+    loaded model's config carries the shapes, so its own ``save_pretrained`` writes a folder that
+    loads here again. A DeciLM / Nemotron-NAS folder (``prunekit export --format decilm``) loads as
+    the Llama model it describes (:func:`prunekit.core.shapes.decilm_to_llama`).
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
-    shapes = read_manifest(path).get("layer_shapes")
+    from prunekit.core.shapes import set_config_shapes
+
+    config, shapes = read_decilm(path)
+    if config is None:
+        shapes = read_layer_shapes(path)
     if not shapes:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        try:
+            return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype).eval()
+        except RuntimeError as err:
+            hint = size_mismatch_hint(path, err)
+            if hint is None:
+                raise
+            raise hint from None
     from safetensors import safe_open
 
     from prunekit.core.shapes import apply_layer_shapes
@@ -304,7 +358,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the mismatched blocks are expected: they are rebuilt below
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, ignore_mismatched_sizes=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
+                                                     ignore_mismatched_sizes=True)
     finally:
         logging.set_verbosity(verbosity)
     try:
@@ -327,4 +382,21 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
                     raise PrunekitError(f"layer_shapes in {str(path)!r} make {key!r} {list(param.shape)} but the "
                                         f"weights file holds {list(tensor.shape)}")
                 param.copy_(tensor)
+    set_config_shapes(model.config, shapes)  # so that the model's own save_pretrained keeps them
     return model.to(dtype).eval()
+
+
+def read_decilm(path: str | Path):
+    """(LlamaConfig, per-layer shapes) for a DeciLM / Nemotron-NAS folder, (None, {}) for any other."""
+    from prunekit.core.shapes import DECILM_TYPE, decilm_to_llama
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None, {}
+    if not isinstance(config, dict) or config.get("model_type") != DECILM_TYPE:
+        return None, {}
+    from transformers import LlamaConfig
+
+    llama, shapes = decilm_to_llama(config)
+    return LlamaConfig.from_dict(llama), shapes

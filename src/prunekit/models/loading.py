@@ -57,10 +57,15 @@ def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
     """The transformers config of a model, checked to be a supported family (fast: no weights)."""
     from transformers import AutoConfig
 
+    from prunekit.core.io import read_decilm
+
     name = str(name_or_path)
     path = resolve_model_path(name)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = read_decilm(path)[0] if Path(path).is_dir() else None  # DeciLM layout: the Llama it describes
+        config = config or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except PrunekitError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure to read a config is a bad model argument
         if not Path(path).is_dir():
             raise _unreachable(name, err) from None
@@ -123,21 +128,25 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, dev
     """
     from transformers import AutoModelForCausalLM
 
-    from prunekit.core.io import load_pretrained, read_manifest
+    from prunekit.core.io import folder_kind, load_pretrained, read_manifest, size_mismatch_hint
 
     name = str(name_or_path)
     path = resolve_model_path(name)
     load_config(name, trust_remote_code=trust_remote_code)
     _check_weights(path)
-    manifest = read_manifest(path) if Path(path).is_dir() else {}
+    if Path(path).is_dir():
+        read_manifest(path)  # a tampered prunekit.json is an error before any weight is read
     try:
-        if manifest.get("layer_shapes"):
-            return load_pretrained(path, dtype=dtype)
+        if folder_kind(path) != "plain":  # per-layer widths or the DeciLM layout
+            return load_pretrained(path, dtype=dtype).to(device)
         model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                            output_loading_info=True)
     except PrunekitError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated/garbage weights surface as many error types
+        hint = size_mismatch_hint(path, err)
+        if hint is not None:
+            raise hint from None
         raise PrunekitError(f"could not load the weights of model {name!r} ({_describe(err)})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:

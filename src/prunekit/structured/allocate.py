@@ -26,6 +26,7 @@ from prunekit.core.registry import ALLOCATIONS
 from prunekit.structured.groups import Group
 
 NAMES = ("uniform", "global", "blocks")  # the entries of the core ALLOCATIONS that structured pruning applies
+WIDTHS = ("per-layer", "uniform")  # per-layer: the allocation's widths; uniform: a folder plain transformers loads
 
 
 def min_units(group: Group, floor: float, round_to: int) -> int:

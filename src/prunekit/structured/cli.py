@@ -49,6 +49,8 @@ def recipe_from_args(args, recipe=None):
              "structure": ",".join(parse_structure(args.structure)) if args.structure else None}
     if getattr(args, "round_to", None) is not None:
         given["round_to"] = args.round_to
+    if getattr(args, "widths", None) is not None:
+        given["widths"] = args.widths
     parts = parse_structure(given["structure"] or step["structure"])
     if getattr(args, "round_to", None) is not None and "mlp" not in parts:
         raise PrunekitError(f"--round-to {args.round_to} applies only to structure mlp, but structure is "
@@ -99,7 +101,9 @@ def run_prune(args, recipe=None) -> int:
 
     recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first
     check_source(recipe.calibration.source)
-    check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
+    config = load_config(args.model)
+    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
+    check_plain_folder(config, recipe)
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     quiet = args.quiet or args.json
@@ -126,12 +130,43 @@ def run_prune(args, recipe=None) -> int:
     manifest = {**recipe.to_dict(), "result": result.to_dict(), "layer_shapes": result.layer_shapes,
                 "speed": receipt.to_dict() if receipt else None}
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
+    kind, how = describe_folder(out, bool(result.layer_shapes))
     if args.json:
-        print(json.dumps({**manifest, "out": str(out)}, default=str))
+        print(json.dumps({**manifest, "out": str(out), "folder": kind, "load_with": how}, default=str))
     elif not args.quiet:
         print(result.summary())
         if receipt:
             print(receipt.summary())
-        loader = "prunekit.load_pretrained" if result.layer_shapes else "from_pretrained"
-        print(f"saved to {out} (load with {loader})")
+        print(f"saved to {out}: {kind}; load it with {how}")
     return 0
+
+
+def describe_folder(out, per_layer: bool) -> tuple[str, str]:
+    """(which kind of folder, how to load it) for the line the CLI prints after saving."""
+    if not per_layer:
+        return ("a plain transformers folder (the config describes every block)",
+                f"AutoModelForCausalLM.from_pretrained({str(out)!r}) (no prunekit needed)")
+    return ("per-layer widths, recorded in config.json as prunekit_layer_shapes (plain from_pretrained refuses it; "
+            "--widths uniform writes a plain folder, `prunekit export --format decilm` a serving-engine one)",
+            f"prunekit.load_pretrained({str(out)!r}) or prunekit.load_model")
+
+
+def check_plain_folder(config, recipe) -> None:
+    """``--widths uniform``: what the family's stock class cannot build is refused before the weights load
+    (checked on a skeleton of the model on the meta device)."""
+    steps = [s for s in recipe.steps if getattr(s, "widths", None) == "uniform"]
+    if not steps:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.core.registry import CRITERIA
+    from prunekit.structured.prune import check_plain_widths
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    for step in steps:
+        compensate = step.bias_compensation
+        if compensate is None:
+            compensate = CRITERIA.build(step.method, step.options).bias_compensation
+        check_plain_widths(skeleton, parse_structure(step.structure), step.allocation, compensate)

@@ -5,8 +5,12 @@ declares it needs: channel moments and block similarity from one walk of the blo
 :func:`prunekit.core.calibration.walk_blocks`; gradients from
 :func:`prunekit.core.stats.collect_gradients`) -> per-unit scores for every MLP / attention group ->
 kept units per group (uniform, global or per-block budget, rounded) -> bias compensation (FLAP) ->
-slice the layers -> remove whole blocks (depth pruning) -> rewrite the config and record per-layer
-shapes for saving.
+slice the layers -> remove whole blocks (depth pruning) -> make the config describe the model, or
+record its per-layer shapes in it (:func:`prunekit.core.shapes.describe_in_config`).
+
+``widths="uniform"`` asks for a folder plain transformers loads: every block keeps the same widths
+(the uniform allocation) and compensation biases go into the family's own bias parameters; what the
+family cannot express that way is refused before any work (:func:`check_plain_widths`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prunekit.core.calibration import walk_blocks
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.families import Adapter, adapter_for, weight_view
 from prunekit.core.registry import CRITERIA
-from prunekit.core.shapes import layer_shapes, rewrite_config
+from prunekit.core.shapes import bias_flag, describe_in_config
 from prunekit.core.stats import ModelStats, collect_gradients
 from prunekit.structured import allocate
 from prunekit.structured.criteria import LLM_STRUCTURES, Criterion, ScoreContext
@@ -30,6 +34,7 @@ from prunekit.structured.groups import KINDS, Group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
 
 STRUCTURES = LLM_STRUCTURES
+WIDTHS = allocate.WIDTHS
 
 
 @dataclass
@@ -47,7 +52,8 @@ class StructuredResult:
     block_parameters_before: int = 0
     block_parameters_after: int = 0
     bias_compensation: bool = False
-    layer_shapes: dict = field(default_factory=dict)
+    widths: str = "per-layer"
+    layer_shapes: dict = field(default_factory=dict)  # {} : the config describes the model (plain transformers)
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
 
@@ -102,6 +108,35 @@ def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], rat
             raise PrunekitError(f"remove {k} blocks is outside [0, {n - 1}]: the model has {n} blocks")
     if allocation is not None and allocation not in allocate.NAMES:
         raise unknown_choice("allocation", allocation, allocate.NAMES, where="structured pruning")
+
+
+def check_plain_widths(model: nn.Module, structure: tuple[str, ...], allocation: str | None,
+                       compensate: bool) -> None:
+    """``widths="uniform"``: refuse (one line) what the stock class of the family cannot build from a config.
+
+    ``model`` may be a skeleton on the meta device (the CLI checks before the weights load)."""
+    adapter = adapter_for(model)
+    family = adapter.family
+    if family.attention is None or family.mlp is None:
+        return  # a family structured pruning does not know: check_request says so
+    if allocation not in (None, "uniform"):
+        raise PrunekitError(f"widths uniform keeps every block at the same widths, but allocation {allocation!r} "
+                            "gives each layer its own; drop the allocation (uniform is used) or use widths per-layer")
+    if "heads" in structure and family.attention.head_dim_key is None:
+        raise PrunekitError(f"widths uniform: {family.name} derives its head size from hidden / heads, so its config "
+                            "cannot state fewer heads; prune mlp (and blocks) only, or keep per-layer widths "
+                            "(loaded by prunekit.load_pretrained)")
+    if not compensate:
+        return
+    consumers = {"mlp": f"{adapter.block_prefix}.0.{family.mlp.consumer}",
+                 "heads": f"{adapter.block_prefix}.0.{family.attention.path}.{family.attention.out}"}
+    for kind in (s for s in structure if s in consumers):
+        name = consumers[kind]
+        if model.get_submodule(name).bias is None and bias_flag(model, name) is None:
+            layer = name.rsplit(".", 1)[-1]
+            raise PrunekitError(f"widths uniform: {family.name} has no bias on {layer} and no config flag that adds "
+                                "one, so bias compensation cannot be stored in a plain transformers folder; add "
+                                "--option bias_compensation=false, or keep per-layer widths (prunekit.load_pretrained)")
 
 
 def needed_statistics(criterion: Criterion, structure: tuple[str, ...], ratio: float | None,
@@ -196,24 +231,32 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
                      nsamples: int = 64, seqlen: int = 512, seed: int = 0, allocation: str | None = None,
                      round_to: int = 8, floor: float = 0.05, bias_compensation: bool | None = None,
                      statistics: ModelStats | None = None, progress: bool = False, chunk_size: int = 8,
-                     **options) -> StructuredResult:
+                     widths: str = "per-layer", **options) -> StructuredResult:
     """Physically remove MLP channels, attention heads (whole kv groups) and/or blocks of ``model`` in place.
 
     ``ratio`` is the fraction of the chosen structures' parameters removed (for ``blocks`` alone:
     of the blocks); ``remove`` is a number of blocks. ``statistics`` may pass calibration statistics
     collected earlier on the same dense model (a :class:`~prunekit.core.stats.ModelStats`, see
-    :func:`gather_statistics`); ``chunk_size`` windows run through a block together.
+    :func:`gather_statistics`); ``chunk_size`` windows run through a block together. ``widths``
+    ``"uniform"`` keeps every block at the same widths and makes sure plain ``from_pretrained``
+    loads the saved folder (else a one-line error before any work); ``"per-layer"`` lets the
+    allocation choose each layer's width.
     """
     start = time.perf_counter()
     structure = tuple(s.strip() for s in structure.split(",")) if isinstance(structure, str) else tuple(structure)
     adapter = adapter_for(model)
     check_request(adapter, method, structure, ratio, remove, allocation)
     criterion = CRITERIA.build(method, options)
-    allocation = allocation or criterion.allocation
     compensate = criterion.bias_compensation if bias_compensation is None else bias_compensation
+    if widths not in WIDTHS:
+        raise unknown_choice("widths", widths, WIDTHS, where="structured pruning")
+    if widths == "uniform":
+        check_plain_widths(model, structure, allocation, compensate)
+        allocation = "uniform"
+    allocation = allocation or criterion.allocation
     blocks_before = count(adapter.blocks)
     result = StructuredResult(method, structure, ratio or 0.0, allocation, parameters_before=count(model),
-                              block_parameters_before=blocks_before, bias_compensation=compensate)
+                              block_parameters_before=blocks_before, bias_compensation=compensate, widths=widths)
     needs = needed_statistics(criterion, structure, ratio, compensate)
     stats = statistics or ModelStats()
     if stats.missing(needs):
@@ -233,8 +276,9 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
         ctx = ScoreContext(stats, generator)
         result.removed_blocks = blocks_to_remove(criterion.block_scores(ctx, len(adapter.blocks)), n)
         remove_blocks(adapter, result.removed_blocks)
-    rewrite_config(adapter)
-    result.layer_shapes = layer_shapes(model)
+    result.layer_shapes = describe_in_config(model)
+    if widths == "uniform" and result.layer_shapes:
+        raise RuntimeError(f"widths uniform left layers the config does not describe: {result.layer_shapes}")
     _describe(adapter, result)
     result.parameters_after = count(model)
     result.block_parameters_after = count(adapter.blocks)

@@ -8,6 +8,7 @@ Python or a YAML/JSON file::
         sparsity: 0.2             # fraction of the structures' parameters removed (alias: ratio)
         allocation: global        # uniform | global | blocks; default: the method's own
         round_to: 8
+        widths: per-layer         # or uniform: every block the same widths, a plain transformers folder
     calibration: {source: "brown:b-r", nsamples: 64, seqlen: 512, seed: 0}
 """
 
@@ -51,6 +52,9 @@ class StructuredStep(Step):
                           below=1)
     bias_compensation: bool | None = option(None, "add the removed channels' mean output to the bias; default: "
                                             "the method's own (FLAP: on)")
+    widths: str = option("per-layer", "per-layer: each layer keeps what the allocation gives it (loaded by "
+                         "prunekit.load_pretrained); uniform: every block the same widths, biases in the family's own "
+                         "bias parameters, a folder plain from_pretrained loads", choices=allocate.WIDTHS)
     options: dict = option(default_factory=dict, help="criterion options, e.g. {beta: 0.5} for cfsp")
 
     def validate(self) -> None:
@@ -64,6 +68,10 @@ class StructuredStep(Step):
                                     f"{self.structure!r}; add blocks or drop remove")
             if parts == ("blocks",):
                 self.sparsity = None  # remove N blocks: a fraction would be ignored
+        if self.widths == "uniform" and self.allocation not in (None, "uniform"):
+            raise PrunekitError(f"widths uniform keeps every block at the same widths, but allocation "
+                                f"{self.allocation!r} gives each layer its own; drop the allocation or use widths "
+                                "per-layer")
         CRITERIA.check(self.method, self.options)  # unknown criteria, unknown keys, types and ranges
 
     @property
@@ -75,7 +83,7 @@ class StructuredStep(Step):
         """Keyword arguments of :func:`prunekit.structured.prune_structured`."""
         return {"method": self.method, "structure": self.structure, "ratio": self.sparsity, "remove": self.remove,
                 "allocation": self.allocation, "round_to": self.round_to, "floor": self.floor,
-                "bias_compensation": self.bias_compensation, **self.options}
+                "bias_compensation": self.bias_compensation, "widths": self.widths, **self.options}
 
 
 def apply_step(model, step: StructuredStep, calibration: CalibrationConfig | None = None, tokenizer=None,
