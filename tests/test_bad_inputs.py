@@ -42,11 +42,25 @@ def tiny_source(tmp_path_factory, smollm2_tokenizer):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_sharded(tiny_source, tmp_path_factory):
+    """The tiny model saved in shards of at most 1 MB (the embeddings alone in one) with an index."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-sharded") / "model"
+    AutoModelForCausalLM.from_pretrained(tiny_source).save_pretrained(folder, max_shard_size="1MB")
+    for file in tiny_source.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(file, folder / file.name)
+    return folder
+
+
 @dataclass
 class Ctx:
     tmp: Path
     model: Path  # a private copy of the tiny model (hard links; files are replaced, never edited in place)
     monkeypatch: pytest.MonkeyPatch
+    sharded: Path  # a private copy of the tiny model in several shards with an index
     out: Path = field(init=False)
 
     def __post_init__(self):
@@ -70,10 +84,10 @@ class Ctx:
     def recipe(self, text: str, name: str = "recipe.yaml") -> list[str]:
         return self.prune("--recipe", self.write(name, text), calibration=False)
 
-    def broken_model(self, **files) -> Path:
-        """A copy of the model with some files replaced (None deletes one)."""
+    def broken_model(self, source: Path | None = None, **files) -> Path:
+        """A copy of the model (or of ``source``) with some files replaced (None deletes one)."""
         folder = self.tmp / "broken"
-        shutil.copytree(self.model, folder, copy_function=os.link)
+        shutil.copytree(source or self.model, folder, copy_function=os.link)
         for name, content in files.items():
             name = name.replace("__", ".")
             (folder / name).unlink(missing_ok=True)
@@ -152,7 +166,10 @@ def _parent_is_file(c: Ctx):
     return c.prune(out=c.tmp / "file.txt" / "out")
 
 
-def _save_fails(error: BaseException):
+def _save_fails(error: BaseException, stream: bool = True):
+    """Saving fails after writing part of a file: a streamed prune while it writes an output shard,
+    an in-memory one (--no-stream) in transformers' save_pretrained."""
+
     def setup(c: Ctx):
         from transformers import PreTrainedModel
 
@@ -160,10 +177,41 @@ def _save_fails(error: BaseException):
             Path(folder, "model.safetensors").write_bytes(b"partial")
             raise error
 
+        def full_disk_shard(tensors, filename, *args, **kwargs):
+            Path(filename).write_bytes(b"partial")
+            raise error
+
+        if stream:
+            c.monkeypatch.setattr("prunekit.core.shards.save_file", full_disk_shard)
+            return c.prune()
         c.monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
-        return c.prune()
+        return c.prune("--no-stream")
 
     return setup
+
+
+def _shard(c: Ctx, index: int = 1) -> str:
+    """The name of the ``index``-th shard of the sharded copy."""
+    return sorted(p.name for p in c.sharded.glob("model-*.safetensors"))[index]
+
+
+def _missing_shard(c: Ctx):
+    return c.prune(model=c.broken_model(c.sharded, **{_shard(c): None}))
+
+
+def _truncated_shard(c: Ctx):
+    data = (c.sharded / _shard(c)).read_bytes()
+    return c.prune(model=c.broken_model(c.sharded, **{_shard(c): data[: len(data) - 100]}))
+
+
+def _lacking_tensor(c: Ctx):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(c.model / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    folder = c.broken_model(model__safetensors=None)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return c.prune(model=folder)
 
 
 def _load_interrupted(c: Ctx):
@@ -301,8 +349,31 @@ ROWS = {
     "disk full while saving (safetensors)": (_save_fails(__import__("safetensors").SafetensorError(
         "Error while serializing: I/O error: No space left on device (os error 28)")), 2,
         "the disk is full; nothing was written", False),
+    "disk full while saving in memory (OSError)": (_save_fails(OSError(errno.ENOSPC, "No space left on device"),
+                                                               stream=False), 2,
+                                                   "the disk is full; nothing was written", False),
+    "disk full while saving in memory (safetensors)": (_save_fails(__import__("safetensors").SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)"), stream=False), 2,
+        "the disk is full; nothing was written", False),
     "Ctrl-C while loading": (_load_interrupted, 130, "prunekit eval: interrupted", False),
     "Ctrl-C while saving": (_save_fails(KeyboardInterrupt()), 130, "prunekit prune: interrupted", False),
+    "Ctrl-C while saving in memory": (_save_fails(KeyboardInterrupt(), stream=False), 130,
+                                      "prunekit prune: interrupted", False),
+    # streaming (the default of one-shot prune from a folder): the shards are checked before any work
+    "missing shard": (_missing_shard, 2, "listed in model.safetensors.index.json is missing", True),
+    "truncated shard": (_truncated_shard, 2, "is truncated or not a safetensors file", True),
+    "truncated model.safetensors (prune)": (
+        lambda c: c.prune(model=c.broken_model(
+            model__safetensors=(c.model / "model.safetensors").read_bytes()[:-100])), 2,
+        "is truncated or not a safetensors file", True),
+    "garbage shard index": (lambda c: c.prune(model=c.broken_model(
+        c.sharded, **{"model__safetensors__index__json": "{not json"})), 2, "is not a valid shard index", True),
+    "checkpoint lacks a tensor (prune)": (_lacking_tensor, 2, "lack 1 tensor(s), e.g. 'model.layers.1.mlp.up_proj.weight'",
+                                          True),
+    "--stream with gblm": (lambda c: c.prune("--stream", "--method", "gblm"), 2,
+                           "gblm needs gradients of the whole model; prune it in memory", True),
+    "--stream with structured pruning": (lambda c: c.prune("--stream", "--structure", "mlp", "--sparsity", "0.2"), 2,
+                                         "--stream applies to one-shot pruning", True),
 }
 
 
@@ -318,11 +389,13 @@ def snapshot(root: Path) -> dict:
 
 
 @pytest.mark.parametrize("row", list(ROWS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tiny_sharded, tmp_path, monkeypatch,
+                                                          capsys):
     setup, expected_code, fragment, early = ROWS[row]
-    model = tmp_path / "models" / "m"
+    model, sharded = tmp_path / "models" / "m", tmp_path / "models" / "sharded"
     shutil.copytree(tiny_source, model, copy_function=os.link)
-    argv = setup(Ctx(tmp_path, model, monkeypatch))
+    shutil.copytree(tiny_sharded, sharded, copy_function=os.link)
+    argv = setup(Ctx(tmp_path, model, monkeypatch, sharded))
     if early:
         from transformers import AutoModelForCausalLM
 
@@ -330,6 +403,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tmp_p
             raise AssertionError("the weights were loaded before the bad input was found")
 
         monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", loaded)
+        monkeypatch.setattr("prunekit.core.shards.Checkpoint.read", loaded)  # the streamed path's one reader
     before = snapshot(tmp_path)
     capsys.readouterr()
     try:

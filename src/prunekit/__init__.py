@@ -15,6 +15,7 @@ _LAZY = {
     "load_pretrained": "prunekit.core.io",
     "save_pretrained": "prunekit.core.io",
     "prune": "prunekit.oneshot.prune",
+    "prune_pretrained": "prunekit.oneshot.prune",
     "PruneResult": "prunekit.oneshot.prune",
     "Recipe": "prunekit.core.recipe",
     "CalibrationConfig": "prunekit.core.recipe",

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     _add_step_args(p)
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-shot from a folder or name: read, prune and write one block at a time, never holding "
+                   "the whole model (default: whenever possible; --stream makes it an error when not, --no-stream "
+                   "loads the whole model)")
     g = p.add_argument_group("structured pruning (physically removes channels, heads or blocks)")
     g.add_argument("--structure", default=None, help="comma list of mlp,heads,blocks")
     g.add_argument("--ratio", type=float, default=None, help="old spelling of --sparsity with --structure")
@@ -165,6 +169,8 @@ def _step_kind(args, recipe) -> str:
 def cmd_prune(args) -> int:
     recipe = load_recipe_arg(args)
     if _step_kind(args, recipe) == "structured":  # physical removal: prunekit.structured
+        if args.stream:
+            raise PrunekitError("--stream applies to one-shot pruning; structured pruning loads the whole model")
         from prunekit.structured.cli import run_prune
 
         return run_prune(args, recipe)
@@ -180,34 +186,27 @@ def cmd_prune(args) -> int:
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     import prunekit
+    from prunekit.oneshot.prune import manifest, stream_plan
 
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
-    result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
-    out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
-                          source=path)
+    folder, why = stream_plan(recipe, args.model, args.stream)
+    if folder is not None:  # streaming: one block at a time from the shards to the output (oneshot/prune.py)
+        result = prunekit.prune_pretrained(folder, args.out, recipe, progress=not args.quiet, device=device,
+                                           overwrite=args.overwrite, source=path)
+        out = Path(args.out).expanduser().resolve()
+    else:
+        if why and not args.quiet:
+            print(f"prunekit prune: {why}: loading the whole model (no streaming)", file=sys.stderr)
+        tokenizer = load_tokenizer(args.model)
+        model = load_model(args.model)
+        result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
+        out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
+                              source=path)
     if args.json:
         print(json.dumps({**result.to_dict(), "out": str(out)}, default=str))
     elif not args.quiet:
         print(result.summary())
         print(f"saved to {out}")
     return 0
-
-
-def manifest(recipe, result) -> dict:
-    """``prunekit.json`` of a one-shot output: the recipe that ran (so the file is itself a recipe) and
-    its result (per-layer sparsity, timings)."""
-    data = result.to_dict()
-    return {
-        **recipe.to_dict(),
-        "result": {
-            "calibration": data["calibration"],
-            "timings": {**data["timings"], "total_s": data["seconds"]},
-            "sparsity": data["sparsity"],
-            "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
-                                   "method": r["method"]} for r in data["layers"]},
-        },
-    }
 
 
 def cmd_eval(args) -> int:
@@ -271,6 +270,7 @@ def cmd_demo(args) -> int:
     from prunekit.core.io import read_manifest, save_pretrained
     from prunekit.models import load_model, load_tokenizer
     from prunekit.core.recipe import CalibrationConfig, Recipe
+    from prunekit.oneshot.prune import manifest
     from prunekit.oneshot.step import PruneStep
 
     if args.threads:

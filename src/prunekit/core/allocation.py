@@ -25,7 +25,7 @@ sparsity before asking.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,70 @@ def lowest_counts(scores: Scores, k: int, caps: Mapping[Hashable, int] | None = 
         take = min(int((p == threshold).sum()), ties_left)
         ties_left -= take
         counts[name] = below[name] + take
+    return counts
+
+
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys of float32 ``values`` in the same order as the values (the bits of a non-negative
+    float read as an integer grow with it; a negative one's lower 31 bits are flipped)."""
+    bits = values.view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _key_value(key: int) -> torch.Tensor:
+    """The float32 whose :func:`_order_keys` key is ``key``."""
+    bits = torch.tensor([key if key >= 0 else key ^ 0x7FFFFFFF], dtype=torch.int32)
+    return bits.view(torch.float32)[0]
+
+
+def _kth_bin(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """(bin holding the k-th smallest entry, entries in the bins before it)."""
+    cum = hist.cumsum(0)
+    b = int(torch.searchsorted(cum, torch.tensor(k, dtype=cum.dtype)))
+    return b, int(cum[b - 1]) if b else 0
+
+
+def lowest_counts_streamed(layers: Callable[[], Iterable[tuple[Hashable, torch.Tensor]]], k: int,
+                           caps: Mapping[Hashable, int] | None = None) -> dict[Hashable, int]:
+    """:func:`lowest_counts` for layers read one at a time: ``layers()`` yields ``(name, scores)`` in a
+    fixed order and is called three times; memory is one layer plus two 65,536-bin histograms.
+
+    The k-th lowest score is found exactly from the order-preserving int32 keys of the float32
+    scores: a histogram of their upper 16 bits finds its bin, a histogram of the lower 16 bits of
+    the entries in that bin finds the key. The counts are then those of :func:`lowest_counts` (all
+    entries below the threshold, ties to the layers in the order given), so the masks are identical."""
+
+    def pieces():
+        for name, s in layers():
+            yield name, _lowest_entries(s, None if caps is None else caps[name]).reshape(-1).float()
+
+    bins = 1 << 16
+    upper = torch.zeros(bins, dtype=torch.int64)
+    available = 0
+    for _, p in pieces():
+        upper += torch.bincount((_order_keys(p) >> 16) + (bins >> 1), minlength=bins)
+        available += p.numel()
+    if k > available:
+        raise PrunekitError(f"cannot prune {k} entries: only {available} may be pruned")
+    if k <= 0:
+        return {name: 0 for name, _ in layers()}
+    high, before = _kth_bin(upper, k)
+    lower = torch.zeros(bins, dtype=torch.int64)
+    for _, p in pieces():
+        keys = _order_keys(p)
+        lower += torch.bincount(keys[(keys >> 16) + (bins >> 1) == high] & 0xFFFF, minlength=bins)
+    low, _ = _kth_bin(lower, k - before)
+    threshold = _key_value(((high - (bins >> 1)) << 16) | low)
+    counts, ties_left = {}, k
+    tied = {}
+    for name, p in pieces():
+        counts[name] = int((p < threshold).sum())
+        tied[name] = int((p == threshold).sum())
+        ties_left -= counts[name]
+    for name in counts:
+        take = min(tied[name], ties_left)
+        ties_left -= take
+        counts[name] += take
     return counts
 
 
@@ -158,20 +222,37 @@ class Global(Allocation):
                min_kept: Mapping[Hashable, int] | None = None, **context) -> dict[Hashable, int]:
         """Pruned entries per layer. ``costs``: parameters per entry of each layer (the budget is then
         ``sparsity`` of the total cost); ``min_kept``: entries each layer keeps besides the floor."""
-        caps = {}
-        for name, s in scores.items():
-            least = max(math.ceil(self.floor * s.numel()), (min_kept or {}).get(name, 0))
-            caps[name] = s.numel() - min(least, s.numel())
+        sizes = {name: s.numel() for name, s in scores.items()}
+        caps = self._caps(sizes, min_kept)
         if costs is not None:
             budget = sparsity * sum(s.numel() * costs[name] for name, s in scores.items())
             return budget_counts(scores, costs, budget, caps)
-        total = sum(s.numel() for s in scores.values())
+        return lowest_counts(scores, self._k(sizes, caps, sparsity), caps)
+
+    def counts_streamed(self, layers: Callable[[], Iterable[tuple[Hashable, torch.Tensor]]],
+                        sizes: Mapping[Hashable, int], sparsity: float) -> dict[Hashable, int]:
+        """:meth:`counts` (without costs) for layers read one at a time (``sizes``: entries of each
+        layer; ``layers()`` yields ``(name, scores)`` in that order, see :func:`lowest_counts_streamed`)."""
+        caps = self._caps(sizes)
+        return lowest_counts_streamed(layers, self._k(sizes, caps, sparsity), caps)
+
+    def _caps(self, sizes: Mapping[Hashable, int], min_kept: Mapping[Hashable, int] | None = None) -> dict:
+        """Entries each layer may give: all but the floor (and ``min_kept``)."""
+        caps = {}
+        for name, numel in sizes.items():
+            least = max(math.ceil(self.floor * numel), (min_kept or {}).get(name, 0))
+            caps[name] = numel - min(least, numel)
+        return caps
+
+    def _k(self, sizes: Mapping[Hashable, int], caps: Mapping[Hashable, int], sparsity: float) -> int:
+        """Entries pruned in all: ``sparsity`` of the total, if the floor leaves that many."""
+        total = sum(sizes.values())
         k = n_pruned(total, sparsity)
         if sum(caps.values()) < k:
             raise PrunekitError(
                 f"floor {self.floor!r} keeps {total - sum(caps.values())} weights but sparsity {sparsity!r} keeps "
                 f"only {total - k}; lower the floor or the sparsity")
-        return lowest_counts(scores, k, caps)
+        return k
 
 
 @ALLOCATIONS.register("owl")
@@ -184,8 +265,15 @@ class Owl(Allocation):
 
     def ratios(self, scores: Scores, sparsity: float, **context) -> dict[Hashable, float]:
         """``scores``: one tensor per allocation unit (one-shot pools each block's Wanda scores)."""
-        d = [outlier_ratio(s, self.m) for s in scores.values()]
-        return dict(zip(scores, owl_ratios(d, sparsity, self.lam)))
+        return self.ratios_from_outliers({name: self.outliers(s) for name, s in scores.items()}, sparsity)
+
+    def outliers(self, scores: torch.Tensor) -> float:
+        """One unit's outlier ratio: all :meth:`ratios_from_outliers` needs of its scores (so a driver
+        can reduce each unit's scores as soon as they are complete)."""
+        return outlier_ratio(scores, self.m)
+
+    def ratios_from_outliers(self, outliers: Mapping[Hashable, float], sparsity: float) -> dict[Hashable, float]:
+        return dict(zip(outliers, owl_ratios(list(outliers.values()), sparsity, self.lam)))
 
 
 @ALLOCATIONS.register("blocks")

@@ -15,7 +15,10 @@ keeps the statistics (:func:`walk_blocks` with ``needs={"moments", "similarity"}
    layers before it, and every matmul of the calibration data is computed exactly once, with
    pruned weights. Only one thread computes at a time (the others are parked at a barrier), so
    torch's own intra-op threads do the parallel work.
-3. The block's outputs are the next block's inputs; memory is one block's activations. With
+3. The block's outputs are the next block's inputs; memory is one block's activations. The weights
+   may come one block at a time (:class:`BlockWeights`: in memory they are all there; a streamed
+   checkpoint, :mod:`prunekit.core.shards`, loads the embeddings for step 1 and each block for its
+   turn, then writes and frees it). With
    ``similarity`` in ``needs``, each block's mean over tokens of cos(input, output) is measured
    on the way (per window, summed in window order, float64).
 
@@ -28,7 +31,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +71,8 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torc
         raise _StopForward
 
     handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
-    device = next(model.parameters()).device
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    device = (embeddings.weight if embeddings is not None else next(model.parameters())).device
     try:
         for start in range(0, len(windows), chunk_size):
             try:
@@ -242,6 +247,23 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
     return outputs
 
 
+class BlockWeights:
+    """Where the weights of the blocks are while :func:`walk_blocks` runs: in memory, all of them all
+    the time (this class). A streamed source (:class:`prunekit.core.shards.StreamedBlocks`) puts
+    the embeddings in place for the capture of the first block's inputs and each block for its turn
+    only."""
+
+    @contextmanager
+    def inputs(self) -> Iterator[None]:
+        """What the model runs before its first block is in place inside the ``with`` block."""
+        yield
+
+    @contextmanager
+    def block(self, index: int, module: nn.Module) -> Iterator[None]:
+        """Block ``index`` is in place inside the ``with`` block (pruned when it ends without error)."""
+        yield
+
+
 def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of cos(block input, block output), one value per window (float64)."""
     x, y = block_input.double(), block_output.to(block_input.device).double()
@@ -251,7 +273,7 @@ def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor) -> tor
 def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int,
                 per_block: list[dict[str, nn.Module]], on_ready: Callable[[str, nn.Module, LayerStats | None], None],
                 needs: frozenset[str] = frozenset({"norms"}), progress: bool = True, desc: str = "blocks",
-                device: torch.device | str | None = None) -> list[float]:
+                device: torch.device | str | None = None, weights: BlockWeights | None = None) -> list[float]:
     """Feed the calibration windows through ``blocks`` one at a time (see :func:`run_block`).
 
     ``per_block[i]`` names the layers of block i whose inputs are measured; ``on_ready`` receives
@@ -260,24 +282,29 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
     Returns the block similarity (:func:`window_cosines` averaged over windows, one float per
     block) when ``needs`` has ``similarity``, else an empty list. With ``device`` set (e.g.
     "cuda"), each block visits that device for its turn only, and the activations between blocks
-    stay with the model (e.g. on the CPU)."""
+    stay with the model (e.g. on the CPU). ``weights`` says where the blocks' weights are
+    (:class:`BlockWeights`; default: all in memory)."""
+    weights = weights or BlockWeights()
     layer_needs = frozenset(needs) & LAYER_NEEDS
     want_similarity = "similarity" in needs
     similarity: list[float] = []
-    inputs = capture_block_inputs(model, blocks[0], windows, chunk_size)
-    for block, layers in zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block):
-        home = next(block.parameters()).device
-        cosines: list[torch.Tensor | None] = [None] * len(inputs)
+    with weights.inputs():
+        inputs = capture_block_inputs(model, blocks[0], windows, chunk_size)
+    walk = zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block)
+    for index, (block, layers) in enumerate(walk):
+        with weights.block(index, block):
+            cosines: list[torch.Tensor | None] = [None] * len(inputs)
 
-        def keep_cosines(chunk, x, y, cosines=cosines):
-            cosines[chunk] = window_cosines(x, y).cpu()
+            def keep_cosines(chunk, x, y, cosines=cosines):
+                cosines[chunk] = window_cosines(x, y).cpu()
 
-        if device is not None:
-            block.to(device)
-        outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
-                            on_output=keep_cosines if want_similarity else None)
-        if device is not None:
-            block.to(home)
+            home = next(block.parameters()).device
+            if device is not None:
+                block.to(device)
+            outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
+                                on_output=keep_cosines if want_similarity else None)
+            if device is not None:
+                block.to(home)
         if want_similarity:
             total = torch.zeros((), dtype=torch.float64)
             for value in torch.cat(cosines):  # window order, whatever order the chunks finished in

@@ -25,6 +25,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -180,9 +182,10 @@ def remove_stale_temporaries(parent: str | Path) -> list[Path]:
     return removed
 
 
-def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | None = None,
-                    overwrite: bool = False, source: str | None = None) -> Path:
-    """Write ``model`` (and tokenizer) to ``out`` atomically with a ``prunekit.json`` manifest.
+@contextmanager
+def atomic_output(out: str | Path, overwrite: bool = False, source: str | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; it becomes ``out`` when the ``with`` block ends
+    without error (the rules of :func:`check_output` apply).
 
     A failure while writing (disk full, permissions, Ctrl-C) leaves nothing behind: the temporary
     folder is removed and a replaced output is put back; OS errors become one-line PrunekitErrors."""
@@ -192,11 +195,7 @@ def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | Non
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        data = {"prunekit_version": __version__, "source_model": source, **(manifest or {})}
-        (tmp / MANIFEST).write_text(json.dumps(data, indent=2, default=str))
+        yield tmp
         _move_into_place(tmp, out)
     except (OSError, SafetensorError) as err:  # safetensors reports its I/O failures (disk full) as its own error
         full = getattr(err, "errno", None) == errno.ENOSPC or f"os error {errno.ENOSPC})" in str(err)
@@ -205,7 +204,24 @@ def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | Non
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+
+def write_manifest(folder: str | Path, manifest: dict | None = None, source: str | None = None) -> None:
+    """``prunekit.json`` in ``folder``: prunekit's version, the source model and ``manifest``."""
+    data = {"prunekit_version": __version__, "source_model": source, **(manifest or {})}
+    (Path(folder) / MANIFEST).write_text(json.dumps(data, indent=2, default=str))
+
+
+def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | None = None,
+                    overwrite: bool = False, source: str | None = None) -> Path:
+    """Write ``model`` (and tokenizer) to ``out`` atomically with a ``prunekit.json`` manifest
+    (see :func:`atomic_output`)."""
+    with atomic_output(out, overwrite, source) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, manifest, source)
+    return Path(out).expanduser().resolve()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -3,6 +3,17 @@
 The flow of one step: resolve target layers -> per-layer sparsities (uniform, global, OWL) ->
 for each block: collect calibration statistics, prune each layer as soon as its statistics are
 complete, pass the pruned outputs on -> report.
+
+Two ways in, the same masks:
+
+* :func:`prune` prunes a model already in memory, in place.
+* :func:`prune_pretrained` prunes a checkpoint folder (or an embedded name, or a hub id) into an
+  output folder without ever holding the whole model (:mod:`prunekit.core.shards`): the model is
+  built without weights, the embeddings and then one block at a time are read from the
+  safetensors shards, calibrated, pruned, written to the output shards and freed. Global
+  allocation reads the target weights once beforehand (one layer at a time); OWL streams the
+  blocks twice (dense Wanda scores, then pruning). GBLM needs gradients of the whole model and
+  recipes of several steps prune in memory (:func:`stream_plan` says why).
 """
 
 from __future__ import annotations
@@ -10,12 +21,13 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.core.calibration import walk_blocks
+from prunekit.core.calibration import BlockWeights, walk_blocks
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
@@ -23,7 +35,7 @@ from prunekit.core.memory import lean_allocator, peak_rss_mb
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
-from prunekit.core.families import Adapter, adapter_for, weight_view
+from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
 from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
@@ -104,11 +116,7 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     of strings, or a LongTensor of token ids (windows x seqlen). ``device`` runs each block on
     that device in turn while the model and activations stay where they are.
     """
-    recipe = as_recipe(recipe, **step_fields)
-    other = next((s.name for s in recipe.steps if not isinstance(s, PruneStep)), None)
-    if other is not None:
-        raise PrunekitError(f"prunekit.prune runs oneshot steps, not {other!r} steps (structured: "
-                            "prunekit.structured.recipe.apply_step; training: prunekit train; selection: prunekit data)")
+    recipe = _oneshot_recipe(as_recipe(recipe, **step_fields))
     lean_allocator()  # one malloc arena for the runner's threads (see memory.py)
     calib = recipe.calibration
     source = calib.source if calibration is None else calibration
@@ -117,12 +125,192 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(source))
     for step in recipe.steps:
         _run_step(adapter, step, calib, source, tokenizer, result, progress, device)
-    result.parameters = sum(p.numel() for p in model.parameters())
+    return _finish(result, sum(p.numel() for p in model.parameters()), start)
+
+
+def _oneshot_recipe(recipe: Recipe) -> Recipe:
+    other = next((s.name for s in recipe.steps if not isinstance(s, PruneStep)), None)
+    if other is not None:
+        raise PrunekitError(f"prunekit.prune runs oneshot steps, not {other!r} steps (structured: "
+                            "prunekit.structured.recipe.apply_step; training: prunekit train; selection: prunekit data)")
+    return recipe
+
+
+def _finish(result: PruneResult, parameters: int, start: float) -> PruneResult:
+    result.parameters = parameters
     result.targeted = sum(r.shape[0] * r.shape[1] for r in result.layers)
     result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in result.layers))
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def manifest(recipe: Recipe, result: PruneResult) -> dict:
+    """``prunekit.json`` of a one-shot output: the recipe that ran (so the file is itself a recipe) and
+    its result (per-layer sparsity, timings)."""
+    data = result.to_dict()
+    return {
+        **recipe.to_dict(),
+        "result": {
+            "calibration": data["calibration"],
+            "timings": {**data["timings"], "total_s": data["seconds"]},
+            "sparsity": data["sparsity"],
+            "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
+                                   "method": r["method"]} for r in data["layers"]},
+        },
+    }
+
+
+# ------------------------------------------------------------------ streaming
+
+def local_folder(model: str | Path) -> str | None:
+    """The local folder of an embedded name, a folder or a hub id (from the Hugging Face cache, or
+    downloaded: config, tokenizer and safetensors files only); None when there is none."""
+    from prunekit.models.loading import resolve_model_path
+
+    path = resolve_model_path(model)
+    if Path(path).is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception:  # noqa: BLE001 - the in-memory loader reports why the name does not load
+        return None
+
+
+def stream_plan(recipe: Recipe, model: str | Path, stream: bool | None = None) -> tuple[str | None, str | None]:
+    """(folder to stream from, None) or (None, why the whole model is loaded instead).
+
+    ``stream=None`` (the CLI default) streams whenever it can; ``True`` makes every reason not to
+    a one-line error; ``False`` never streams."""
+    if stream is False:
+        return None, None
+    why = _why_in_memory(recipe)
+    folder = None
+    if why is None:
+        folder = local_folder(model)
+        why = _why_not_folder(folder, str(model))
+    if why is not None and stream:
+        raise PrunekitError(f"cannot stream {str(model)!r}: {why}; prune it in memory (prunekit prune --no-stream, "
+                            "or prunekit.load_model + prunekit.prune)")
+    return (None, why) if why else (folder, None)
+
+
+def _why_in_memory(recipe: Recipe) -> str | None:
+    if len(recipe.steps) != 1:
+        return f"a recipe of {len(recipe.steps)} steps is pruned in memory"
+    step = recipe.steps[0]
+    if isinstance(step, PruneStep) and "gradients" in step.build().needs:
+        return f"{step.method} needs gradients of the whole model"
+    return None
+
+
+def _why_not_folder(folder: str | None, shown: str) -> str | None:
+    from prunekit.core.shards import NotStreamable, has_safetensors, open_streamed
+    from prunekit.models.loading import load_config
+
+    if folder is None:
+        return "the model is not a local folder"
+    if not has_safetensors(folder):
+        return "the model has no safetensors weights (model.safetensors or its index)"
+    try:  # headers and an empty model only: a missing or truncated shard is an error here
+        open_streamed(folder, load_config(folder), shown=shown)
+    except NotStreamable as err:
+        return str(err)
+    return None
+
+
+@dataclass
+class _Stream:
+    """A streamed run: the input's weights, read into the empty model, and the output shards.
+    ``plan[i]`` names the model tensors of output shard i: shard i holds block i, the shards after
+    the blocks hold the rest (embeddings, final norm, head)."""
+
+    weights: object  # core.shards.StreamedWeights
+    writer: object  # core.shards.ShardWriter
+    plan: list[list[str]]
+    n_blocks: int
+
+    def blocks(self, adapter: Adapter, write: bool) -> BlockWeights:
+        from prunekit.core.shards import StreamedBlocks
+
+        def write_block(index: int, module: nn.Module) -> None:
+            self._write(index, ((name, self.weights.tensor(name)) for name in self.plan[index]))
+
+        return StreamedBlocks(self.weights, adapter.block_prefix, on_block=write_block if write else None)
+
+    def write_rest(self) -> None:
+        for shard in range(self.n_blocks, len(self.plan)):
+            self._write(shard, self.weights.read(self.plan[shard]))
+
+    def _write(self, shard: int, tensors) -> None:
+        self.writer.write(shard, {self.weights.saved_name(name): tensor for name, tensor in tensors})
+
+
+def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibration=None, tokenizer=None,
+                     progress: bool = True, device: torch.device | str | None = None, overwrite: bool = False,
+                     dtype: torch.dtype = torch.float32, source: str | None = None, **step_fields) -> PruneResult:
+    """Prune the model ``model`` (a folder, an embedded name or a hub id) into the folder ``out``,
+    streaming: the model never is in memory as a whole (see the module docstring). The output holds
+    the pruned weights in ``dtype`` (sharded one block per file), the config, the tokenizer and
+    ``prunekit.json``, written atomically (:func:`prunekit.core.io.atomic_output`), and loads with
+    ``AutoModelForCausalLM.from_pretrained``. The masks are those :func:`prune` gives on the loaded
+    model. ``source`` is the model as the manifest names it (default: ``model``).
+
+    A recipe the streaming path cannot run (GBLM's gradients, several steps) or a model without
+    a safetensors checkpoint is a :class:`PrunekitError` naming the in-memory path."""
+    from prunekit.core.io import atomic_output, check_output, write_manifest
+    from prunekit.core.shards import ShardWriter, StreamedBlocks, open_streamed, pack
+    from prunekit.models.loading import check_seqlen, load_config, load_tokenizer
+
+    recipe = _oneshot_recipe(as_recipe(recipe, **step_fields))
+    folder, _ = stream_plan(recipe, model, stream=True)
+    shown = str(model)
+    config = load_config(folder)
+    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
+    check_output(out, overwrite, inputs=(shown, folder))
+    weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
+    skeleton = weights.model
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    lean_allocator()
+    calib = recipe.calibration
+    data = calib.source if calibration is None else calibration
+    start = time.perf_counter()
+    adapter = adapter_for(skeleton)
+    parameters = sum(p.numel() for p in skeleton.parameters())
+    result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(data))
+    streamed = StreamedBlocks(weights, adapter.block_prefix)
+    plan = [streamed.block_names(i) for i in range(len(adapter.blocks))]
+    rest = [n for n in weights.sources if n not in {m for names in plan for m in names}]
+    sizes = {n: weights.output_bytes(n) for n in weights.sources}
+    plan += pack(rest, sizes, max(sum(sizes[n] for n in names) for names in plan))
+    with atomic_output(out, overwrite, source=source or shown) as tmp:
+        writer = ShardWriter(tmp, [[weights.saved_name(n) for n in names] for names in plan])
+        stream = _Stream(weights, writer, plan, len(adapter.blocks))
+        _run_step(adapter, recipe.steps[0], calib, data, tokenizer, result, progress, device, stream)
+        t0 = time.perf_counter()
+        stream.write_rest()
+        stream.writer.close()
+        _save_config(skeleton, folder, tmp)
+        tokenizer.save_pretrained(tmp)
+        result.timings["stream:read_s"] = weights.read_s
+        result.timings["stream:write_s"] = stream.writer.write_s
+        result.timings["stream:rest_s"] = time.perf_counter() - t0
+        _finish(result, parameters, start)
+        write_manifest(tmp, manifest(recipe, result), source or shown)
+    return result
+
+
+def _save_config(model: nn.Module, folder: str, out: Path) -> None:
+    """The model's config (naming its class and the saved dtype) and the input's generation config."""
+    config = model.config
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    if (Path(folder) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_pretrained(folder).save_pretrained(out)
 
 
 # ------------------------------------------------------------------ one step
@@ -142,7 +330,9 @@ def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> t
     return calibration_windows(source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
 
 
-def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=None) -> None:
+def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=None, stream=None) -> None:
+    """One step on ``adapter``'s model; with ``stream`` (a streamed run) the blocks are read, pruned and
+    written one at a time."""
     method = step.build()
     pattern = parse_pattern(step.pattern)
     per_block = _target_layers(adapter, step)
@@ -152,7 +342,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     needs_data = method.needs_calibration or step.allocation == "owl"
     windows = _windows(adapter, calib, source, tokenizer) if needs_data else None
     t0 = time.perf_counter()
-    ratios = _allocate(adapter, step, per_block, windows, calib, progress, device)
+    ratios = _allocate(adapter, step, per_block, windows, calib, progress, device, stream)
     result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
     gradients = {}
     if "gradients" in method.needs:
@@ -174,38 +364,60 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
                                          str(pattern), step.method))
 
     t0 = time.perf_counter()
+    weights = BlockWeights() if stream is None else stream.blocks(adapter, write=True)
     if method.needs_calibration:
         walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer,
-                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device)
+                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device, weights=weights)
     else:
-        for layers in tqdm(per_block, desc=step.method, disable=not progress, leave=False):
-            for name, module in layers.items():
-                prune_layer(name, module, None)
+        for index, layers in enumerate(tqdm(per_block, desc=step.method, disable=not progress, leave=False)):
+            with weights.block(index, adapter.blocks[index]):
+                for name, module in layers.items():
+                    prune_layer(name, module, None)
     result.timings[f"{step.method}:prune_s"] = time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------ allocation
 
-def _allocate(adapter, step, per_block, windows, calib, progress, device=None) -> dict[str, float]:
+def _allocate(adapter, step, per_block, windows, calib, progress, device=None, stream=None) -> dict[str, float]:
     """Per-layer sparsities from the core allocation the step names (:mod:`prunekit.core.allocation`)."""
-    weights = {name: weight_view(m) for layers in per_block for name, m in layers.items()}
+    modules = {name: m for layers in per_block for name, m in layers.items()}
     if step.allocation == "uniform":
-        return ALLOCATIONS.build("uniform").ratios(weights, step.sparsity)
+        return ALLOCATIONS.build("uniform").ratios(modules, step.sparsity)
     if step.allocation == "global":  # one |W| threshold over all target layers
-        return ALLOCATIONS.build("global").ratios({n: w.abs() for n, w in weights.items()}, step.sparsity)
+        allocation = ALLOCATIONS.build("global")
+        if stream is None:
+            return allocation.ratios({n: weight_view(m).abs() for n, m in modules.items()}, step.sparsity)
+
+        def magnitudes():  # the dense weights, one layer at a time, as the in-memory path sees them
+            for (name, module), (_, w) in zip(modules.items(), stream.weights.read(f"{n}.weight" for n in modules)):
+                yield name, as_out_in(module, w).abs()
+
+        sizes = {name: weight_view(m).numel() for name, m in modules.items()}
+        counts = allocation.counts_streamed(magnitudes, sizes, step.sparsity)
+        return {name: counts[name] / sizes[name] for name in modules}
     owl = ALLOCATIONS.build("owl", {"lam": step.owl_lambda, "m": step.owl_m})
-    block_ratio = owl.ratios(_owl_block_scores(adapter, per_block, windows, calib, progress, device), step.sparsity)
+    outliers = _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream)
+    block_ratio = owl.ratios_from_outliers(outliers, step.sparsity)
     return {name: block_ratio[i] for i, layers in enumerate(per_block) for name in layers}
 
 
-def _owl_block_scores(adapter, per_block, windows, calib, progress, device=None) -> dict[int, torch.Tensor]:
-    """OWL's input: one dense pass collects the Wanda scores of each block, pooled (flat) per block."""
-    block_scores: dict[int, list[torch.Tensor]] = {}
+def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream=None) -> dict[int, float]:
+    """OWL's input: one dense pass collects the Wanda scores of each block, pooled (flat) per block
+    and reduced to the block's outlier ratio as soon as the block is done."""
     block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
+    pending: dict[int, list[torch.Tensor]] = {}
+    outliers: dict[int, float] = {}
+
+    def reduce_done(before: int) -> None:
+        for i in sorted(b for b in pending if b < before):
+            outliers[i] = owl.outliers(torch.cat(pending.pop(i)))
 
     def collect(name, module, stats):
-        block_scores.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
+        reduce_done(block_of[name])
+        pending.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
 
+    weights = None if stream is None else stream.blocks(adapter, write=False)
     walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, collect, needs={"norms"},
-                progress=progress, desc="owl scores", device=device)
-    return {i: torch.cat(block_scores.pop(i)) for i in sorted(block_scores)}  # pop: one block's copy at a time
+                progress=progress, desc="owl scores", device=device, weights=weights)
+    reduce_done(len(per_block))
+    return outliers
