@@ -178,3 +178,26 @@ def test_cli_widths_uniform_refusals_come_before_the_model_loads(tiny_folder, tm
     assert main(["prune", "--model", str(tiny_folder), "--out", str(out), "--method", "wanda",
                  "--widths", "uniform"]) == 2
     assert "--widths 'uniform' applies only to structured pruning" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_saved_folders_get_the_usual_permissions(tmp_path, umask, mode):
+    """Like save_pretrained's own folders (mkdir under the umask), not the 0700 of a temporary folder."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        out = save_pretrained(tiny_model("llama"), tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+def test_inspect_says_how_a_per_layer_folder_loads(tmp_path, capsys):
+    model, _ = per_layer_model("llama")
+    out = save_pretrained(model, tmp_path / "pruned")
+    assert main(["inspect", "--model", str(out)]) == 0
+    assert "prunekit.load_pretrained(path)" in capsys.readouterr().out
+    assert main(["inspect", "--model", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["folder"] == "per-layer"

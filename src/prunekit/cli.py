@@ -22,6 +22,12 @@ DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
                   "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS",
                   "delta-methods": "DELTA_METHODS"}
+FOLDER_NOTES = {  # what inspect adds about a folder that plain from_pretrained does not load
+    "per-layer": "\nper-layer widths (config.json: prunekit_layer_shapes): in Python load it with "
+                 "prunekit.load_pretrained(path) or prunekit.load_model(path); plain from_pretrained refuses it",
+    "decilm": "\nthe DeciLM / Nemotron-NAS layout (prunekit export --format decilm): prunekit.load_pretrained(path) "
+              "reads it as the Llama it describes",
+}
 STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to", "widths": "--widths"}
 
 
@@ -94,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from prunekit.data import cli as data_cli  # sub-commands owned by their packages; a broken import is an error
     from prunekit.delta import cli as delta_cli
+    from prunekit.structured import export as export_cli
     from prunekit.training import cli as training_cli
     from prunekit.vocab import cli as vocab_cli
 
-    for module in (training_cli, data_cli, vocab_cli, delta_cli):
+    for module in (training_cli, data_cli, vocab_cli, delta_cli, export_cli):
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
 
@@ -233,8 +240,12 @@ def cmd_inspect(args) -> int:
     from prunekit.evaluate.sparsity import format_report, sparsity_report
     from prunekit.models import load_model
 
+    from prunekit.core.io import folder_kind
+    from prunekit.models.loading import resolve_model_path
+
     report = sparsity_report(load_model(args.model))
-    print(json.dumps(report) if args.json else format_report(report))
+    report["folder"] = folder_kind(resolve_model_path(args.model))  # how the folder loads (issue 12)
+    print(json.dumps(report) if args.json else format_report(report) + FOLDER_NOTES.get(report["folder"], ""))
     return 0
 
 

@@ -195,6 +195,7 @@ def atomic_output(out: str | Path, overwrite: bool = False, source: str | None =
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an output gets the usual permissions (0755 at umask 022)
         yield tmp
         _move_into_place(tmp, out)
     except (OSError, SafetensorError) as err:  # safetensors reports its I/O failures (disk full) as its own error
@@ -204,6 +205,13 @@ def atomic_output(out: str | Path, overwrite: bool = False, source: str | None =
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_manifest(folder: str | Path, manifest: dict | None = None, source: str | None = None) -> None:
