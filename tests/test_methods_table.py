@@ -1,4 +1,5 @@
-"""The shared table: every method x every family on tiny random models."""
+"""The shared table: every method x every family on tiny random models (the table's families and
+decoders found by discovery)."""
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from prunekit.core.families import adapter_for, weight_view
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
 from prunekit.core.registry import METHODS as REGISTRY
-from tests.conftest import FAMILIES, tiny_model, tiny_windows
+from tests.conftest import DISCOVERED, FAMILIES, tiny_model, tiny_windows
 
 METHODS = REGISTRY.names()
 
@@ -20,7 +21,7 @@ def recipe(method, **kw):
     return Recipe([PruneStep(method=method, **kw)], CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + DISCOVERED)
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_prunes_every_family(family, method):
     model = tiny_model(family)
@@ -34,7 +35,7 @@ def test_every_method_prunes_every_family(family, method):
         assert ((w == 0).sum(dim=1) == w.shape[1] // 2).all(), name  # exactly half of every row
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + DISCOVERED)
 def test_save_and_plain_transformers_reload_give_identical_logits(family, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -124,12 +125,11 @@ def test_global_and_owl_allocation_average_to_target():
     assert sum(targets) / 2 == pytest.approx(0.7)
 
 
-def test_unsupported_model_is_a_clear_error():
-    from transformers import BertConfig, BertModel
-
-    with pytest.raises(ValueError, match="supported families: Llama"):
-        prunekit.prune(BertModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                            intermediate_size=64)), method="magnitude")
+def test_a_model_without_a_block_list_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="Sequential has no recognisable decoder block list.*supported: any "
+                       "Hugging Face decoder whose blocks can be found, and by name Llama"):
+        prunekit.prune(model, method="magnitude")
 
 
 def test_explicit_block_device_gives_the_same_model():

@@ -146,7 +146,7 @@ def budget_counts(scores: Scores, costs: Mapping[Hashable, float], budget: float
     Removing an entry of layer ``name`` removes ``costs[name]``; the last entry may overshoot the
     budget. A layer gives at most ``caps[name]`` entries (its lowest ones)."""
     names = list(scores)
-    pieces = [_lowest_entries(scores[n], None if caps is None else caps[n]).reshape(-1).double() for n in names]
+    pieces = [_lowest_entries(scores[n], None if caps is None else caps[n]).reshape(-1).double().cpu() for n in names]
     if not any(p.numel() for p in pieces):
         return {n: 0 for n in names}
     owner = torch.cat([torch.full((p.numel(),), i) for i, p in enumerate(pieces)])

@@ -11,8 +11,11 @@ Linear layers: ``nn.Linear`` stores its weight (out x in); GPT-2's ``Conv1D`` st
 and writes weights through :func:`weight_view` (out x in, sharing storage with the parameter) and
 replaces them through :func:`set_weight`.
 
-Lookup: :func:`family_for` tries the table, then :func:`discover`, the place for generic discovery
-of unknown decoders (today it raises an error naming the supported families).
+Lookup: :func:`family_for` tries the table, then :func:`discover`, which finds the decoder blocks of
+any Hugging Face decoder from its own structure (the ``ModuleList`` of its ``_no_split_modules``
+blocks). One-shot pruning needs only the blocks and their linear layers, so it works on every
+decoder discovery finds (Gemma, Phi, OLMo, ...); structured pruning also needs the attention and
+MLP layout, which only the table knows.
 """
 
 from __future__ import annotations
@@ -118,16 +121,27 @@ class MlpLayout:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: its decoder blocks, attention and MLP layout."""
+    """One model family: its decoder blocks, attention and MLP layout (None for a family found by
+    :func:`discover`: one-shot pruning only)."""
 
     model_type: str  # Hugging Face config.model_type
     name: str  # how people write it
     blocks: str  # attribute path of the ModuleList of decoder blocks
-    attention: AttentionLayout
-    mlp: MlpLayout
+    attention: AttentionLayout | None = None
+    mlp: MlpLayout | None = None
+    config_path: str = ""  # the sub-config holding the widths and head counts ("text_config"), "" = the config
+
+    @property
+    def structured(self) -> bool:
+        """Whether structured pruning knows this family's attention and MLP layout."""
+        return self.attention is not None and self.mlp is not None
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
+
+    def widths_config(self, config):
+        """The (sub-)config whose keys hold the widths and head counts of the blocks."""
+        return getattr(config, self.config_path) if self.config_path else config
 
     def attention_module(self, block: nn.Module) -> nn.Module:
         return block.get_submodule(self.attention.path)
@@ -154,11 +168,12 @@ class Family:
             setattr(attention, attr, n_q * head_dim)
 
 
-def _gqa(model_type: str, name: str) -> Family:
-    """The Llama layout, shared by Mistral and Qwen2/3."""
-    return Family(model_type, name, "model.layers",
+def _gqa(model_type: str, name: str, blocks: str = "model.layers", config_path: str = "") -> Family:
+    """The Llama layout, shared by Mistral, Qwen2/3 and Gemma 3 (whose 270M model has one key/value
+    head: its attention is a single unit, see :mod:`prunekit.structured.groups`)."""
+    return Family(model_type, name, blocks,
                   AttentionLayout("self_attn", "o_proj", kv_heads_key="num_key_value_heads", head_dim_key="head_dim"),
-                  MlpLayout(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size"))
+                  MlpLayout(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size"), config_path)
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -166,6 +181,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     _gqa("mistral", "Mistral"),
     _gqa("qwen2", "Qwen2"),
     _gqa("qwen3", "Qwen3"),
+    _gqa("gemma3_text", "Gemma 3"),
+    _gqa("gemma3", "Gemma 3 (multimodal)", "model.language_model.layers", "text_config"),
     Family("opt", "OPT", "model.decoder.layers",
            AttentionLayout("self_attn", "out_proj", count_attrs=("num_heads",), width_attrs=("embed_dim",)),
            MlpLayout(("fc1",), "fc2", "ffn_dim")),
@@ -185,28 +202,56 @@ SUPPORTED_FAMILIES = tuple(f.name for f in FAMILIES.values())
 
 
 def _unsupported(what: str) -> PrunekitError:
-    return PrunekitError(f"{what}; supported families: {', '.join(SUPPORTED_FAMILIES)}")
+    return PrunekitError(f"{what}; supported: any Hugging Face decoder whose blocks can be found, and by name "
+                         f"{', '.join(SUPPORTED_FAMILIES)}")
 
 
-def check_model_type(model_type: str) -> Family:
-    """The family of a config's ``model_type`` (checked before any weight is loaded)."""
-    if model_type not in FAMILIES:
-        raise _unsupported(f"model type {model_type!r} is not supported")
-    return FAMILIES[model_type]
+def check_model_type(model_type: str) -> Family | None:
+    """The table's family of a config's ``model_type``, or None when the table does not list it
+    (then :func:`discover` decides, once the model's skeleton is built)."""
+    return FAMILIES.get(model_type)
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def block_list_path(model: nn.Module) -> str | None:
+    """Attribute path of the decoder blocks found from the model's own structure, or None.
+
+    The blocks are the longest ``nn.ModuleList`` whose entries are all of the classes the model
+    names in ``_no_split_modules`` (the units transformers keeps on one device) and hold linear
+    layers; a model without ``_no_split_modules`` falls back to the longest ``ModuleList`` of
+    entries of one class that hold linear layers. Ties go to the first in module order."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    best, best_len = None, 0
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) <= best_len:
+            continue
+        kinds = {type(block).__name__ for block in module}
+        fits = kinds <= names if names else len(kinds) == 1
+        if fits and all(any(is_linear(m) for m in block.modules()) for block in module):
+            best, best_len = path, len(module)
+    return best
 
 
 def discover(model: nn.Module) -> Family:
-    """A family for a decoder the table does not know. Generic discovery (issue 10) goes here;
-    for now every unknown model is an error naming the supported families."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type is None:
-        raise _unsupported(f"{type(model).__name__} has no Hugging Face config")
-    raise _unsupported(f"model type {model_type!r} is not supported")
+    """A family for a decoder the table does not know: its blocks (:func:`block_list_path`), no
+    attention or MLP layout. A clear error when no block list is found."""
+    model_type = _model_type(model)
+    what = f"model type {model_type!r} ({type(model).__name__})" if model_type else type(model).__name__
+    path = block_list_path(model)
+    if path is None:
+        names = sorted(getattr(model, "_no_split_modules", None) or ())
+        wanted = f"of its blocks ({', '.join(names)})" if names else "of blocks of one class"
+        raise _unsupported(f"{what} has no recognisable decoder block list (an nn.ModuleList "
+                           f"{wanted} holding linear layers)")
+    return Family(model_type or type(model).__name__, f"{type(model).__name__} (discovered)", path)
 
 
 def family_for(model: nn.Module) -> Family:
     """The family of ``model``: the table entry for its ``config.model_type``, else :func:`discover`."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = _model_type(model)
     return FAMILIES[model_type] if model_type in FAMILIES else discover(model)
 
 

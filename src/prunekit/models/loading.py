@@ -1,5 +1,12 @@
 """Resolve a model name to weights and load it with stock transformers classes (no remote code).
 
+Dtypes (``--dtype``): ``auto`` (the checkpoint's own, from its config's ``dtype``), ``bfloat16``,
+``float16`` or ``float32``; the model is loaded, run and saved in that dtype (calibration
+statistics and Hessians still accumulate in float32). Model types outside the family table are
+checked before any weight is read: their skeleton is built without weights (accelerate's
+``init_empty_weights``) and must have a recognisable block list
+(:func:`prunekit.core.families.discover`).
+
 Every way a model can fail to load (a name that is neither embedded, a folder nor a reachable hub
 id; a garbage ``config.json``; a folder without weights; a truncated or garbage safetensors file;
 a tampered ``prunekit.json``) is a one-line :class:`~prunekit.core.errors.PrunekitError`.
@@ -14,10 +21,12 @@ from pathlib import Path
 import torch
 
 from prunekit.assets import EMBEDDED_MODELS, embedded_model_dir
-from prunekit.core.errors import PrunekitError
-from prunekit.core.families import check_model_type
+from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.families import Family, check_model_type, discover
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
 def _describe(err: BaseException) -> str:
@@ -53,8 +62,62 @@ def _unreachable(name: str, err: BaseException) -> PrunekitError:
                          f"loaded: {why}{hint} (embedded: {', '.join(EMBEDDED_MODELS)})")
 
 
+def check_dtype(dtype) -> str:
+    """``dtype`` (a name such as ``bfloat16``/``bf16``, a ``torch.dtype`` or None = auto) as one of
+    :data:`DTYPES`, else a one-line error."""
+    if dtype is None:
+        return "auto"
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else str(dtype).strip().lower()
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise unknown_choice("dtype", dtype, DTYPES)
+    return name
+
+
+def checkpoint_dtype(config) -> torch.dtype:
+    """The dtype a checkpoint's config declares (``dtype``; a multimodal config's ``text_config``), or
+    float32 when it declares none that prunekit computes in."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        value = getattr(cfg, "dtype", None) if cfg is not None else None
+        if isinstance(value, str):
+            value = DTYPES.get(DTYPE_ALIASES.get(value, value))
+        if value in DTYPES.values() and value is not None:
+            return value
+    return torch.float32
+
+
+def resolve_dtype(dtype, config) -> torch.dtype:
+    """The torch dtype ``dtype`` means for a model with this config (``auto``: the checkpoint's own)."""
+    name = check_dtype(dtype)
+    return checkpoint_dtype(config) if name == "auto" else DTYPES[name]
+
+
+def skeleton(config, trust_remote_code: bool = False):
+    """The model a config describes, built on the meta device: structure, no weights, no memory."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def check_family(config, trust_remote_code: bool = False) -> Family:
+    """The family of a config: the table's, or for another model type the one :func:`discover` finds
+    on the model's skeleton (built on the meta device, so before any weight is loaded)."""
+    model_type = getattr(config, "model_type", None)
+    family = check_model_type(model_type)
+    if family is not None:
+        return family
+    try:
+        model = skeleton(config, trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any model transformers cannot build as a causal LM
+        raise PrunekitError(f"model type {model_type!r} is not a causal language model transformers can build "
+                            f"({_describe(err)})") from None
+    return discover(model)
+
+
 def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
-    """The transformers config of a model, checked to be a supported family (fast: no weights)."""
+    """The transformers config of a model, checked to be a decoder prunekit can prune (fast: no weights)."""
     from transformers import AutoConfig
 
     from prunekit.core.io import read_decilm
@@ -70,7 +133,7 @@ def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
         if not Path(path).is_dir():
             raise _unreachable(name, err) from None
         raise PrunekitError(f"model folder {name!r} has an unreadable config.json ({_describe(err)})") from None
-    check_model_type(getattr(config, "model_type", None))
+    check_family(config, trust_remote_code)
     return config
 
 
@@ -118,21 +181,24 @@ def _check_weights(path: str) -> None:
         raise PrunekitError(f"model folder {path!r} has no weights (no *.safetensors file)")
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
                trust_remote_code: bool = False):
     """Load a decoder-only causal LM in eval mode.
 
-    ``name_or_path`` is ``"smollm2-135m"`` (the embedded default), a local folder or a hub id.
-    Folders written by prunekit's structured pruning with per-layer widths load too. Weights the
-    files lack (which transformers would initialize at random) are an error.
+    ``name_or_path`` is an embedded name (``"smollm2-135m"``, ``"gemma3-270m"``, ...), a local folder
+    or a hub id; ``dtype`` is ``"auto"`` (the checkpoint's own), ``"bfloat16"``, ``"float16"``,
+    ``"float32"`` or a torch dtype. Folders written by prunekit's structured pruning with per-layer
+    widths load too. Weights the files lack (which transformers would initialize at random) are an
+    error.
     """
     from transformers import AutoModelForCausalLM
 
     from prunekit.core.io import folder_kind, load_pretrained, read_manifest, size_mismatch_hint
 
     name = str(name_or_path)
+    check_dtype(dtype)  # a bad dtype is an error before anything is read
     path = resolve_model_path(name)
-    load_config(name, trust_remote_code=trust_remote_code)
+    dtype = resolve_dtype(dtype, load_config(name, trust_remote_code=trust_remote_code))
     _check_weights(path)
     if Path(path).is_dir():
         read_manifest(path)  # a tampered prunekit.json is an error before any weight is read

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from prunekit.core.registry import METHODS, option
 from prunekit.oneshot.base import Method
 
@@ -26,5 +28,5 @@ class GBLM(Method):
 
     def scores(self, weight, ctx):
         activation_term = ctx.stats.column_norms().unsqueeze(0)
-        grad = ctx.gradient.to(device=weight.device, dtype=weight.dtype)
-        return weight.abs() * (self.alpha * grad + activation_term)
+        grad = ctx.gradient.to(device=weight.device, dtype=torch.float32)  # scores in fp32 for any weight dtype
+        return weight.float().abs() * (self.alpha * grad + activation_term)

@@ -62,12 +62,12 @@ class Group:
         total = torch.zeros(self.n_units, dtype=torch.float64)
         for name, module, rows in self.producers:
             w, b = value(name, module)
-            total += w[rows].double().sum(dim=(1, 2))
+            total += w[rows].double().sum(dim=(1, 2)).cpu()
             if b is not None:
-                total += b[rows].double().sum(dim=1)
+                total += b[rows].double().sum(dim=1).cpu()
         name, module, cols = self.consumer
         w, _ = value(name, module)
-        total += w[:, cols].double().sum(dim=(0, 2))
+        total += w[:, cols].double().sum(dim=(0, 2)).cpu()
         return total
 
 

@@ -82,6 +82,12 @@ def count(module: nn.Module) -> int:
 def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], ratio: float | None,
                   remove: int | None, allocation: str | None) -> None:
     """One-line errors for requests that cannot be honoured."""
+    if not adapter.family.structured:
+        from prunekit.core.families import SUPPORTED_FAMILIES
+
+        raise PrunekitError(f"structured pruning needs the attention and MLP layout of the model, which prunekit knows "
+                            f"for {', '.join(SUPPORTED_FAMILIES)}, not for {adapter.family.name}; one-shot pruning "
+                            "(without --structure) works on it")
     for s in structure:
         if s not in STRUCTURES:
             raise PrunekitError(f"structure {s!r} is not available for {adapter.family.name} models; "
@@ -93,6 +99,10 @@ def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], rat
         if s not in scored:
             raise PrunekitError(f"structured criterion {method!r} does not score structure {s!r}; it scores "
                                 f"{', '.join(x for x in STRUCTURES if x in scored)}")
+    if structure == ("heads",) and all(adapter.attention_counts(i)[1] == 1 for i in range(len(adapter.blocks))):
+        raise PrunekitError(f"{adapter.family.name} has one key/value head per block, so each attention is a single "
+                            "unit, which its block keeps: heads cannot be removed alone; use --structure mlp,heads "
+                            "(the MLP takes the budget) or blocks (whole blocks go, attention included)")
     channel = [s for s in structure if s != "blocks"]
     if channel and ratio is None:
         raise PrunekitError(f"structure {','.join(channel)} needs a ratio in [0, 1)")
@@ -208,7 +218,7 @@ def remove_blocks(adapter: Adapter, indices: list[int]) -> None:
             attn.layer_idx = i
         if hasattr(block, "layer_idx"):
             block.layer_idx = i
-    cfg = adapter.model.config
+    cfg = adapter.family.widths_config(adapter.model.config)
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in set(indices)]
     cfg.num_hidden_layers = len(keep)

@@ -30,8 +30,8 @@ class GroupMagnitude(Criterion):
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
         def value(_name, module):
-            b = module.bias.abs().pow(self.p) if module.bias is not None else None
-            return weight_view(module).abs().pow(self.p), b
+            b = module.bias.float().abs().pow(self.p) if module.bias is not None else None
+            return weight_view(module).float().abs().pow(self.p), b  # float: bf16/fp16 powers lose digits
 
         return group.unit_sums(value).pow(1.0 / self.p)
 
