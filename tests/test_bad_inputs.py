@@ -230,6 +230,26 @@ def _no_gpu(c: Ctx):
     return c.prune("--device", "cuda")
 
 
+def _config_model(c: Ctx, config) -> Path:
+    """A copy of the model whose config.json is ``config`` (a transformers config)."""
+    return c.broken_model(config__json=config.to_json_string())
+
+
+def _no_block_list(c: Ctx):
+    from transformers import Olmo2Config  # not in the family table: found by discovery, here with zero blocks
+
+    return c.prune(model=_config_model(c, Olmo2Config(vocab_size=64, hidden_size=16, num_hidden_layers=0,
+                                                      num_attention_heads=2, intermediate_size=32, pad_token_id=0)))
+
+
+def _structured_discovered(c: Ctx):
+    from transformers import Phi3Config
+
+    config = Phi3Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return c.prune("--structure", "mlp", "--sparsity", "0.2", model=_config_model(c, config))
+
+
 def _eval(c: Ctx, *extra, model=None):
     return ["eval", "--model", str(model or c.model), "--text", "brown:r", "--quiet", "--nwindows", "1", "--seqlen", "16",
             *map(str, extra)]
@@ -325,6 +345,16 @@ ROWS = {
                       True),
     "device foo": (lambda c: c.prune("--device", "foo"), 2, "unknown device 'foo'", True),
     "device cuda without a GPU": (_no_gpu, 2, "no CUDA GPU is available", True),
+    # dtypes and model families (issue 10)
+    "dtype unknown": (lambda c: c.prune("--dtype", "bf17"), 2,
+                      "unknown dtype 'bf17' (choices: auto, bfloat16, float16, float32)", True),
+    "dtype unknown (structured)": (lambda c: c.prune("--structure", "mlp", "--sparsity", "0.2", "--dtype", "int8"), 2,
+                                   "unknown dtype 'int8'", True),
+    "eval dtype unknown": (lambda c: _eval(c, "--dtype", "float8"), 2, "unknown dtype 'float8'", True),
+    "model without a block list": (_no_block_list, 2, "model type 'olmo2' (Olmo2ForCausalLM) has no recognisable "
+                                   "decoder block list", True),
+    "structured on a discovered family": (_structured_discovered, 2, "structured pruning needs the attention and MLP "
+                                          "layout of the model", True),
     "recipe nested 100k deep (YAML)": (lambda c: c.recipe("[" * 100_000 + "]" * 100_000), 2, "nested deeper than 32",
                                        True),
     "recipe nested 100k deep (JSON)": (lambda c: c.recipe("[" * 100_000 + "]" * 100_000, "recipe.json"), 2,

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="smollm2-135m, a local folder, or a Hugging Face hub id")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    _add_dtype_arg(p)
     _add_step_args(p)
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="one-shot from a folder or name: read, prune and write one block at a time, never holding "
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity on a fixed protocol")
     e.add_argument("--model", required=True)
+    _add_dtype_arg(e)
     e.add_argument("--text", default="brown:a", help="text source (default brown:a, press reportage)")
     e.add_argument("--nwindows", type=int, default=32)
     e.add_argument("--seqlen", type=int, default=512)
@@ -107,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (training_cli, data_cli, vocab_cli, delta_cli, export_cli):
         module.add_parser(sub).set_defaults(run=module.run)
     return parser
+
+
+def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="auto (default: the checkpoint's own) | bfloat16 | float16 | float32: "
+                   "the model is loaded, run and saved in it (statistics accumulate in float32)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -183,10 +190,11 @@ def cmd_prune(args) -> int:
         return run_prune(args, recipe)
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
-    from prunekit.models.loading import (check_device, check_seqlen, load_config, load_model, load_tokenizer,
-                                         resolve_model_path)
+    from prunekit.models.loading import (check_device, check_dtype, check_seqlen, load_config, load_model,
+                                         load_tokenizer, resolve_model_path)
 
     recipe = recipe_from_args(args, recipe)  # every check that needs no weights comes before the model loads
+    dtype = check_dtype(args.dtype)
     device = check_device(args.device)
     check_source(recipe.calibration.source)
     check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
@@ -198,13 +206,13 @@ def cmd_prune(args) -> int:
     folder, why = stream_plan(recipe, args.model, args.stream)
     if folder is not None:  # streaming: one block at a time from the shards to the output (oneshot/prune.py)
         result = prunekit.prune_pretrained(folder, args.out, recipe, progress=not args.quiet, device=device,
-                                           overwrite=args.overwrite, source=path)
+                                           overwrite=args.overwrite, source=path, dtype=dtype)
         out = Path(args.out).expanduser().resolve()
     else:
         if why and not args.quiet:
             print(f"prunekit prune: {why}: loading the whole model (no streaming)", file=sys.stderr)
         tokenizer = load_tokenizer(args.model)
-        model = load_model(args.model)
+        model = load_model(args.model, dtype=dtype)
         result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
         out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
                               source=path)
@@ -219,14 +227,15 @@ def cmd_prune(args) -> int:
 def cmd_eval(args) -> int:
     from prunekit.core.data_sources import check_count, check_source
     from prunekit.evaluate.perplexity import perplexity
-    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer
+    from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_model, load_tokenizer
 
+    dtype = check_dtype(args.dtype)
     check_count(args.nwindows, "--nwindows")
     check_count(args.seqlen, "--seqlen", 2)  # a window of one token has nothing to predict
     check_source(args.text)
     check_seqlen(load_config(args.model), args.seqlen)
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=dtype)
     r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet)
     if args.json:
         print(json.dumps({"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds}))

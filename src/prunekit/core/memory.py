@@ -1,4 +1,4 @@
-"""Process memory: peak resident size and a leaner glibc allocator for the block runner.
+"""Process memory: peak resident size, peak device memory and a leaner glibc allocator for the block runner.
 
 The lock-step runner (``calibration.py``) runs one thread per chunk of calibration windows. With
 glibc's defaults every thread gets its own malloc arena, and large activation buffers freed by
@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import resource
 
+import torch
+
 _M_MMAP_THRESHOLD = -3  # mallopt parameters from glibc's <malloc.h>
 _M_ARENA_MAX = -8
 _applied = False
@@ -30,6 +32,17 @@ _applied = False
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux ru_maxrss is in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_device_mb(device: torch.device | str | None) -> float | None:
+    """Peak memory allocated by torch on a CUDA ``device`` so far, in MB (``torch.cuda.max_memory_allocated``);
+    None for the CPU and other devices (their peak is the process's peak RSS)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated(device) / (1 << 20)
 
 
 def lean_allocator(mmap_threshold: int | None = None) -> bool:

@@ -31,7 +31,7 @@ from prunekit.core.calibration import BlockWeights, walk_blocks
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
-from prunekit.core.memory import lean_allocator, peak_rss_mb
+from prunekit.core.memory import lean_allocator, peak_device_mb, peak_rss_mb
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
@@ -60,6 +60,9 @@ class PruneResult:
     zeros: int = 0  # zeros in pruned layers
     seconds: float = 0.0
     peak_rss_mb: float = 0.0  # peak resident memory of this process so far
+    peak_device_mb: float | None = None  # peak CUDA memory allocated so far (None: not run on a CUDA device)
+    dtype: str = ""  # the dtype the blocks ran (and the weights are saved) in
+    device: str = ""  # where the blocks ran
     timings: dict = field(default_factory=dict)
     calibration: str = ""
     recipe: dict = field(default_factory=dict)
@@ -85,6 +88,8 @@ class PruneResult:
         lines.append(
             f"{len(self.layers)} layers, {self.zeros:,} of {self.targeted:,} weights zero ({self.sparsity:.2%}); "
             f"model {self.parameters:,} parameters; {self.seconds:.1f} s; peak RSS {self.peak_rss_mb:,.0f} MB"
+            + (f"; peak {self.device} memory {self.peak_device_mb:,.0f} MB" if self.peak_device_mb is not None else "")
+            + (f"; {self.dtype} on {self.device}" if self.dtype else "")
         )
         return "\n".join(lines)
 
@@ -123,9 +128,18 @@ def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progr
     start = time.perf_counter()
     adapter = adapter_for(model)
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(source))
+    _where(result, model, device)
     for step in recipe.steps:
         _run_step(adapter, step, calib, source, tokenizer, result, progress, device)
     return _finish(result, sum(p.numel() for p in model.parameters()), start)
+
+
+def _where(result: PruneResult, model: nn.Module, device) -> None:
+    """Record the dtype of the weights and the device the blocks run on (``device``, else the model's)."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    result.dtype = str(weight.dtype).removeprefix("torch.") if weight is not None else ""
+    result.device = str(torch.device(device)) if device is not None else (
+        str(weight.device) if weight is not None and not weight.is_meta else "cpu")
 
 
 def _oneshot_recipe(recipe: Recipe) -> Recipe:
@@ -142,6 +156,7 @@ def _finish(result: PruneResult, parameters: int, start: float) -> PruneResult:
     result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in result.layers))
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
+    result.peak_device_mb = peak_device_mb(result.device or None)
     return result
 
 
@@ -155,6 +170,10 @@ def manifest(recipe: Recipe, result: PruneResult) -> dict:
             "calibration": data["calibration"],
             "timings": {**data["timings"], "total_s": data["seconds"]},
             "sparsity": data["sparsity"],
+            "dtype": data["dtype"],
+            "device": data["device"],
+            "peak_rss_mb": data["peak_rss_mb"],
+            "peak_device_mb": data["peak_device_mb"],
             "layers": {r["name"]: {"sparsity": r["sparsity"], "target": r["target"], "pattern": r["pattern"],
                                    "method": r["method"]} for r in data["layers"]},
         },
@@ -250,10 +269,11 @@ class _Stream:
 
 def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibration=None, tokenizer=None,
                      progress: bool = True, device: torch.device | str | None = None, overwrite: bool = False,
-                     dtype: torch.dtype = torch.float32, source: str | None = None, **step_fields) -> PruneResult:
+                     dtype: torch.dtype | str = "auto", source: str | None = None, **step_fields) -> PruneResult:
     """Prune the model ``model`` (a folder, an embedded name or a hub id) into the folder ``out``,
     streaming: the model never is in memory as a whole (see the module docstring). The output holds
-    the pruned weights in ``dtype`` (sharded one block per file), the config, the tokenizer and
+    the pruned weights in ``dtype`` (``"auto"``: the input's own; the blocks run in it too; sharded
+    one block per file), the config, the tokenizer and
     ``prunekit.json``, written atomically (:func:`prunekit.core.io.atomic_output`), and loads with
     ``AutoModelForCausalLM.from_pretrained``. The masks are those :func:`prune` gives on the loaded
     model. ``source`` is the model as the manifest names it (default: ``model``).
@@ -262,12 +282,14 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     a safetensors checkpoint is a :class:`PrunekitError` naming the in-memory path."""
     from prunekit.core.io import atomic_output, check_output, write_manifest
     from prunekit.core.shards import ShardWriter, StreamedBlocks, open_streamed, pack
-    from prunekit.models.loading import check_seqlen, load_config, load_tokenizer
+    from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_tokenizer, resolve_dtype
 
+    check_dtype(dtype)
     recipe = _oneshot_recipe(as_recipe(recipe, **step_fields))
     folder, _ = stream_plan(recipe, model, stream=True)
     shown = str(model)
     config = load_config(folder)
+    dtype = resolve_dtype(dtype, config)
     check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
     check_output(out, overwrite, inputs=(shown, folder))
     weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
@@ -280,6 +302,7 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     adapter = adapter_for(skeleton)
     parameters = sum(p.numel() for p in skeleton.parameters())
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(data))
+    _where(result, skeleton, device)
     streamed = StreamedBlocks(weights, adapter.block_prefix)
     plan = [streamed.block_names(i) for i in range(len(adapter.blocks))]
     rest = [n for n in weights.sources if n not in {m for names in plan for m in names}]

@@ -97,18 +97,22 @@ def run_prune(args, recipe=None) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
-    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import (check_dtype, check_family, check_seqlen, load_config, load_model,
+                                         load_tokenizer, resolve_model_path)
+    from prunekit.structured.prune import require_layout
 
     recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first
+    dtype = check_dtype(getattr(args, "dtype", None))
     check_source(recipe.calibration.source)
     config = load_config(args.model)
+    require_layout(check_family(config))
     check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
     check_plain_folder(config, recipe)
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     quiet = args.quiet or args.json
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=dtype)
     from prunekit.structured.recipe import apply_step
 
     for step in recipe.steps:

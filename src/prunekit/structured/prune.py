@@ -23,7 +23,7 @@ from torch import nn
 
 from prunekit.core.calibration import walk_blocks
 from prunekit.core.errors import PrunekitError, unknown_choice
-from prunekit.core.families import Adapter, adapter_for, weight_view
+from prunekit.core.families import SUPPORTED_FAMILIES, Adapter, Family, adapter_for, weight_view
 from prunekit.core.registry import CRITERIA
 from prunekit.core.shapes import bias_flag, describe_in_config
 from prunekit.core.stats import ModelStats, collect_gradients
@@ -79,15 +79,18 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def require_layout(family: Family) -> None:
+    """Structured pruning needs the family's attention and MLP layout (the table's families)."""
+    if not family.structured:
+        raise PrunekitError(f"structured pruning needs the attention and MLP layout of the model, which prunekit knows "
+                            f"for {', '.join(SUPPORTED_FAMILIES)}, not for {family.name}; one-shot pruning "
+                            "(without --structure) works on it")
+
+
 def check_request(adapter: Adapter, method: str, structure: tuple[str, ...], ratio: float | None,
                   remove: int | None, allocation: str | None) -> None:
     """One-line errors for requests that cannot be honoured."""
-    if not adapter.family.structured:
-        from prunekit.core.families import SUPPORTED_FAMILIES
-
-        raise PrunekitError(f"structured pruning needs the attention and MLP layout of the model, which prunekit knows "
-                            f"for {', '.join(SUPPORTED_FAMILIES)}, not for {adapter.family.name}; one-shot pruning "
-                            "(without --structure) works on it")
+    require_layout(adapter.family)
     for s in structure:
         if s not in STRUCTURES:
             raise PrunekitError(f"structure {s!r} is not available for {adapter.family.name} models; "
