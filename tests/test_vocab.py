@@ -115,6 +115,11 @@ def test_byte_fallback_bpe_keeps_the_byte_tokens_and_round_trips_unseen_characte
     model = _tiny_llama(len(tok))
     new, _ = prune_vocab(model, tok, keep)
     assert new(TEXT, add_special_tokens=False)["input_ids"] == map_ids(ids_of(tok, TEXT), keep.ids).tolist()
+    # "▁the" is the only token of this corpus: its letters are kept as the symbols BPE starts from
+    only = keep_set(tok, ["the the the"])
+    assert {spec.ids()[c] for c in "▁the"} <= set(only.ids)
+    again, _ = prune_vocab(_tiny_llama(len(tok)), tok, only)
+    assert again("the the", add_special_tokens=False)["input_ids"] == map_ids(ids_of(tok, "the the"), only.ids).tolist()
     ood = "une fête éü naïve"
     assert new.decode(new(ood, add_special_tokens=False)["input_ids"]) == tok.decode(ids_of(tok, ood))
 

@@ -8,8 +8,8 @@ text of that corpus into the same tokens as before (up to the id map):
 * **BPE** applies merges in rank order to the symbols of each pre-token. A merge is kept when its
   two inputs and its output are all kept. Every merge that tokenizing the corpus applies produces a
   kept token as long as the keep set is closed under the merge *trajectories* of its tokens: for a
-  kept token t, BPE run on t's own string must reach t, and every intermediate token it makes on the
-  way is kept (:func:`bpe_closure`). Then, at every step of tokenizing a corpus word, the pruned
+  kept token t, BPE run on t's own string must reach t, and every symbol it starts from and every
+  intermediate token it makes on the way is kept (:func:`bpe_closure`). Then, at every step of tokenizing a corpus word, the pruned
   tokenizer's candidate merges are a subset of the original's that contains the original's choice,
   so it makes the same choice (the tokens a BPE makes inside one final token are the tokens BPE makes
   on that token's string alone, since no merge crosses a final boundary). The closure is *not* the
@@ -166,7 +166,8 @@ def base_ids(spec: TokenizerSpec) -> set[int]:
 
 
 def bpe_closure(spec: TokenizerSpec, keep: Iterable[int]) -> set[int]:
-    """``keep`` plus every token BPE makes on the way to a kept token (see the module docstring).
+    """``keep`` plus every token BPE starts from or makes on the way to a kept token (see the module
+    docstring): the initial symbols matter where the alphabet is not kept whole (byte fallback).
 
     A token whose own string BPE does not reach (a dead vocabulary entry, e.g. from a keep file)
     stays kept with the tokens made on its string's way."""
@@ -179,7 +180,7 @@ def bpe_closure(spec: TokenizerSpec, keep: Iterable[int]) -> set[int]:
     while todo:
         i = todo.pop()
         _pieces, made = bpe(spec.tokens[i], ranks, ids, spec.byte_fallback)
-        for token in made:
+        for token in [*bpe_symbols(spec.tokens[i], ids, spec.byte_fallback), *made]:
             j = ids.get(token)
             if j is not None and j not in seen:
                 seen.add(j)
