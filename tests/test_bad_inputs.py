@@ -264,6 +264,26 @@ def _big_recipe(c: Ctx):
     return c.recipe("steps: [{method: magnitude}]\n" + "# padding\n" * 150_000)
 
 
+
+def _without(module: str, argv_of):
+    """``argv_of(c)`` with ``module`` made unimportable (as if its extra were not installed)."""
+    def setup(c: Ctx):
+        c.monkeypatch.setitem(sys.modules, module, None)
+        return argv_of(c)
+
+    return setup
+
+
+def _report(c: Ctx, *extra):
+    return ["report", str(c.model), "--out", str(c.tmp / "page"), "--quiet", "--limit", "1", "--nwindows", "1",
+            *map(str, extra)]
+
+
+def _report_into_foreign_folder(c: Ctx):
+    c.write("page/notes.txt", "my notes\n")
+    return _report(c)
+
+
 # id: (setup, exit code, fragment of the one line, fails before any weights load)
 ROWS = {
     # --out / --overwrite never replace what is not prunekit's
@@ -404,6 +424,28 @@ ROWS = {
                            "gblm needs gradients of the whole model; prune it in memory", True),
     "--stream with structured pruning": (lambda c: c.prune("--stream", "--structure", "mlp", "--sparsity", "0.2"), 2,
                                          "--stream applies to one-shot pruning", True),
+    # evaluation (issue 11): tasks, lm-eval, report
+    "eval unknown task": (lambda c: _eval(c, "--tasks", "wordnet-glos"), 2,
+                          "unknown task 'wordnet-glos'; did you mean 'wordnet-gloss'?", True),
+    "eval lm-eval task without lm-eval": (_without("lm_eval", lambda c: _eval(c, "--tasks", "hellaswag")), 2,
+                                          "pip install 'prunekit[lmeval]'", True),
+    "eval --lmeval without lm-eval": (_without("lm_eval", lambda c: _eval(c, "--tasks", "wordnet-gloss", "--lmeval")),
+                                      2, "lm-eval-harness is not installed; install the extra: pip install "
+                                      "'prunekit[lmeval]'", True),
+    "eval --limit 0": (lambda c: _eval(c, "--tasks", "wordnet-gloss", "--limit", "0"), 2,
+                       "--limit must be an integer >= 1, got 0", True),
+    "eval --nwindows abc": (lambda c: _eval(c, "--nwindows", "abc"), 2, "--nwindows must be an integer >= 1 or 'all'",
+                            True),
+    "eval --stride beyond --seqlen": (lambda c: _eval(c, "--stride", "17"), 2, "--stride 17 is longer than --seqlen 16",
+                                      True),
+    "report --limit 0": (lambda c: _report(c, "--limit", "0"), 2, "--limit must be an integer >= 1", True),
+    "report without matplotlib": (_without("matplotlib", _report), 2, "pip install 'prunekit[report]'", True),
+    "prune --report without matplotlib": (_without("matplotlib", lambda c: c.prune("--report")), 2,
+                                          "pip install 'prunekit[report]'", True),
+    "report into a foreign folder": (_report_into_foreign_folder, 2, "holds 'notes.txt', which a report does not write",
+                                     True),
+    "report of an lm-eval task": (lambda c: _report(c, "--tasks", "hellaswag"), 2, "the report scores prunekit's tasks",
+                                  True),
 }
 
 

@@ -103,7 +103,7 @@ def test_prune_eval_inspect_round_trip(tiny_folder, tmp_path, capsys):
     code, stdout, _ = run(capsys, "eval", "--model", out, "--text", "brown:r", "--nwindows", "2", "--seqlen", "64",
                           "--json")
     metrics = json.loads(stdout)
-    assert code == 0 and set(metrics) == {"perplexity", "tokens", "seconds"} and metrics["tokens"] == 128
+    assert code == 0 and set(metrics) == {"perplexity", "tokens", "seconds", "windows", "scored_tokens", "stride"} and metrics["tokens"] == 128
     # a second run to the same --out is refused; --overwrite replaces it atomically
     assert run(capsys, *small(tiny_folder, out))[0] == 2
     code, _, _ = run(capsys, *small(tiny_folder, out, "--overwrite", "--method", "magnitude"))
@@ -136,7 +136,7 @@ def test_list_reads_every_registry_and_the_readme_names_every_method(capsys):
     code, stdout, _ = run(capsys, "list", "--json")
     listing = json.loads(stdout)
     assert code == 0 and set(listing) == {"methods", "criteria", "allocations", "schedules", "scores", "selectors",
-                                          "steps", "delta-methods"}
+                                          "steps", "delta-methods", "tasks"}
     for kind, entries in listing.items():
         names = [e["name"] for e in entries]
         assert names and all(e["description"] for e in entries), kind

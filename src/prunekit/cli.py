@@ -21,7 +21,8 @@ MAX_MESSAGE = 400  # characters of an error line
 DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
                   "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS",
-                  "delta-methods": "DELTA_METHODS"}
+                  "delta-methods": "DELTA_METHODS",
+                  "tasks": "TASKS"}
 FOLDER_NOTES = {  # what inspect adds about a folder that plain from_pretrained does not load
     "per-layer": "\nper-layer widths (config.json: prunekit_layer_shapes): in Python load it with "
                  "prunekit.load_pretrained(path) or prunekit.load_model(path); plain from_pretrained refuses it",
@@ -74,19 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--widths", default=None, choices=("per-layer", "uniform"),
                    help="per-layer (default): each layer keeps what the allocation gives it, loaded by "
                    "prunekit.load_pretrained; uniform: every block the same widths, a folder plain from_pretrained loads")
+    p.add_argument("--report", action="store_true", help="write a report with plots into OUT/report "
+                   "(as prunekit report OUT --baseline MODEL)")
     _add_output_args(p)
 
-    e = sub.add_parser("eval", help="perplexity on a fixed protocol")
+    e = sub.add_parser("eval", help="perplexity on a fixed protocol (default), zero-shot tasks, lm-eval-harness")
     e.add_argument("--model", required=True)
     _add_dtype_arg(e)
     e.add_argument("--text", default="brown:a", help="text source (default brown:a, press reportage)")
-    e.add_argument("--nwindows", type=int, default=32)
+    e.add_argument("--nwindows", default=32, help="windows of --seqlen tokens, or 'all' (the whole stream; default 32)")
     e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--stride", type=int, default=None, help="start a window every STRIDE tokens (overlapping "
+                   "windows score only their new tokens; default: --seqlen, no overlap)")
+    _add_task_args(e)
     _add_output_args(e)
 
     i = sub.add_parser("inspect", help="sparsity report: per-layer zeros, N:M validity, parameters")
     i.add_argument("--model", required=True)
     _add_output_args(i)
+
+    from prunekit.evaluate.report import add_parser as add_report_parser
+
+    add_report_parser(sub, _add_task_args, _add_output_args)
 
     r = sub.add_parser("list", help="what can be named: methods, criteria, allocations, schedules, scores, "
                        "selectors, recipe steps (read from the registries)")
@@ -114,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="auto (default: the checkpoint's own) | bfloat16 | float16 | float32: "
                    "the model is loaded, run and saved in it (statistics accumulate in float32)")
+
+
+def _add_task_args(p: argparse.ArgumentParser, limit: int | None = None, lmeval: bool = True) -> None:
+    from prunekit.core.registry import TASKS
+
+    p.add_argument("--tasks", default=None, help=f"comma list: perplexity, prunekit tasks ({', '.join(TASKS.names())}) "
+                   "or lm-eval-harness tasks (hellaswag, arc_easy, ...; needs prunekit[lmeval]); default: perplexity")
+    p.add_argument("--limit", type=int, default=limit, help="score the first N items of each task (a seeded "
+                   f"random sample; default {'all' if limit is None else limit})")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass of the task scorer")
+    if lmeval:
+        p.add_argument("--lmeval", action="store_true", help="also run the prunekit tasks through lm-eval-harness "
+                       "(exported as task YAMLs over local JSONL)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -181,6 +204,17 @@ def _step_kind(args, recipe) -> str:
 
 
 def cmd_prune(args) -> int:
+    if args.report:  # checked before any work: the plots need matplotlib
+        from prunekit.evaluate.report import report_after_prune, require_matplotlib
+
+        require_matplotlib()
+    code = _prune(args)
+    if args.report and code == 0:
+        report_after_prune(args)
+    return code
+
+
+def _prune(args) -> int:
     recipe = load_recipe_arg(args)
     if _step_kind(args, recipe) == "structured":  # physical removal: prunekit.structured
         if args.stream:
@@ -225,24 +259,12 @@ def cmd_prune(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from prunekit.core.data_sources import check_count, check_source
-    from prunekit.evaluate.perplexity import perplexity
-    from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_model, load_tokenizer
+    from prunekit.evaluate.cli import run_eval
+    from prunekit.models.loading import check_dtype
 
-    dtype = check_dtype(args.dtype)
-    check_count(args.nwindows, "--nwindows")
-    check_count(args.seqlen, "--seqlen", 2)  # a window of one token has nothing to predict
-    check_source(args.text)
-    check_seqlen(load_config(args.model), args.seqlen)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=dtype)
-    r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet)
-    if args.json:
-        print(json.dumps({"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds}))
-    else:
-        print(f"perplexity {r.perplexity:.2f} on {r.windows} windows x {args.seqlen} tokens of {args.text} "
-              f"({r.seconds:.1f} s)")
-    return 0
+    args.dtype = check_dtype(args.dtype)  # before anything loads
+
+    return run_eval(args)
 
 
 def cmd_inspect(args) -> int:

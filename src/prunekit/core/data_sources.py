@@ -63,18 +63,24 @@ def _detag(line: str) -> str:
     return re.sub(r" ([.,;:!?)])", r"\1", text)
 
 
-def brown_document(path: Path) -> str:
-    """One Brown file as plain text: tags stripped, paragraphs separated by blank lines."""
+def brown_paragraphs(path: Path) -> list[list[str]]:
+    """One Brown file as paragraphs of sentences (the corpus puts one sentence or heading on a line),
+    tags stripped: the one reader of Brown files."""
     paragraphs, current = [], []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
             current.append(_detag(line))
         elif current:
-            paragraphs.append(" ".join(current))
+            paragraphs.append(current)
             current = []
     if current:
-        paragraphs.append(" ".join(current))
-    return "\n\n".join(paragraphs)
+        paragraphs.append(current)
+    return paragraphs
+
+
+def brown_document(path: Path) -> str:
+    """One Brown file as plain text: tags stripped, paragraphs separated by blank lines."""
+    return "\n\n".join(" ".join(sentences) for sentences in brown_paragraphs(path))
 
 
 def brown_files(genres: str) -> list[Path]:

@@ -45,7 +45,8 @@ OWN_FILES = re.compile(
     r"|vocab\.json|vocab\.txt|merges\.txt|tokenizer\.model|spiece\.model|sentencepiece\.bpe\.model"
     r"|chat_template\.jinja|chat_template\.json"
 )
-OWN_FOLDERS = {"additional_chat_templates": re.compile(r"[^/\\]+\.jinja")}
+OWN_FOLDERS = {"additional_chat_templates": re.compile(r"[^/\\]+\.jinja"),
+               "report": re.compile(r"report\.(md|html|json)|[a-z0-9_-]+\.png")}  # prunekit report / prune --report
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d{1,10})-[a-z0-9_]{8}")
 
 log = logging.getLogger("prunekit.core.io")

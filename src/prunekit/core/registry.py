@@ -288,3 +288,5 @@ STEPS = Registry("recipe step", builtin=("prunekit.oneshot.step", "prunekit.stru
 """The kinds of step a recipe may hold (``kind:`` key of a step), see :mod:`prunekit.core.recipe`."""
 DELTA_METHODS = Registry("delta method", builtin=("prunekit.delta",))
 """How the delta between a fine-tuned model and its base is pruned (DARE, DAREx-q, ...), see ``prunekit/delta/``."""
+TASKS = Registry("task", builtin=("prunekit.evaluate.tasks",))
+"""Zero-shot evaluation tasks built offline from real text (WordNet, Brown), see ``prunekit/evaluate/tasks/``."""

@@ -1,0 +1,183 @@
+"""prunekit eval (tasks, perplexity options), prunekit report and prune --report, the lm-eval path
+(issue 11), on a tiny random Llama with SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+from prunekit.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp("tiny-eval") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-pruned") / "pruned"
+    assert main(["prune", "--model", str(tiny), "--out", str(out), "--quiet", "--method", "magnitude",
+                 "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16"]) == 0
+    return out
+
+
+def run_json(argv, capsys) -> dict:
+    capsys.readouterr()
+    assert main([*map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_tasks_with_limit(tiny, capsys):
+    out = run_json(["eval", "--model", tiny, "--tasks", "wordnet-gloss,brown-lastword", "--limit", "3"], capsys)
+    assert "perplexity" not in out  # --tasks without perplexity: tasks only
+    assert set(out["tasks"]) == {"wordnet-gloss", "brown-lastword"}
+    assert out["tasks"]["wordnet-gloss"]["n"] == 3 and 0 <= out["tasks"]["wordnet-gloss"]["acc_norm"] <= 1
+    assert out["tasks"]["brown-lastword"]["perplexity"] > 1
+
+
+def test_eval_perplexity_stays_the_default_and_reports_tokens(tiny, capsys):
+    argv = ["eval", "--model", tiny, "--text", "brown:r", "--seqlen", "32", "--nwindows", "3"]
+    out = run_json(argv, capsys)
+    assert out["windows"] == 3 and out["tokens"] == 96 and out["scored_tokens"] == 93 and out["stride"] is None
+    same = run_json([*argv, "--stride", "32"], capsys)  # stride = seqlen is the default protocol
+    assert same["perplexity"] == out["perplexity"]
+    both = run_json([*argv, "--tasks", "perplexity,brown-continuation", "--limit", "2"], capsys)
+    assert both["perplexity"] == out["perplexity"] and both["tasks"]["brown-continuation"]["n"] == 2
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "93 tokens scored" in capsys.readouterr().out
+
+
+def test_strided_perplexity_scores_each_token_once(tiny, smollm2_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.core.data_sources import token_stream
+    from prunekit.evaluate.perplexity import perplexity, token_nlls
+
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    stream = token_stream(str(text), smollm2_tokenizer)
+    r = perplexity(model, smollm2_tokenizer, str(text), None, 16, stride=4)
+    count = 1 + (len(stream) - 16) // 4
+    assert r.windows == count and r.stride == 4 and r.scored == 15 + 4 * (count - 1)
+    nll = [token_nlls(model, stream[None, :16])[0]]  # by hand: window w scores its last 4 predictions
+    for w in range(1, count):
+        nll.append(token_nlls(model, stream[None, 4 * w: 4 * w + 16])[0, -4:])
+    want = math.exp(torch.cat(nll).double().mean().item())
+    assert r.perplexity == pytest.approx(want, rel=1e-6)
+    whole = perplexity(model, smollm2_tokenizer, str(text), None, 16)  # --nwindows all
+    assert whole.windows == len(stream) // 16 and whole.scored == whole.windows * 15
+
+
+def test_list_tasks(capsys):
+    capsys.readouterr()
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("wordnet-gloss", "brown-continuation", "brown-lastword"))
+
+
+def _png_ok(path) -> None:
+    from matplotlib.image import imread
+
+    assert path.stat().st_size > 10_000, path
+    pixels = imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 400 and pixels.std() > 0.01  # a picture, not a blank
+
+
+def test_report_of_a_prunekit_output(pruned, tiny, capsys):
+    out = run_json(["report", pruned, "--baseline", tiny, "--limit", "2", "--nwindows", "1",
+                    "--tasks", "perplexity,wordnet-gloss,brown-lastword"], capsys)
+    folder = pruned / "report"
+    assert out["page"] == str(folder / "report.md")
+    page = (folder / "report.md").read_text()
+    for png in ("layers.png", "quality.png"):
+        assert f"]({png})" in page
+        _png_ok(folder / png)
+    assert "## What was run" in page and "method magnitude" in page and "wordnet-gloss v1 acc" in page
+    assert "| baseline |" in page
+    assert main(["prune", "--model", str(tiny), "--out", str(pruned), "--quiet", "--overwrite", "--method",
+                 "magnitude", "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16"]) == 0  # still ours
+
+
+def test_report_html_of_a_folder_without_manifest(tiny, tmp_path, capsys):
+    out = tmp_path / "page"
+    run_json(["report", tiny, "--out", out, "--format", "html", "--tasks", "none"], capsys)
+    page = (out / "report.html").read_text()
+    assert "<img alt='per-layer kept fraction' src='layers.png'>" in page
+    assert "No prunekit.json" in page and "What was run" not in page and "Quality" not in page
+    _png_ok(out / "layers.png")
+    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "report.html", "report.json"]
+
+
+def test_prune_report_writes_the_page_into_the_output(tiny, tmp_path, monkeypatch, capsys):
+    import prunekit.evaluate.report as report
+
+    monkeypatch.setattr(report, "DEFAULT_LIMIT", 1)
+    monkeypatch.setattr(report, "DEFAULT_NWINDOWS", 1)
+    monkeypatch.setattr(report, "DEFAULT_TASKS", ["wordnet-gloss"])
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny), "--out", str(out), "--quiet", "--method", "magnitude",
+                 "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16", "--report"]) == 0
+    page = (out / "report" / "report.md").read_text()
+    assert "![perplexity and accuracy](quality.png)" in page and "Baseline: " + str(tiny) in page
+    _png_ok(out / "report" / "quality.png")
+    assert not [p for p in tmp_path.rglob(".*tmp-*")]
+
+
+# ------------------------------------------------------------------ lm-eval-harness
+
+def test_lmeval_and_builtin_scorer_agree(tiny, smollm2_tokenizer, tmp_path):
+    pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'prunekit[lmeval]')")
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.core.registry import TASKS
+    from prunekit.evaluate.lmeval import export_tasks, lm_eval_name, run_lmeval
+    from prunekit.evaluate.scorer import score_items
+
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    tasks = [TASKS.build(name) for name in TASKS.names()]
+    names = export_tasks(tasks, tmp_path, limit=12)
+    theirs = run_lmeval(model, smollm2_tokenizer, names, include_path=tmp_path, include_defaults=False)
+    for task in tasks:
+        ours = score_items(model, smollm2_tokenizer, task, limit=12)
+        got = theirs[lm_eval_name(task)]
+        assert got["sample_len"] == 12
+        for metric in ours.stderr:
+            assert abs(got[f"{metric},none"] - ours.metrics[metric]) < 1e-8, (task.name, metric)
+            assert abs(got[f"{metric}_stderr,none"] - ours.stderr[metric]) < 1e-8, (task.name, metric)
+        if "perplexity" in ours.metrics:
+            assert got["perplexity,none"] == pytest.approx(ours.metrics["perplexity"], rel=1e-5)
+
+
+def test_eval_lmeval_flag_runs_exported_tasks(tiny, capsys):
+    pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'prunekit[lmeval]')")
+    out = run_json(["eval", "--model", tiny, "--tasks", "wordnet-gloss", "--limit", "4", "--lmeval"], capsys)
+    assert out["lmeval"]["prunekit_wordnet_gloss"]["acc,none"] == pytest.approx(out["tasks"]["wordnet-gloss"]["acc"])
+
+
+def test_structured_folder_runs_through_lmeval(tiny, tmp_path, capsys):
+    """A structured output with per-layer widths loads with prunekit and runs through lm-eval."""
+    pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'prunekit[lmeval]')")
+    out = tmp_path / "narrow"
+    assert main(["prune", "--model", str(tiny), "--out", str(out), "--quiet", "--structure", "mlp", "--sparsity",
+                 "0.3", "--method", "magnitude", "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16",
+                 "--option", "receipt=false"]) == 0
+    result = run_json(["eval", "--model", out, "--tasks", "brown-lastword", "--limit", "3", "--lmeval"], capsys)
+    assert result["lmeval"]["prunekit_brown_lastword"]["acc,none"] == result["tasks"]["brown-lastword"]["acc"]
+    shutil.rmtree(out)
+    assert not os.path.exists(out)
