@@ -201,3 +201,57 @@ def test_cli_merges_and_repeats_from_its_prunekit_json(smollm2_tokenizer, tmp_pa
     # a recipe of delta steps is refused by prunekit prune with the command that runs it
     assert main(["prune", "--model", tmp_path / "ft", "--recipe", out / "prunekit.json", "--out", tmp_path / "x"]) == 2
     assert "prunekit delta --recipe" in capsys.readouterr().err
+
+
+def test_sparse_delta_round_trips_against_its_base_only(tmp_path):
+    from prunekit.delta.sparse import apply_sparse_delta, fingerprint, read_header, save_sparse_delta
+
+    base, finetuned = tiny_pair()
+    with torch.no_grad():  # a tied embedding that moved: stored once, added once
+        finetuned.get_input_embeddings().weight[5].add_(0.5)
+    prune_delta(base, finetuned, method="dare", sparsity=0.9)
+    path = save_sparse_delta(tmp_path / "d.safetensors", base, finetuned, {"steps": [{"kind": "delta"}]})
+    header = read_header(path)
+    assert header["base_sha256"] == fingerprint(base) and header["steps"] == [{"kind": "delta"}]
+    restored = tiny_model("llama")
+    apply_sparse_delta(restored, path)
+    for name, tensor in finetuned.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], tensor, rtol=0, atol=1e-6)
+    kept = sum(int((d != 0).sum()) for d in deltas(base, finetuned).values())
+    assert path.stat().st_size < (kept + 64 * 65) * 8 + 20_000  # indices + values, not the whole model
+    with pytest.raises(PrunekitError, match="made against another base"):
+        apply_sparse_delta(tiny_model("llama", seed=7), path)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(PrunekitError, match="not a prunekit sparse delta"):
+        apply_sparse_delta(tiny_model("llama"), tmp_path / "junk.safetensors")
+
+
+def test_cli_sparse_delta_and_apply(smollm2_tokenizer, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).eval()
+    finetuned = LlamaForCausalLM(config).eval()
+    finetuned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        finetuned.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    for model, name in ((base, "base"), (finetuned, "ft")):
+        model.save_pretrained(tmp_path / name)
+        smollm2_tokenizer.save_pretrained(tmp_path / name)
+    delta = tmp_path / "ft.safetensors"
+    common = ["delta", "--base", tmp_path / "base", "--finetuned", tmp_path / "ft", "--method", "magnitude",
+              "--drop", "0.5", "--quiet"]
+    assert main([*common, "--format", "sparse", "--out", delta]) == 0
+    assert main([*common, "--out", tmp_path / "merged"]) == 0
+    assert main(["delta", "apply", tmp_path / "base", delta, "--out", tmp_path / "applied", "--quiet"]) == 0
+    merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    applied = LlamaForCausalLM.from_pretrained(tmp_path / "applied").state_dict()
+    assert all(torch.allclose(merged[k], applied[k], atol=1e-7) for k in merged)
+    capsys.readouterr()
+    assert main([*common, "--format", "sparse", "--out", delta]) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+    assert main(["delta", "apply", tmp_path / "ft", delta, "--out", tmp_path / "wrong", "--quiet"]) == 2
+    assert "made against another base" in capsys.readouterr().err
+    assert not (tmp_path / "wrong").exists()

@@ -5,10 +5,15 @@
                    --calibration notes.txt --nsamples 16 --seqlen 256 --out O
     prunekit delta --base B --finetuned F --recipe O/prunekit.json --out O2
 
-The output is the merged model (base + pruned delta), a standard folder; its ``prunekit.json`` is the
+    prunekit delta --base B --finetuned F --method dare --drop 0.9 --format sparse --out ft-dare90.safetensors
+    prunekit delta apply B ft-dare90.safetensors --out out/ft-dare90
+
+The output is the merged model (base + pruned delta), a standard folder whose ``prunekit.json`` is the
 recipe that ran (calibration + one delta step) with the base model and the result (per-layer kept
-delta entries, the rescaling factors). Every check that needs no weights (flags, recipe, text source,
-both models' configs, --out) runs before the models load.
+delta entries, the rescaling factors); or, with ``--format sparse``, one safetensors file of indices
+and values tied to the base by its sha256 (:mod:`prunekit.delta.sparse`), which ``prunekit delta
+apply`` adds to that base. Every check that needs no weights (flags, recipe, text source, both
+models' configs, --out) runs before the models load.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import json
 
 from prunekit.core.errors import PrunekitError
 
+FORMATS = ("merged", "sparse")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``delta`` sub-command to a parent CLI's sub-parsers."""
@@ -25,10 +32,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("delta", help="delta pruning: DARE, DAREx-q, magnitude or Wanda-style pruning of the "
                               "difference between a fine-tuned model and its base")
-    p.add_argument("--base", required=True, help="the base model: an embedded name, a local folder or a hub id")
-    p.add_argument("--finetuned", required=True, help="the fine-tuned model (same architecture and shapes)")
-    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--base", help="the base model: an embedded name, a local folder or a hub id (required)")
+    p.add_argument("--finetuned", help="the fine-tuned model, same architecture and shapes (required)")
+    p.add_argument("--out", help="output folder, or a .safetensors file with --format sparse (required; must not "
+                   "exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", default="merged", choices=FORMATS, help="merged: the merged model (a standard "
+                   "folder); sparse: one file of the kept delta entries (indices + values) and the base's sha256")
     p.add_argument("--method", default=None, help=f"one of: {', '.join(DELTA_METHODS.names())} (default dare)")
     p.add_argument("--sparsity", "--drop", dest="sparsity", type=float, default=None,
                    help="fraction of each layer's delta entries set to zero, DARE's p (default 0.9)")
@@ -43,6 +53,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "repeats its run); flags given too override it")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
+    sub = p.add_subparsers(dest="delta_command", metavar="{apply}")
+    a = sub.add_parser("apply", help="add a sparse delta (--format sparse) to the base it was made from")
+    a.add_argument("base", help="the base model the delta was made from")
+    a.add_argument("delta", help="the sparse delta file (.safetensors)")
+    a.add_argument("--out", required=True, help="output folder of the merged model")
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--quiet", action="store_true")
+    a.add_argument("--json", action="store_true")
     return p
 
 
@@ -75,11 +93,17 @@ def recipe_from_args(args):
 
 
 def run(args) -> int:
+    if getattr(args, "delta_command", None) == "apply":
+        return run_apply(args)
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
     from prunekit.delta.prune import prune_delta
+    from prunekit.delta.sparse import check_delta_file_out, save_sparse_delta
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 
+    missing = [flag for flag in ("base", "finetuned", "out") if not getattr(args, flag)]
+    if missing:
+        raise PrunekitError(f"--{missing[0]} is required (prunekit delta --base B --finetuned F --out O)")
     recipe = recipe_from_args(args)  # every check that needs no weights comes before the models load
     step = recipe.steps[0]
     base_config, ft_config = load_config(args.base), load_config(args.finetuned)
@@ -90,12 +114,21 @@ def run(args) -> int:
         check_source(recipe.calibration.source)
         check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")
     base_path, ft_path = resolve_model_path(args.base), resolve_model_path(args.finetuned)
-    check_output(args.out, args.overwrite, inputs=(args.base, base_path, args.finetuned, ft_path))
+    inputs = (args.base, base_path, args.finetuned, ft_path)
+    if args.format == "sparse":
+        check_delta_file_out(args.out, args.overwrite, inputs)
+    else:
+        check_output(args.out, args.overwrite, inputs=inputs)
     tokenizer = load_tokenizer(args.finetuned)
     base, finetuned = load_model(args.base), load_model(args.finetuned)
     result = prune_delta(base, finetuned, step, recipe.calibration, tokenizer, progress=not args.quiet)
     manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "delta": result.to_dict()}}
-    out = save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=ft_path)
+    if args.format == "sparse":
+        out = save_sparse_delta(check_delta_file_out(args.out, args.overwrite, inputs), base, finetuned,
+                                {"source_model": ft_path, **manifest})
+    else:
+        out = save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite,
+                              source=ft_path)
     if args.json:
         data = result.to_dict()
         data.pop("layers")
@@ -103,4 +136,26 @@ def run(args) -> int:
     elif not args.quiet:
         print(result.summary())
         print(f"saved to {out}")
+    return 0
+
+
+def run_apply(args) -> int:
+    """``prunekit delta apply BASE DELTA --out O``: the merged model of a sparse delta and its base."""
+    from prunekit.core.io import check_output, save_pretrained
+    from prunekit.delta.sparse import apply_sparse_delta, read_header
+    from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+
+    header = read_header(args.delta)  # checks that need no weights first
+    load_config(args.base)
+    base_path = resolve_model_path(args.base)
+    check_output(args.out, args.overwrite, inputs=(args.base, base_path))
+    tokenizer, model = load_tokenizer(args.base), load_model(args.base)
+    apply_sparse_delta(model, args.delta)
+    manifest = {k: header[k] for k in ("steps", "calibration") if k in header}
+    manifest["result"] = {**(header.get("result") or {}), "sparse_delta": str(args.delta)}
+    out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=base_path)
+    if args.json:
+        print(json.dumps({"out": str(out), "tensors": len(header["shapes"])}))
+    elif not args.quiet:
+        print(f"applied {len(header['shapes'])} tensor deltas to {args.base}; saved to {out}")
     return 0

@@ -1,0 +1,146 @@
+"""The sparse delta file: the pruned delta as indices and values, tied to its base by a fingerprint.
+
+One safetensors file (reading it never runs code). For every tensor where the merged model differs
+from the base: ``<name>.indices`` (flat positions, int32, or int64 for tensors of 2^31 entries or more)
+and ``<name>.values`` (the delta at those positions, float32); the header metadata holds the format
+name, every such tensor's shape, the base's fingerprint (sha256 over the names, dtypes, shapes and bytes
+of its state dict) and the recipe that made the delta. ``apply_sparse_delta(base, file)`` refuses a base
+whose fingerprint differs, then adds the values in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.core.errors import PrunekitError, short_repr
+
+FORMAT = "prunekit-sparse-delta/1"
+META_KEY = "prunekit_delta"
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's state dict: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the second name of a shared tensor (a tied output head)."""
+    seen, state = set(), {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride())
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor
+    return state
+
+
+def sparse_delta(base: nn.Module, merged: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """(safetensors tensors, shapes) of ``merged - base`` at the positions where the two differ."""
+    tensors, shapes = {}, {}
+    merged_state = merged.state_dict()
+    for name, b in unique_state(base).items():
+        m = merged_state[name]
+        if torch.equal(b, m):
+            continue
+        delta = (m.float() - b.float()).reshape(-1)
+        index = (m.reshape(-1) != b.reshape(-1)).nonzero().reshape(-1)
+        dtype = torch.int32 if b.numel() < 2**31 else torch.int64
+        tensors[f"{name}.indices"] = index.to(dtype).contiguous()
+        tensors[f"{name}.values"] = delta[index].contiguous()
+        shapes[name] = list(b.shape)
+    return tensors, shapes
+
+
+def check_delta_file_out(out: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:
+    """``--out`` of a sparse delta: a ``.safetensors`` file path, new unless ``overwrite`` and it is a
+    sparse delta prunekit wrote; the folder rules of :func:`prunekit.core.io.check_output` otherwise."""
+    from prunekit.core.io import OutputExistsError, check_output
+
+    path = Path(out).expanduser().resolve()
+    if path.suffix != ".safetensors":
+        raise PrunekitError(f"--out {str(out)!r}: a sparse delta is one file ending in .safetensors")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"--out {str(out)!r} already exists; pass --overwrite to replace it (only a "
+                                    "sparse delta prunekit wrote is replaced)")
+        if path.is_symlink() or not path.is_file() or read_header(path, quiet=True) is None:
+            raise OutputExistsError(f"--overwrite refused: --out {str(out)!r} is not a sparse delta prunekit wrote")
+    check_output(path.with_name(f".{path.name}.new"), False, inputs)  # input, cache, cwd/home, writable parent
+    return path
+
+
+def save_sparse_delta(path: str | Path, base: nn.Module, merged: nn.Module, manifest: dict | None = None) -> Path:
+    """Write the sparse delta of ``merged`` against ``base`` to ``path`` atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    from prunekit import __version__
+
+    path = Path(path)
+    tensors, shapes = sparse_delta(base, merged)
+    meta = {"format": FORMAT, "prunekit_version": __version__, "base_sha256": fingerprint(base), "shapes": shapes,
+            **(manifest or {})}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta, default=str)})
+        tmp.replace(path)
+    except OSError as err:
+        raise PrunekitError(f"could not save to {str(path)!r}: {err.strerror or err}; nothing was written") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_header(path: str | Path, quiet: bool = False) -> dict | None:
+    """The metadata of a sparse delta file; anything else is a one-line error (None with ``quiet``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[META_KEY])
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("shapes"), dict):
+            raise ValueError(f"format {short_repr(meta.get('format') if isinstance(meta, dict) else meta)}")
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the answer is one line
+        if quiet:
+            return None
+        raise PrunekitError(f"{str(path)!r} is not a prunekit sparse delta ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:100] if str(err) else ''})") from None
+    return meta
+
+
+@torch.no_grad()
+def apply_sparse_delta(base: nn.Module, path: str | Path) -> dict:
+    """Add the sparse delta in ``path`` to ``base`` in place (its fingerprint must match); returns the header."""
+    from safetensors import safe_open
+
+    meta = read_header(path)
+    if not Path(path).is_file():
+        raise PrunekitError(f"sparse delta {str(path)!r} does not exist")
+    found = fingerprint(base)
+    if found != meta.get("base_sha256"):
+        raise PrunekitError(f"the sparse delta {str(path)!r} was made against another base (base sha256 "
+                            f"{str(meta.get('base_sha256'))[:12]}..., this model {found[:12]}...); apply it to the "
+                            "model it was made from")
+    state = unique_state(base)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        for name, shape in meta["shapes"].items():
+            if name not in state or list(state[name].shape) != shape or {f"{name}.indices", f"{name}.values"} - keys:
+                raise PrunekitError(f"the sparse delta {str(path)!r} does not fit tensor {name!r}")
+            index, values = f.get_tensor(f"{name}.indices").long(), f.get_tensor(f"{name}.values")
+            flat = state[name].view(-1)
+            if len(index) != len(values) or (len(index) and (index.min() < 0 or index.max() >= flat.numel())):
+                raise PrunekitError(f"the sparse delta {str(path)!r} has bad indices for tensor {name!r}")
+            flat[index] = (flat[index].float() + values.float()).to(flat.dtype)
+    return meta
