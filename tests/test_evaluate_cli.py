@@ -164,12 +164,14 @@ def test_lmeval_and_builtin_scorer_agree(tiny, smollm2_tokenizer, tmp_path):
             assert got["perplexity,none"] == pytest.approx(ours.metrics["perplexity"], rel=1e-5)
 
 
+@pytest.mark.slow  # lm-eval's start-up and a structured prune: CI runs it
 def test_eval_lmeval_flag_runs_exported_tasks(tiny, capsys):
     pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'prunekit[lmeval]')")
     out = run_json(["eval", "--model", tiny, "--tasks", "wordnet-gloss", "--limit", "4", "--lmeval"], capsys)
     assert out["lmeval"]["prunekit_wordnet_gloss"]["acc,none"] == pytest.approx(out["tasks"]["wordnet-gloss"]["acc"])
 
 
+@pytest.mark.slow  # lm-eval's start-up and a structured prune: CI runs it
 def test_structured_folder_runs_through_lmeval(tiny, tmp_path, capsys):
     """A structured output with per-layer widths loads with prunekit and runs through lm-eval."""
     pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'prunekit[lmeval]')")
