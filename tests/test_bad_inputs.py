@@ -449,6 +449,73 @@ ROWS = {
 }
 
 
+# ------------------------------------------------------------------ vocabulary and delta pruning (issue 13)
+
+def _vocab(c: Ctx, *extra, text: str | None = "brown:r") -> list[str]:
+    return ["vocab", "--model", str(c.model), "--out", str(c.out), "--quiet",
+            *(["--text", text] if text else []), *map(str, extra)]
+
+
+def _delta(c: Ctx, *extra, finetuned=None) -> list[str]:
+    return ["delta", "--base", str(c.model), "--finetuned", str(finetuned or c.model), "--out", str(c.out), "--quiet",
+            *map(str, extra)]
+
+
+def _other_shapes(c: Ctx) -> Path:
+    """A model like the tiny one but with a wider MLP (its weights never load: the configs differ)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig.from_pretrained(c.model)
+    config.intermediate_size = 96
+    return _config_model(c, config)
+
+
+def _wrong_base_delta(c: Ctx):
+    from prunekit.delta.sparse import save_sparse_delta
+    from prunekit.models import load_model
+
+    base = load_model(c.model)
+    other = load_model(c.model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.up_proj.weight.add_(0.01)
+    delta = save_sparse_delta(c.tmp / "delta.safetensors", other, base)  # made against `other`
+    return ["delta", "apply", str(c.model), str(delta), "--out", str(c.out), "--quiet"]
+
+
+VOCAB_DELTA_ROWS = {
+    "vocab text is an empty file": (lambda c: _vocab(c, text=str(c.write("empty.txt", ""))), 2,
+                                    "has no tokens, so the kept vocabulary would be empty", True),
+    "vocab text missing": (lambda c: _vocab(c, text=str(c.tmp / "nope.txt")), 2,
+                           "neither 'brown[:genres]' nor an existing text file", True),
+    "vocab keep file with a word": (lambda c: _vocab(c, "--keep-file", c.write("keep.txt", "12\nabc\n")), 2,
+                                    "line 2: 'abc' is not a token id", True),
+    "vocab keep file id beyond the vocabulary": (lambda c: _vocab(c, "--keep-file", c.write("keep.txt", "99999999")),
+                                                 2, "token id 99999999 is not in the vocabulary", True),
+    "vocab keep file missing": (lambda c: _vocab(c, "--keep-file", c.tmp / "nope.txt"), 2,
+                                "keep file", True),
+    "vocab --top -1": (lambda c: _vocab(c, "--top", "-1"), 2, "top (vocab step) must be >= 0", True),
+    "vocab recipe of oneshot steps": (lambda c: _vocab(c, "--recipe", c.write("r.yaml", "steps: [{method: wanda}]\n")),
+                                      2, "runs one vocab step", True),
+    "vocab out inside the input": (lambda c: [*_vocab(c)[:4], str(c.model / "pruned"), "--text", "brown:r"], 2,
+                                   "inside the input model folder", True),
+    "delta base and fine-tuned of different shapes": (lambda c: _delta(c, finetuned=_other_shapes(c)), 2,
+                                                      "intermediate_size 120 but the fine-tuned model 96", True),
+    "delta --drop 1.5": (lambda c: _delta(c, "--drop", "1.5"), 2, "sparsity (delta step) must be in [0, 1)", True),
+    "delta unknown method": (lambda c: _delta(c, "--method", "dar"), 2, "did you mean 'dare'", True),
+    "delta darex-q bad scope": (lambda c: _delta(c, "--method", "darex-q", "--option", "scope=row"), 2,
+                                "scope (delta method 'darex-q') must be one of", True),
+    "delta without --finetuned": (lambda c: ["delta", "--base", str(c.model), "--out", str(c.out)], 2,
+                                  "--finetuned is required", True),
+    "delta sparse out not .safetensors": (lambda c: _delta(c, "--format", "sparse"), 2,
+                                          "a sparse delta is one file ending in .safetensors", True),
+    "delta apply a file that is not a delta": (
+        lambda c: ["delta", "apply", str(c.model), str(c.model / "model.safetensors"), "--out", str(c.out)], 2,
+        "is not a prunekit sparse delta", True),
+    "delta apply to another base": (_wrong_base_delta, 2, "was made against another base", False),
+}
+ROWS.update(VOCAB_DELTA_ROWS)
+
+
 def snapshot(root: Path) -> dict:
     """Every path under ``root`` with its size and modification time (hidden temp folders included)."""
     out = {}

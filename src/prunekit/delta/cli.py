@@ -92,6 +92,22 @@ def recipe_from_args(args):
     return Recipe([DeltaStep(**step)], CalibrationConfig(**calibration))
 
 
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "n_embd", "n_layer", "n_head", "n_inner", "ffn_dim")
+
+
+def check_configs(base_config, ft_config) -> None:
+    """Same architecture and the same sizes (read from the configs, before any weight loads)."""
+    if base_config.model_type != ft_config.model_type:
+        raise PrunekitError(f"the base is a {base_config.model_type} model but the fine-tuned model a "
+                            f"{ft_config.model_type} model; a delta needs two models of the same architecture")
+    a, b = (c.get_text_config() if hasattr(c, "get_text_config") else c for c in (base_config, ft_config))
+    for key in SHAPE_KEYS:
+        if getattr(a, key, None) != getattr(b, key, None):
+            raise PrunekitError(f"the base has {key} {getattr(a, key, None)} but the fine-tuned model "
+                                f"{getattr(b, key, None)}; a delta needs two models of the same shapes")
+
+
 def run(args) -> int:
     if getattr(args, "delta_command", None) == "apply":
         return run_apply(args)
@@ -107,9 +123,7 @@ def run(args) -> int:
     recipe = recipe_from_args(args)  # every check that needs no weights comes before the models load
     step = recipe.steps[0]
     base_config, ft_config = load_config(args.base), load_config(args.finetuned)
-    if base_config.model_type != ft_config.model_type:
-        raise PrunekitError(f"the base is a {base_config.model_type} model but the fine-tuned model a "
-                            f"{ft_config.model_type} model; a delta needs two models of the same architecture")
+    check_configs(base_config, ft_config)
     if step.build().needs_calibration:
         check_source(recipe.calibration.source)
         check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")

@@ -9,7 +9,8 @@ The output is a standard folder (smaller ``vocab_size``, remapped special-token 
 ``prunekit.json`` holds the step that ran and the id map (``result.vocab.kept_ids``, ranges such as
 ``"0-16,18,20-31"``: new id j is the j-th id listed, an id of the original model also when the input
 was itself vocabulary-pruned; :func:`prunekit.vocab.prune.read_id_map` reads it).
-Every check that needs no weights (flags, text source, keep file, --out) runs before the model loads.
+Every check that needs no weights (flags, text source, keep file, --out, the keep set itself: it needs
+only the tokenizer) runs before the model loads.
 """
 
 from __future__ import annotations
@@ -74,16 +75,18 @@ def compose_ids(folder, kept_ids: list[int]) -> list[int]:
 def run(args) -> int:
     from prunekit.core.io import check_output, save_pretrained
     from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
-    from prunekit.vocab.prune import encode_ids
-    from prunekit.vocab.step import apply_vocab_step
+    from prunekit.vocab.prune import encode_ids, prune_vocab
+    from prunekit.vocab.step import step_keep_set
 
     step = step_from_args(args)  # every check that needs no weights comes before the model loads
-    load_config(args.model)
+    config = load_config(args.model)
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     tokenizer = load_tokenizer(args.model)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    keep = step_keep_set(tokenizer, step, getattr(text_config, "vocab_size", None))  # tokenizer only, no weights
     model = load_model(args.model)
-    new_tokenizer, result = apply_vocab_step(model, tokenizer, step)
+    new_tokenizer, result = prune_vocab(model, tokenizer, keep)
     data = result.to_dict()
     data["kept_ids"] = encode_ids(compose_ids(path, result.kept_ids))
     manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}

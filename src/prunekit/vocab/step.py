@@ -45,9 +45,9 @@ class VocabStep(Step):
             raise PrunekitError(f"keep_ids of the vocab step must be token ids (>= 0), got {bad[0]}")
 
 
-def apply_vocab_step(model, tokenizer, step: VocabStep):
-    """Run one vocab step on ``model`` (in place): returns ``(new tokenizer, VocabResult)``."""
-    from prunekit.vocab.prune import keep_set, prune_vocab, read_keep_file, tokenizer_spec
+def step_keep_set(tokenizer, step: VocabStep, model_vocab: int | None = None):
+    """The :class:`~prunekit.vocab.prune.KeepSet` of a vocab step (needs the tokenizer, no weights)."""
+    from prunekit.vocab.prune import keep_set, read_keep_file, tokenizer_spec
 
     size = tokenizer_spec(tokenizer).size
     ids = list(step.keep_ids)
@@ -57,6 +57,12 @@ def apply_vocab_step(model, tokenizer, step: VocabStep):
                             f"(ids 0..{size - 1})")
     if step.keep_file is not None:
         ids += read_keep_file(step.keep_file, size)
-    rows = model.get_input_embeddings().weight.shape[0]
-    keep = keep_set(tokenizer, step.text, step.top, ids, model_vocab=rows)
+    return keep_set(tokenizer, step.text, step.top, ids, model_vocab=model_vocab)
+
+
+def apply_vocab_step(model, tokenizer, step: VocabStep):
+    """Run one vocab step on ``model`` (in place): returns ``(new tokenizer, VocabResult)``."""
+    from prunekit.vocab.prune import prune_vocab
+
+    keep = step_keep_set(tokenizer, step, model.get_input_embeddings().weight.shape[0])
     return prune_vocab(model, tokenizer, keep)
