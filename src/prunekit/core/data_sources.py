@@ -147,6 +147,30 @@ def token_stream(source, tokenizer) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
+def bos_prefix(tokenizer) -> list[int]:
+    """The token ids the tokenizer itself puts before a text (Gemma's ``<bos>``; none for the byte-level
+    BPE tokenizers of SmolLM2 and Qwen): every window of a text starts with them, as the model saw
+    text in training. Gemma 3 270M scores 79 instead of 27 on Brown press text without its ``<bos>``."""
+    if tokenizer is None:
+        return []
+    try:
+        marked = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - a tokenizer without special-token handling adds nothing
+        return []
+    for i in range(len(marked) - len(plain) + 1):
+        if marked[i : i + len(plain)] == plain:
+            return marked[:i]
+    return []
+
+
+def _with_prefix(windows: torch.Tensor, prefix: list[int]) -> torch.Tensor:
+    if not prefix:
+        return windows
+    head = torch.tensor(prefix, dtype=torch.long).expand(len(windows), -1)
+    return torch.cat([head, windows], dim=1)
+
+
 class TextTooShortError(PrunekitError):
     pass
 
@@ -175,7 +199,8 @@ def _check_length(n_tokens: int, seqlen: int, source) -> None:
 
 
 def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``).
+    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``);
+    each starts with the tokenizer's own prefix (:func:`bos_prefix`), if it has one.
 
     A 2-D tensor is taken as ready-made windows (its first ``nsamples`` rows, its own length)."""
     check_count(nsamples, "nsamples")
@@ -183,14 +208,18 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
     if isinstance(source, torch.Tensor) and source.dim() == 2:  # already windows: used as given
         return source[:nsamples].long()
     stream = token_stream(source, tokenizer)
-    _check_length(len(stream), seqlen, source)
+    prefix = bos_prefix(tokenizer) if not isinstance(source, torch.Tensor) else []
+    prefix = prefix if len(prefix) < seqlen else []
+    body = seqlen - len(prefix)
+    _check_length(len(stream), body, source)
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - seqlen + 1, (nsamples,), generator=gen)
-    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
+    starts = torch.randint(0, len(stream) - body + 1, (nsamples,), generator=gen)
+    return _with_prefix(torch.stack([stream[s : s + body] for s in starts.tolist()]), prefix)
 
 
 def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int = 512) -> torch.Tensor:
-    """The first ``nwindows`` non-overlapping windows of ``seqlen`` tokens (all when None).
+    """The first ``nwindows`` non-overlapping windows of ``seqlen`` tokens (all when None); each starts
+    with the tokenizer's own prefix (:func:`bos_prefix`), if it has one, followed by the next text.
 
     A window needs at least 2 tokens: the first token has no prediction to score."""
     if nwindows is not None:
@@ -199,9 +228,12 @@ def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int
     if isinstance(source, torch.Tensor) and source.dim() == 2:
         return source[:nwindows].long()
     stream = token_stream(source, tokenizer)
-    _check_length(len(stream), seqlen, source)
-    n = len(stream) // seqlen if nwindows is None else min(nwindows, len(stream) // seqlen)
-    return stream[: n * seqlen].reshape(n, seqlen)
+    prefix = bos_prefix(tokenizer) if not isinstance(source, torch.Tensor) else []
+    prefix = prefix if len(prefix) < seqlen - 1 else []
+    body = seqlen - len(prefix)
+    _check_length(len(stream), body, source)
+    n = len(stream) // body if nwindows is None else min(nwindows, len(stream) // body)
+    return _with_prefix(stream[: n * body].reshape(n, body), prefix)
 
 
 # ---------------------------------------------------------------------------------- images
