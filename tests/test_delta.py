@@ -6,6 +6,7 @@ too, to check that untargeted tensors keep their whole delta)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -255,3 +256,46 @@ def test_cli_sparse_delta_and_apply(smollm2_tokenizer, tmp_path, capsys):
     assert main(["delta", "apply", tmp_path / "ft", delta, "--out", tmp_path / "wrong", "--quiet"]) == 2
     assert "made against another base" in capsys.readouterr().err
     assert not (tmp_path / "wrong").exists()
+
+
+@pytest.mark.slow
+def test_real_smollm2_delta_of_a_short_finetune(smollm2_path, tmp_path):
+    """SmolLM2-135M and a copy whose last block trained 4 steps on Brown a: every method runs on the
+    real model; the sparse delta at p = 0.99 is about 1% of the trained block, a small fraction of the
+    checkpoint, and applying it gives the merged model."""
+    from prunekit.core.data_sources import evaluation_windows
+    from prunekit.core.train import TrainConfig, train
+    from prunekit.delta.sparse import apply_sparse_delta, save_sparse_delta
+    from prunekit.models import load_model, load_tokenizer
+    from prunekit.training.recovery import CausalLMLoss
+
+    tok = load_tokenizer(smollm2_path)
+    base, finetuned = load_model(smollm2_path), load_model(smollm2_path)
+    windows = evaluation_windows("brown:a", tok, 4, 128)
+    for p in finetuned.parameters():
+        p.requires_grad_(False)
+    for m in finetuned.model.layers[-1].modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight.requires_grad_(True)
+    train(finetuned, (windows, None), TrainConfig(steps=4, batch_size=1, optimizer="adamw", lr=1e-4,
+                                                   weight_decay=0.0), callbacks=[CausalLMLoss()])
+    finetuned.eval().requires_grad_(False)
+    reference = {k: v.clone() for k, v in finetuned.state_dict().items()}
+    calib = CalibrationConfig(source=windows, nsamples=4, seqlen=128, chunk_size=2)
+    losses = {"base": calibration_loss(base, windows), "finetuned": calibration_loss(finetuned, windows)}
+    assert losses["finetuned"] < losses["base"]
+    for method, options in (("dare", {}), ("darex-q", {}), ("darex-q", {"scope": "global", "grid": 3}),
+                            ("magnitude", {}), ("wanda", {})):
+        finetuned.load_state_dict(reference)
+        result = prune_delta(base, finetuned, DeltaStep(method=method, sparsity=0.9, options=options), calib)
+        trained = [r for r in result.layers if r.nonzero_before]
+        assert len(trained) == 7 and result.delta_after < 0.12 * result.delta_before
+        losses[f"{method}{options}"] = calibration_loss(finetuned, windows)
+    assert all(math.isfinite(v) for v in losses.values())
+    finetuned.load_state_dict(reference)
+    prune_delta(base, finetuned, DeltaStep(method="dare", sparsity=0.99))
+    path = save_sparse_delta(tmp_path / "d.safetensors", base, finetuned)
+    block = sum(m.weight.numel() for m in finetuned.model.layers[-1].modules() if isinstance(m, torch.nn.Linear))
+    assert path.stat().st_size < 0.02 * block * 8 + 100_000
+    apply_sparse_delta(base, path)
+    assert all(torch.allclose(base.state_dict()[k], v, atol=1e-6) for k, v in finetuned.state_dict().items())
