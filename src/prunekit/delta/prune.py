@@ -32,6 +32,7 @@ from prunekit.core.stats import LayerStats
 from prunekit.core.targets import select_layers
 from prunekit.delta.base import DeltaContext
 from prunekit.delta.step import DeltaStep
+from prunekit.evaluate.perplexity import window_nlls
 
 
 @dataclass
@@ -104,17 +105,9 @@ def changed_tensors(base: nn.Module, finetuned: nn.Module, skip: set[str]) -> li
     return [name for name in a if name not in skip and not torch.equal(a[name], b[name])]
 
 
-@torch.no_grad()
 def calibration_loss(model: nn.Module, windows: torch.Tensor, chunk_size: int = 8) -> float:
     """Mean next-token loss of ``model`` on token ``windows`` (every window weighs the same)."""
-    device = next(model.parameters()).device
-    total = 0.0
-    for start in range(0, len(windows), chunk_size):
-        ids = windows[start : start + chunk_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1)
-        total += float(nll.sum())
-    return total / len(windows)
+    return float(window_nlls(model, windows, batch_size=chunk_size).mean())
 
 
 def _layer_generator(seed: int, name: str) -> torch.Generator:
