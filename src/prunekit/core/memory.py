@@ -45,6 +45,21 @@ def peak_device_mb(device: torch.device | str | None) -> float | None:
     return torch.cuda.max_memory_allocated(device) / (1 << 20)
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_memory() -> None:
+    """Give the memory glibc malloc holds free back to the system (``malloc_trim``); a no-op off glibc."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def lean_allocator(mmap_threshold: int | None = None) -> bool:
     """Cap glibc malloc at one arena and mmap buffers of ``mmap_threshold`` bytes or more (default:
     ``PRUNEKIT_MMAP_THRESHOLD_MB``, else 4 MB); a no-op off glibc or when ``PRUNEKIT_KEEP_MALLOC=1``.

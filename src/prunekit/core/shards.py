@@ -38,6 +38,7 @@ from torch import nn
 
 from prunekit.core.calibration import BlockWeights
 from prunekit.core.errors import PrunekitError
+from prunekit.core.memory import release_memory
 
 class NotStreamable(PrunekitError):
     """The model cannot be pruned block by block from its files (its message says why, as a phrase);
@@ -330,6 +331,7 @@ class StreamedBlocks(BlockWeights):
     def inputs(self) -> Iterator[None]:
         with self.weights.loaded(self.input_names):
             yield
+        release_memory()
 
     @contextmanager
     def block(self, index: int, module: nn.Module) -> Iterator[None]:
@@ -337,6 +339,7 @@ class StreamedBlocks(BlockWeights):
             yield
             if self.on_block is not None:
                 self.on_block(index, module)
+        release_memory()  # the block's activations and weights are gone: hand the free heap back
 
 
 # ------------------------------------------------------------------ writing the output

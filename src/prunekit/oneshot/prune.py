@@ -281,6 +281,7 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     A recipe the streaming path cannot run (GBLM's gradients, several steps) or a model without
     a safetensors checkpoint is a :class:`PrunekitError` naming the in-memory path."""
     from prunekit.core.io import atomic_output, check_output, write_manifest
+    from prunekit.core.memory import release_memory
     from prunekit.core.shards import ShardWriter, StreamedBlocks, open_streamed, pack
     from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_tokenizer, resolve_dtype
 
@@ -294,7 +295,6 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     check_output(out, overwrite, inputs=(shown, folder))
     weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
     skeleton = weights.model
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     lean_allocator()
     calib = recipe.calibration
     data = calib.source if calibration is None else calibration
@@ -303,6 +303,11 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     parameters = sum(p.numel() for p in skeleton.parameters())
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(data))
     _where(result, skeleton, device)
+    step = recipe.steps[0]
+    if step.build().needs_calibration or step.allocation == "owl":  # the windows now: the tokenizer can go
+        data = calibration_windows(data, tokenizer if tokenizer is not None else load_tokenizer(folder),
+                                   calib.nsamples, calib.seqlen, calib.seed)
+        release_memory()
     streamed = StreamedBlocks(weights, adapter.block_prefix)
     plan = [streamed.block_names(i) for i in range(len(adapter.blocks))]
     rest = [n for n in weights.sources if n not in {m for names in plan for m in names}]
@@ -311,12 +316,12 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     with atomic_output(out, overwrite, source=source or shown) as tmp:
         writer = ShardWriter(tmp, [[weights.saved_name(n) for n in names] for names in plan])
         stream = _Stream(weights, writer, plan, len(adapter.blocks))
-        _run_step(adapter, recipe.steps[0], calib, data, tokenizer, result, progress, device, stream)
+        _run_step(adapter, step, calib, data, tokenizer, result, progress, device, stream)
         t0 = time.perf_counter()
         stream.write_rest()
         stream.writer.close()
         _save_config(skeleton, folder, tmp)
-        tokenizer.save_pretrained(tmp)
+        (tokenizer if tokenizer is not None else load_tokenizer(folder)).save_pretrained(tmp)
         result.timings["stream:read_s"] = weights.read_s
         result.timings["stream:write_s"] = stream.writer.write_s
         result.timings["stream:rest_s"] = time.perf_counter() - t0
