@@ -15,6 +15,7 @@ a tampered ``prunekit.json``) is a one-line :class:`~prunekit.core.errors.Prunek
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from prunekit.core.families import Family, check_model_type, discover
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DISCOVERED: dict[str, Family] = {}  # families found by discovery, by config
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
@@ -109,11 +111,20 @@ def check_family(config, trust_remote_code: bool = False) -> Family:
     if family is not None:
         return family
     try:
+        key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        key = None
+    if key is not None and key in _DISCOVERED:  # one skeleton per config, however often it is checked
+        return _DISCOVERED[key]
+    try:
         model = skeleton(config, trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any model transformers cannot build as a causal LM
         raise PrunekitError(f"model type {model_type!r} is not a causal language model transformers can build "
                             f"({_describe(err)})") from None
-    return discover(model)
+    family = discover(model)
+    if key is not None:
+        _DISCOVERED[key] = family
+    return family
 
 
 def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
