@@ -270,3 +270,21 @@ def test_real_smollm2_brown_vocab_is_lossless(smollm2_path):
         after = model(input_ids=mapped).logits
     torch.testing.assert_close(after, before[..., keep.ids], rtol=0, atol=1e-4)
     assert (window_nlls(model, mapped) <= nll_before + 1e-6).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma3-270m", "qwen2.5-0.5b"])
+def test_real_tokenizers_stay_lossless(name):
+    """Gemma 3 (BPE with byte fallback, 262k tokens) and Qwen2.5 (byte-level BPE, 151k): the vocabulary
+    of Brown j tokenizes all of Brown j to the same ids (tokenizer only, no weights)."""
+    from prunekit.core.data_sources import token_stream
+    from prunekit.models import load_tokenizer
+    from prunekit.vocab.prune import rewrite_tokenizer
+
+    tok = load_tokenizer(name)
+    keep = keep_set(tok, "brown:j")
+    new = rewrite_tokenizer(tok, keep.ids)
+    assert len(new) == len(keep.ids) < len(tok) // 2
+    assert torch.equal(token_stream("brown:j", new), map_ids(token_stream("brown:j", tok), keep.ids))
+    ood = "naïve café — 東京 ✓ def f(x): return x ** 2"
+    assert new.decode(new(ood, add_special_tokens=False)["input_ids"]) == tok.decode(ids_of(tok, ood))
