@@ -1,1 +1,2 @@
-"""Evaluation: perplexity, sparsity report, latency and memory."""
+"""Evaluation: perplexity, zero-shot tasks (``tasks/``) and their scorer, lm-eval-harness, the report with
+plots, sparsity report, latency and memory."""
