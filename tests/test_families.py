@@ -172,6 +172,33 @@ def test_discovery_takes_the_longest_list_of_the_no_split_blocks():
     assert block_list_path(Net()) == "layers"
 
 
+def test_discovery_looks_in_the_decoder_before_a_longer_vision_tower():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+    class Stack(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Block() for _ in range(n)])
+
+    class Multimodal(torch.nn.Module):
+        _no_split_modules = ["Block"]
+
+        def __init__(self):
+            super().__init__()
+            self.vision = Stack(6)
+            self.language_model = Stack(3)
+
+        def get_decoder(self):
+            return self.language_model
+
+    assert block_list_path(Multimodal()) == "language_model.layers"
+    Multimodal.get_decoder = lambda self: None  # no hint: the longest list
+    assert block_list_path(Multimodal()) == "vision.layers"
+
+
 def test_no_block_list_is_an_error_naming_what_was_looked_for():
     with pytest.raises(PrunekitError, match="Linear has no recognisable decoder block list"):
         family_for(torch.nn.Linear(2, 2))

@@ -216,23 +216,44 @@ def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
+def _decoder_path(model: nn.Module) -> str:
+    """Where the model's own ``get_decoder()`` is ("" when it has none): a multimodal model's language
+    model (Gemma 3: ``model.language_model``), whose blocks are searched before any vision tower's."""
+    get = getattr(model, "get_decoder", None)
+    try:
+        decoder = get() if callable(get) else None
+    except Exception:  # noqa: BLE001 - a model whose get_decoder is not implemented
+        decoder = None
+    if not isinstance(decoder, nn.Module):
+        return ""
+    return next((name for name, module in model.named_modules() if module is decoder), "")
+
+
 def block_list_path(model: nn.Module) -> str | None:
     """Attribute path of the decoder blocks found from the model's own structure, or None.
 
     The blocks are the longest ``nn.ModuleList`` whose entries are all of the classes the model
     names in ``_no_split_modules`` (the units transformers keeps on one device) and hold linear
     layers; a model without ``_no_split_modules`` falls back to the longest ``ModuleList`` of
-    entries of one class that hold linear layers. Ties go to the first in module order."""
+    entries of one class that hold linear layers. The search looks inside the model's
+    ``get_decoder()`` first (so a vision tower's layers are never taken for the decoder), then in
+    the whole model. Ties go to the first in module order."""
     names = set(getattr(model, "_no_split_modules", None) or ())
-    best, best_len = None, 0
-    for path, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) <= best_len:
-            continue
-        kinds = {type(block).__name__ for block in module}
-        fits = kinds <= names if names else len(kinds) == 1
-        if fits and all(any(is_linear(m) for m in block.modules()) for block in module):
-            best, best_len = path, len(module)
-    return best
+    decoder = _decoder_path(model)
+    for within in dict.fromkeys([decoder, ""]):
+        best, best_len = None, 0
+        for path, module in model.named_modules():
+            if within and not path.startswith(within + "."):
+                continue
+            if not isinstance(module, nn.ModuleList) or len(module) <= best_len:
+                continue
+            kinds = {type(block).__name__ for block in module}
+            fits = kinds <= names if names else len(kinds) == 1
+            if fits and all(any(is_linear(m) for m in block.modules()) for block in module):
+                best, best_len = path, len(module)
+        if best is not None:
+            return best
+    return None
 
 
 def discover(model: nn.Module) -> Family:
