@@ -100,8 +100,15 @@ def run_lmeval(model, tokenizer, tasks: list[str], include_path: str | Path | No
                   max_length=_max_length(model))
         manager = TaskManager(include_path=str(include_path) if include_path else None,
                               include_defaults=include_defaults)
-        out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=manager,
-                              log_samples=False, bootstrap_iters=bootstrap_iters, verbosity="ERROR")
+        try:
+            out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=manager,
+                                  log_samples=False, bootstrap_iters=bootstrap_iters, verbosity="ERROR")
+        except (OSError, ConnectionError, RuntimeError, ValueError) as err:  # mostly: a dataset out of reach
+            from prunekit.core.io import describe_error
+
+            raise PrunekitError(f"lm-eval could not run {', '.join(tasks)} ({describe_error(err, 160)}); its own "
+                                "tasks load their datasets from the Hugging Face hub, which must be reachable or "
+                                "cached") from None
     finally:
         model.train(was_training)
     return {name: dict(values) for name, values in (out or {}).get("results", {}).items()}
