@@ -33,7 +33,7 @@ class KeepSet:
 
     ids: list[int]
     vocab_size: int  # of the tokenizer before pruning
-    counts: dict = field(default_factory=dict)  # corpus, top, keep_file, base (special + alphabet), closure
+    counts: dict = field(default_factory=dict)  # corpus, top, listed (keep file/ids), base (special + alphabet), closure
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,8 +129,8 @@ def keep_set(tokenizer, text=None, top: int = 0, keep_ids=(), model_vocab: int |
     keep = bpe_closure(spec, chosen | base)
     ids = sorted(keep)
     if model_vocab is not None:
-        ids = [i for i in ids if i < model_vocab]  # padding rows beyond the tokenizer are never produced
-    counts = {"corpus": len(set(used)), "top": top, "keep_file": len(set(keep_ids)), "base": len(base),
+        ids = [i for i in ids if i < model_vocab]  # tokenizer ids the embedding has no row for
+    counts = {"corpus": len(set(used)), "top": top, "listed": len(set(keep_ids)), "base": len(base),
               "closure": len(keep) - len(chosen | base), "kept": len(ids)}
     return KeepSet(ids, size, counts)
 
