@@ -199,3 +199,19 @@ def test_cli_streams_by_default_and_no_stream_gives_the_same_weights(tmp_path, s
     assert (tmp_path / "streamed" / "tokenizer.json").is_file()
     loaded = load(tmp_path / "streamed")
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+@pytest.mark.slow
+def test_smollm2_streamed_and_in_memory_wanda_give_the_same_weights(smollm2_path, smollm2_tokenizer, tmp_path):
+    """The real SmolLM2-135M (tied embeddings, 30 blocks), Wanda 50% on a few windows: the streamed output
+    holds exactly the in-memory prune's tensors and loads with plain from_pretrained."""
+    from prunekit.models import load_model
+
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=128))
+    model = load_model(smollm2_path)
+    memory = prunekit.prune(model, rec, tokenizer=smollm2_tokenizer, progress=False)
+    streamed = prunekit.prune_pretrained(smollm2_path, tmp_path / "out", rec, tokenizer=smollm2_tokenizer,
+                                         progress=False)
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 31  # 30 blocks + the rest
+    assert same_weights(model, load(tmp_path / "out"))
+    assert [(r.name, r.sparsity) for r in memory.layers] == [(r.name, r.sparsity) for r in streamed.layers]

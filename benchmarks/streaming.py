@@ -1,0 +1,306 @@
+"""Streaming one-shot pruning of SmolLM2-135M: whole-process peak memory, time and quality, with peers.
+
+Protocol (that of oneshot_smollm2.py): fp32 on the CPU; calibration 64 x 512 tokens of Brown genres b-r
+at offsets drawn with seed 0; perplexity on Brown press (ca01-ca44), first 32 x 512 tokens. Every row
+is a fresh process; its peak RSS is that process's ru_maxrss (imports, model, pruning, saving: the
+whole process). Rows are interleaved round by round (``--repeats`` rounds; the tables give medians):
+
+  forward       one plain forward pass of the calibration set through the decoder (the model's own
+                ``model.model``, batches of 8, no lm_head): the reference of the pruning time
+  stream/<c>    ``prunekit prune --model smollm2-135m`` (streaming, the default): the whole process,
+                from interpreter start to exit
+  memory/<c>    the same with ``--no-stream`` (load the model, prunekit.prune, save): the whole process
+  llmc/<c>      llm-compressor 0.14 (``--peer llm-compressor``) in its own virtual environment (the
+                pinned CPU torch first, then llmcompressor==0.14.*), on the very same calibration
+                windows: the time of its ``oneshot`` call alone; peak RSS of its whole process
+
+The streamed and the in-memory outputs are compared tensor by tensor (same masks, same weights) and
+their perplexities measured. The load of the machine (1-minute load average) is recorded before and
+after every row: the machine is shared.
+
+    .venv/bin/python benchmarks/streaming.py --threads 2 [--repeats 3] [--peer llm-compressor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = {  # prunekit flags, llm-compressor (modifier, sparsity)
+    "wanda-50": (["--method", "wanda", "--sparsity", "0.5", "--pattern", "per-row"], ("wanda", 0.5)),
+    "sparsegpt-50": (["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "unstructured"], ("sparsegpt", 0.5)),
+}
+NSAMPLES, SEQLEN = 64, 512  # --nsamples/--seqlen change them for a quick check of the script
+PEER_VENV = "llm-compressor-0.14"
+PEER_PACKAGES = (["torch==2.13.0"], ["llmcompressor==0.14.*"])  # the pinned CPU torch first
+
+
+# ------------------------------------------------------------------ children (fresh processes)
+
+def calibration_flags() -> list[str]:
+    return ["--calibration", "brown", "--nsamples", str(NSAMPLES), "--seqlen", str(SEQLEN), "--seed", "0"]
+
+
+def child_forward(threads: int) -> dict:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from prunekit.core.data_sources import calibration_windows
+    from prunekit.models import load_model, load_tokenizer
+
+    model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
+    windows = calibration_windows("brown", tok, NSAMPLES, SEQLEN, 0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, NSAMPLES, 8):
+            model.model(input_ids=windows[i : i + 8], use_cache=False)
+    return {"forward_s": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_prune(config: str, out: str, stream: bool, threads: int) -> dict:
+    """`prunekit prune` exactly as the CLI runs it, in this process."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from prunekit.cli import main
+
+    argv = ["prune", "--model", "smollm2-135m", "--out", out, "--quiet", *calibration_flags(), *CONFIGS[config][0]]
+    code = main([*argv, "--stream" if stream else "--no-stream"])
+    if code != 0:
+        raise SystemExit(f"prunekit prune exited {code}")
+    result = json.loads((Path(out) / "prunekit.json").read_text())["result"]
+    return {"prune_s": result["timings"]["total_s"], "timings": result["timings"], "sparsity": result["sparsity"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_eval(folder: str, other: str | None, threads: int) -> dict:
+    """Perplexity of a pruned folder (and whether its tensors equal another folder's)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from safetensors.torch import load_file
+
+    from prunekit.evaluate.perplexity import perplexity
+    from prunekit.models import load_model, load_tokenizer
+
+    out = {"perplexity": perplexity(load_model(folder), load_tokenizer(folder), "brown:a", 32, 512).perplexity}
+    if other:
+        def tensors(d):
+            return {k: v for f in sorted(Path(d).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+        a, b = tensors(folder), tensors(other)
+        out["identical_to_other"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return out
+
+
+# ------------------------------------------------------------------ the parent
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run(cmd: list[str], env_extra: dict | None = None) -> tuple[dict, float]:
+    """Run one child; returns its JSON line and its wall time (the whole process)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(env_extra or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def me(*args) -> list[str]:
+    return [sys.executable, __file__, "--nsamples", str(NSAMPLES), "--seqlen", str(SEQLEN), *map(str, args)]
+
+
+def peer_python() -> Path:
+    """llm-compressor 0.14 in its own venv under prunekit's cache, set up on first use."""
+    from prunekit.assets import cache_dir
+
+    venv = cache_dir() / "peers" / PEER_VENV
+    python = venv / "bin" / "python"
+    if not (python.exists() and subprocess.run([python, "-c", "import llmcompressor"], capture_output=True).returncode == 0):
+        print(f"setting up llm-compressor in {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        for packages in PEER_PACKAGES:
+            subprocess.run([python, "-m", "pip", "install", "-q", *packages], check=True)
+    return python
+
+
+def write_windows(path: Path) -> None:
+    """The calibration windows prunekit uses and the evaluation windows, for the peer."""
+    from safetensors.torch import save_file
+
+    from prunekit.core.data_sources import calibration_windows, evaluation_windows
+    from prunekit.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    save_file({"calibration": calibration_windows("brown", tok, NSAMPLES, SEQLEN, 0).contiguous(),
+               "evaluation": evaluation_windows("brown:a", tok, 32, 512).contiguous()}, str(path))
+
+
+def main() -> None:
+    global NSAMPLES, SEQLEN
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds (each row once per round; medians)")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--peer", choices=("llm-compressor",), default=None)
+    ap.add_argument("--results", default=str(HERE / "results" / "streaming"))
+    ap.add_argument("--work", default="/tmp/prunekit-streaming-bench", help="scratch folder for the outputs")
+    ap.add_argument("--nsamples", type=int, default=NSAMPLES, help="calibration windows (a quick check: fewer)")
+    ap.add_argument("--seqlen", type=int, default=SEQLEN)
+    ap.add_argument("--memory-configs", default=None, help="configs that also get the in-memory row and the "
+                    "quality evaluation (default: all)")
+    ap.add_argument("--no-peer-ppl", action="store_true", help="skip llm-compressor's perplexity (32 forward passes)")
+    ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--other", default=None)
+    args = ap.parse_args()
+    NSAMPLES, SEQLEN = args.nsamples, args.seqlen
+    if args.child:
+        result = {"forward": lambda: child_forward(args.threads),
+                  "stream": lambda: child_prune(args.config, args.out, True, args.threads),
+                  "memory": lambda: child_prune(args.config, args.out, False, args.threads),
+                  "eval": lambda: child_eval(args.out, args.other, args.threads)}[args.child]()
+        print(json.dumps(result))
+        return
+    if args.table:
+        raw = json.loads(Path(args.results + ".json").read_text())
+        configs = [c for c in CONFIGS if any(r["row"].endswith("/" + c) for r in raw["rows"])]
+        Path(args.results + ".md").write_text(table(raw, configs) + "\n")
+        print(table(raw, configs))
+        return
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    raw_path = Path(args.results + ".json")
+    raw = {"threads": args.threads, "repeats": args.repeats, "cpus": os.cpu_count(), "nsamples": NSAMPLES,
+           "seqlen": SEQLEN, "rows": []}
+    configs = args.configs.split(",")
+    peer = None
+    if args.peer:
+        peer = peer_python()
+        write_windows(work / "windows.safetensors")
+        from prunekit.models.loading import resolve_model_path
+
+        model_dir = resolve_model_path("smollm2-135m")
+
+    def record(row: dict) -> None:
+        raw["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        raw_path.write_text(json.dumps(raw, indent=1) + "\n")
+
+    for round_ in range(args.repeats):
+        load = load_average()
+        out, wall = run(me("--child", "forward", "--threads", args.threads))
+        record({"row": "forward", "round": round_, "wall_s": wall, **out, "load_before": load, "load_after": load_average()})
+        for config in configs:  # the headline rows first: a partial run still answers the main questions
+            with_memory = args.memory_configs is None or config in args.memory_configs.split(",")
+            for mode in ("stream", "llmc", "memory"):
+                if (mode == "llmc" and peer is None) or (mode == "memory" and not with_memory):
+                    continue
+                load = load_average()
+                if mode == "llmc":
+                    method, sparsity = CONFIGS[config][1]
+                    out, wall = run([str(peer), str(HERE / "peers" / "llmcompressor_oneshot.py"), model_dir,
+                                     str(work / "windows.safetensors"), method, str(sparsity), str(args.threads),
+                                     "0" if args.no_peer_ppl else "1"],
+                                    {"OMP_NUM_THREADS": str(args.threads)})
+                else:
+                    folder = work / f"{mode}-{config}"
+                    shutil.rmtree(folder, ignore_errors=True)
+                    out, wall = run(me("--child", mode, "--config", config, "--out", folder, "--threads", args.threads))
+                record({"row": f"{mode}/{config}", "round": round_, "wall_s": wall, **out, "load_before": load,
+                        "load_after": load_average()})
+            if round_ == 0 and with_memory:  # quality and masks of the outputs (not timed)
+                stream, memory = work / f"stream-{config}", work / f"memory-{config}"
+                out, _ = run(me("--child", "eval", "--out", stream, "--other", memory, "--threads", args.threads))
+                record({"row": f"eval/stream/{config}", **out})
+                out, _ = run(me("--child", "eval", "--out", memory, "--threads", args.threads))
+                record({"row": f"eval/memory/{config}", **out})
+            Path(args.results + ".md").write_text(table(raw, configs) + "\n")
+    text = table(raw, configs)
+    Path(args.results + ".md").write_text(text + "\n")
+    print(text)
+
+
+def table(raw: dict, configs: list[str]) -> str:
+    rows = raw["rows"]
+
+    def pick(name, key):
+        return [r[key] for r in rows if r["row"] == name and key in r]
+
+    def med(name, key):
+        values = pick(name, key)
+        return statistics.median(values) if values else None
+
+    def fmt(x, spec=".0f"):
+        return "" if x is None else format(x, spec)
+
+    forward = med("forward", "forward_s")
+    loads = [r[k] for r in rows if "load_before" in r for k in ("load_before", "load_after")]
+    lines = [
+        f"SmolLM2-135M, fp32, CPU, {raw['threads']} torch threads ({raw['cpus']} cores, shared: 1-minute load "
+        f"average {min(loads):.1f}-{max(loads):.1f} during the rows), {raw['repeats']} round(s), each row a fresh "
+        f"process; medians. Calibration {raw['nsamples']} x {raw['seqlen']} tokens of Brown b-r (seed 0); "
+        "perplexity on Brown press "
+        "(32 x 512 tokens).",
+        "",
+        f"One plain forward pass of the calibration set through the decoder: {fmt(forward, '.1f')} s "
+        f"(runs: {', '.join(f'{x:.0f}' for x in pick('forward', 'forward_s'))}).",
+        "",
+        "| row | whole process (s) | prune call (s) | prune / forward | peak RSS (MB) | load before/after |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for config in configs:
+        for mode in ("stream", "memory", "llmc"):
+            name = f"{mode}/{config}"
+            if not pick(name, "wall_s"):
+                continue
+            call = med(name, "prune_s") if mode != "llmc" else med(name, "oneshot_s")
+            load = "; ".join(f"{r['load_before']:.1f}/{r['load_after']:.1f}" for r in rows if r["row"] == name)
+            whole = med(name, "wall_s") if mode != "llmc" else None
+            ratio = call / forward if call and forward else None
+            lines.append(f"| {name} | {fmt(whole)} | {fmt(call)} | {fmt(ratio, '.2f')} | {fmt(med(name, 'peak_rss_mb'))} "
+                         f"| {load} |")
+    lines += ["", "Quality and masks (outputs of the rows above):", "",
+              "| config | streamed ppl | in-memory ppl | streamed == in-memory tensors | llm-compressor ppl |",
+              "|---|---:|---:|---|---:|"]
+    for config in configs:
+        same = pick(f"eval/stream/{config}", "identical_to_other")
+        lines.append(f"| {config} | {fmt(med(f'eval/stream/{config}', 'perplexity'), '.2f')} "
+                     f"| {fmt(med(f'eval/memory/{config}', 'perplexity'), '.2f')} | {same[0] if same else ''} "
+                     f"| {fmt(med(f'llmc/{config}', 'perplexity'), '.2f')} |")
+    if any(r["row"].startswith("llmc/") for r in rows):
+        lines += ["", "Ratios from this run only (prunekit's whole process against llm-compressor's oneshot call; "
+                  "peak RSS of both whole processes):", "",
+                  "| config | time: stream / llm-compressor | time: in-memory / llm-compressor "
+                  "| peak RSS: stream / llm-compressor |", "|---|---:|---:|---:|"]
+        for config in configs:
+            peer_t, peer_m = med(f"llmc/{config}", "oneshot_s"), med(f"llmc/{config}", "peak_rss_mb")
+            if not peer_t:
+                continue
+            st, mt, sm = med(f"stream/{config}", "wall_s"), med(f"memory/{config}", "wall_s"), med(f"stream/{config}", "peak_rss_mb")
+            lines.append(f"| {config} | {fmt(st / peer_t if st else None, '.2f')} | {fmt(mt / peer_t if mt else None, '.2f')} "
+                         f"| {fmt(sm / peer_m if sm else None, '.2f')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
