@@ -122,3 +122,12 @@ def test_cli_structured_and_eval_take_dtype(tiny_folder, tmp_path, capsys):
     assert main(["eval", "--model", str(out), "--text", "brown:r", "--nwindows", "1", "--seqlen", "16", "--json",
                  "--dtype", "float32"]) == 0
     assert json.loads(capsys.readouterr().out)["perplexity"] > 1
+
+
+def test_peak_device_memory_is_read_on_cuda_only(monkeypatch):
+    from prunekit.core.memory import peak_device_mb
+
+    assert peak_device_mb(None) is None and peak_device_mb("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 << 20)
+    assert peak_device_mb("cuda:0") == 3.0 and peak_device_mb("meta") is None
