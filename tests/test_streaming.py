@@ -212,6 +212,9 @@ def test_smollm2_streamed_and_in_memory_wanda_give_the_same_weights(smollm2_path
     memory = prunekit.prune(model, rec, tokenizer=smollm2_tokenizer, progress=False)
     streamed = prunekit.prune_pretrained(smollm2_path, tmp_path / "out", rec, tokenizer=smollm2_tokenizer,
                                          progress=False)
-    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 31  # 30 blocks + the rest
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    for block in range(30):  # one shard per block
+        assert len({f for k, f in index.items() if k.startswith(f"model.layers.{block}.")}) == 1
+    assert len(set(index.values())) == 32  # 30 blocks, the embeddings (larger than a block) alone, the final norm
     assert same_weights(model, load(tmp_path / "out"))
     assert [(r.name, r.sparsity) for r in memory.layers] == [(r.name, r.sparsity) for r in streamed.layers]
