@@ -43,8 +43,7 @@ LOAD_HINT = ("per-layer widths (config.json: prunekit_layer_shapes): load it wit
 
 def _widths_config(adapter: Adapter):
     """The (sub-)config holding the widths and head counts of the blocks (a multimodal model's text config)."""
-    widths_config = getattr(adapter.family, "widths_config", None)
-    return widths_config(adapter.model.config) if widths_config else adapter.model.config
+    return adapter.family.widths_config(adapter.model.config)
 
 
 def _width_keys(adapter: Adapter) -> tuple[str, ...]:
@@ -157,7 +156,10 @@ def describe_in_config(model: nn.Module) -> dict:
     keys = (*_width_keys(adapter), *BIAS_KEYS)
     before = {k: getattr(cfg, k, _ABSENT) for k in keys}
     rewrite_config(adapter)
-    zeroed = use_bias_flags(adapter)
+    n = len(adapter.blocks)
+    uniform = len({adapter.mlp_width(i) for i in range(n)}) == 1 and len({adapter.attention_counts(i)
+                                                                          for i in range(n)}) == 1
+    zeroed = use_bias_flags(adapter) if uniform else []  # flags cannot describe per-layer widths
     shapes = layer_shapes(model)
     if shapes:  # per-layer: keep the widths of the model before pruning, record every linear that differs
         for k, value in before.items():
