@@ -1,5 +1,7 @@
 """Filter pruning of CNNs through the traced channel dependency graph."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -125,3 +127,47 @@ def test_efficientnet_lite0_groups_and_exact_removal():
         result = prune_cnn(model, x, ratio=0.125, round_to=1)
         torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
     assert result.flops_after < result.flops_before
+
+
+class ConstantChannelNet(nn.Module):
+    """conv -> BN -> ReLU -> 1x1 conv -> BN -> ReLU -> pool -> linear, where BN1 makes channels 0-3
+    constant (gamma 0, beta 2): removing them shifts BN2's input by a constant per channel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+        randomize_bn(self)
+        with torch.no_grad():
+            self.bn1.weight[:4] = 0.0
+            self.bn1.bias[:4] = 2.0
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_batch_norm_correction_restores_a_removed_constant_channel():
+    from prunekit.structured.cnn import correct_batch_norms, remove_channels
+
+    dense = ConstantChannelNet().eval()
+    images = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = dense(images)
+    pruned = copy.deepcopy(dense)
+    first = find_cnn_groups(pruned, images[:1])[0]  # conv1's channels (bn1 rides along, conv2 consumes)
+    remove_channels(pruned, [(first, torch.arange(4, 16))])
+    assert pruned.bn1.num_features == 12 and torch.equal(pruned.bn1.bias, dense.bn1.bias[4:])
+    with torch.no_grad():
+        assert (pruned(images) - expected).abs().max() > 1e-2  # the constant channels' contribution is gone
+        assert correct_batch_norms(pruned, dense, images) == 2
+        torch.testing.assert_close(pruned(images), expected, atol=1e-5, rtol=1e-5)  # a constant shift: exact
+    unchanged = copy.deepcopy(dense)  # nothing pruned: nothing to correct
+    correct_batch_norms(unchanged, dense, images)
+    with torch.no_grad():
+        assert torch.equal(unchanged(images), expected)
