@@ -7,6 +7,7 @@ the dense model and shared. Speed: dense and pruned timed interleaved in this pr
 :mod:`prunekit.evaluate.speed`).
 
     python benchmarks/structured_smollm2.py --nsamples 64 --grad-samples 16 --threads 1
+    python benchmarks/structured_smollm2.py --methods flap,flap-uniform --ratios 0.2 --rerun flap --threads 2
 
 Resumable: finished rows are kept in ``results/structured_smollm2.json`` (with the protocol they were
 measured under) and skipped on the next run; the Markdown table is rewritten from the JSON after
@@ -29,6 +30,8 @@ RESULTS = Path(__file__).parent / "results" / "structured_smollm2.md"
 # key -> (label, method, structure, options), in table order
 CONFIGS = {
     "flap": ("FLAP + bias compensation", "flap", ("mlp", "heads"), {}),
+    "flap-uniform": ("FLAP + bias compensation, uniform widths (plain transformers folder)", "flap", ("mlp", "heads"),
+                     {"widths": "uniform"}),
     "flap-nobias": ("FLAP, no bias compensation", "flap", ("mlp", "heads"), {"bias_compensation": False}),
     "magnitude": ("magnitude (L2 group, uniform)", "magnitude", ("mlp", "heads"), {}),
     "taylor": ("Taylor (LLM-Pruner, uniform)", "taylor", ("mlp", "heads"), {}),
@@ -65,18 +68,21 @@ def header(protocol: dict, dense_ppl: float) -> str:
     ]) + "\n"
 
 
-def speedup(speed: dict | None, key: str) -> str:
-    return f"{speed[key]:.2f}x" if speed else "n/m"
+def speedup(speed: dict | None, key: str, threads: int = 1) -> str:
+    if not speed:
+        return "n/m"
+    note = f" ({speed['threads']} threads)" if speed.get("threads", threads) != threads else ""
+    return f"{speed[key]:.2f}x{note}"
 
 
-def table_line(row: dict, dense_ppl: float) -> str:
+def table_line(row: dict, dense_ppl: float, threads: int = 1) -> str:
     res, speed, ppl = row["result"], row.get("speed"), row["ppl"]
     widths = f"{min(res['mlp_widths'])}-{max(res['mlp_widths'])}"
     blocks = f" ({len(res['mlp_widths'])} blocks)" if res["removed_blocks"] else ""
     heads = f"{min(res['heads'])}-{max(res['heads'])}"
     return (f"| {row['target']:.0%} | {row['label']} | {row['structure']} | {res['removed_fraction']:.1%} | "
             f"{res['parameters_after'] / 1e6:.1f}M | {ppl:.1f} | {ppl / dense_ppl:.2f} | "
-            f"{speedup(speed, 'prefill_speedup')} | {speedup(speed, 'decode_speedup')} | "
+            f"{speedup(speed, 'prefill_speedup', threads)} | {speedup(speed, 'decode_speedup', threads)} | "
             f"{row['gflops']:.3f} | {widths}{blocks} | {heads} | {res['seconds']:.0f} |")
 
 
@@ -86,7 +92,7 @@ def write(out: Path, data: dict) -> None:
     rows = sorted(data["rows"].values(), key=lambda r: (r["target"], keys.index(r["key"])))
     notes = out.read_text().partition(NOTES)[1:] if out.exists() else ("", "")  # hand-written, kept
     out.write_text(header(data["protocol"], data["dense_ppl"]) + "".join(
-        table_line(r, data["dense_ppl"]) + "\n" for r in rows) + ("\n" + "".join(notes) if notes[0] else ""))
+        table_line(r, data["dense_ppl"], data["protocol"]["threads"]) + "\n" for r in rows) + ("\n" + "".join(notes) if notes[0] else ""))
 
 
 def main() -> None:
@@ -99,6 +105,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default=",".join(CONFIGS), help="comma list of keys: " + ",".join(CONFIGS))
     ap.add_argument("--speed", default=SPEED_PRIORITY, help="keys to time, in priority order ('' = none)")
+    ap.add_argument("--rerun", default="", help="comma list of keys measured again although their rows exist")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,8 +128,8 @@ def main() -> None:
         old = json.loads(out.with_suffix(".json").read_text())
         same = {k: old.get("protocol", {}).get(k) for k in ("nwindows", "nsamples", "grad_samples")}
         if same == {k: protocol[k] for k in same}:
-            data = old
-            data["protocol"].update(runs=args.runs, threads=args.threads)
+            data = old  # the header keeps the thread count most rows were timed with; others say theirs
+            data["protocol"].update(runs=args.runs)
             print(f"resuming: {len(data['rows'])} rows in {out.with_suffix('.json')}", flush=True)
         else:
             print(f"protocol changed ({old.get('protocol')} -> {protocol}): starting a new table", flush=True)
@@ -140,6 +147,10 @@ def main() -> None:
     jobs = [("ppl", r, k) for r in ratios for k in keys]
     jobs += [("speed", r, k) for r in ratios for k in timed]
     state = {"windows": None, "stats": None}
+    rerun = {k for k in args.rerun.split(",") if k}
+    for ratio in ratios:
+        for key in rerun:
+            data["rows"].pop(f"{ratio:g}/{key}", None)
 
     def statistics(need_gradients: bool):
         if state["stats"] is None:
@@ -178,7 +189,7 @@ def main() -> None:
             row["speed"] = speed_receipt(dense, model, runs=args.runs).to_dict()
         data["rows"][row_key] = row
         write(out, data)
-        print(f"[{phase}] " + table_line(row, data["dense_ppl"]), flush=True)
+        print(f"[{phase}] " + table_line(row, data["dense_ppl"], data["protocol"]["threads"]), flush=True)
         del model
 
 
