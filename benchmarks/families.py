@@ -8,7 +8,8 @@ of Brown press (ca01-ca44); each window starts with the tokenizer's own prefix (
 Every configuration runs in a fresh process through the CLI's own path (``prunekit prune``: one-shot
 streamed from the cached folder, structured in memory without the speed receipt): prune time is
 the pruning call without loading, peak RSS is the process's peak after pruning and saving (before
-the evaluation loads the output), saved size is the output's safetensors files. FLAP-20 removes 20% of
+the evaluation loads the output; dense: after loading the model), saved size is the output's
+safetensors files. FLAP-20 removes 20% of
 the MLP and attention parameters of the blocks (global allocation, bias compensation); depth-20
 removes 20% of the blocks (lowest block influence, 1 - cos(input, output)).
 
@@ -72,12 +73,15 @@ def child(model: str, config: str, dtype: str, threads: int) -> dict:
             out["removed_fraction"] = result.get("removed_fraction")
             out["sparsity"] = result.get("sparsity")
             target = str(folder)
-        out["peak_rss_mb"] = peak_rss_mb()
+        if CONFIGS[config] is not None:
+            out["peak_rss_mb"] = peak_rss_mb()  # loading, pruning and saving
         out["saved_mb"] = sum(p.stat().st_size for p in Path(target).glob("*.safetensors")) / 2**20
         if CONFIGS[config] is None and dtype != "auto":  # the dense model as saved in that dtype
             itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
             out["saved_mb"] = out["saved_mb"] * itemsize / 4  # the cached folders are float32
         model_obj = load_model(target, dtype=dtype)
+        if CONFIGS[config] is None:
+            out["peak_rss_mb"] = peak_rss_mb()  # the dense model loaded
         tok = load_tokenizer(model)
         out["parameters"] = sum(p.numel() for p in model_obj.parameters())
         out["perplexity"] = perplexity(model_obj, tok, "brown:a", EVAL_WINDOWS, EVAL_SEQLEN).perplexity
