@@ -121,11 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default=None, help="auto (default: the checkpoint's own) | bfloat16 | float16 | float32: "
-                   "the model is loaded, run and saved in it (statistics accumulate in float32)")
-
-
 def _add_task_args(p: argparse.ArgumentParser, limit: int | None = None, lmeval: bool = True) -> None:
     from prunekit.core.registry import TASKS
 
@@ -137,6 +132,11 @@ def _add_task_args(p: argparse.ArgumentParser, limit: int | None = None, lmeval:
     if lmeval:
         p.add_argument("--lmeval", action="store_true", help="also run the prunekit tasks through lm-eval-harness "
                        "(exported as task YAMLs over local JSONL)")
+
+
+def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="auto (default: the checkpoint's own) | bfloat16 | float16 | float32: "
+                   "the model is loaded, run and saved in it (statistics accumulate in float32)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
