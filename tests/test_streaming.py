@@ -218,3 +218,21 @@ def test_smollm2_streamed_and_in_memory_wanda_give_the_same_weights(smollm2_path
     assert len(set(index.values())) == 32  # 30 blocks, the embeddings (larger than a block) alone, the final norm
     assert same_weights(model, load(tmp_path / "out"))
     assert [(r.name, r.sparsity) for r in memory.layers] == [(r.name, r.sparsity) for r in streamed.layers]
+
+
+def test_ready_made_windows_are_checked_by_their_own_length_not_the_recipe_seqlen(sharded_llama, tmp_path):
+    """Token-id windows given directly carry their length: the recipe's seqlen (longer than the model's
+    positions here) is not what runs, so it is not what is checked; windows too long still are."""
+    from transformers import AutoConfig
+
+    limit = AutoConfig.from_pretrained(sharded_llama).max_position_embeddings
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=limit + 1))
+    windows = tiny_windows()[:4]
+    assert windows.shape[1] <= limit
+    result = prunekit.prune_pretrained(sharded_llama, tmp_path / "out", rec, calibration=windows,
+                                       tokenizer=_NoTokenizer(), progress=False)
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
+    too_long = torch.zeros(2, limit + 1, dtype=torch.long)
+    with pytest.raises(PrunekitError, match=f"calibration seqlen {limit + 1} is longer"):
+        prunekit.prune_pretrained(sharded_llama, tmp_path / "out2", rec, calibration=too_long,
+                                  tokenizer=_NoTokenizer(), progress=False)

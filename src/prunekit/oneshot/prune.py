@@ -291,13 +291,14 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     shown = str(model)
     config = load_config(folder)
     dtype = resolve_dtype(dtype, config)
-    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
+    data = recipe.calibration.source if calibration is None else calibration
+    ready = isinstance(data, torch.Tensor) and data.dim() == 2  # ready-made windows: their own length
+    check_seqlen(config, data.shape[1] if ready else recipe.calibration.seqlen, "calibration seqlen")
     check_output(out, overwrite, inputs=(shown, folder))
     weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
     skeleton = weights.model
     lean_allocator()
     calib = recipe.calibration
-    data = calib.source if calibration is None else calibration
     start = time.perf_counter()
     adapter = adapter_for(skeleton)
     parameters = sum(p.numel() for p in skeleton.parameters())
