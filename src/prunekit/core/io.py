@@ -186,11 +186,18 @@ def remove_stale_temporaries(parent: str | Path) -> list[Path]:
 @contextmanager
 def atomic_output(out: str | Path, overwrite: bool = False, source: str | None = None) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write into; it becomes ``out`` when the ``with`` block ends
-    without error (the rules of :func:`check_output` apply).
+    without error (the rules of :func:`check_output` apply; see :func:`atomic_folder`)."""
+    with atomic_folder(check_output(out, overwrite, inputs=(source,))) as tmp:
+        yield tmp
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (already checked by the caller) that becomes ``out`` when the
+    ``with`` block ends without error, with the usual permissions (not mkdtemp's 0700).
 
     A failure while writing (disk full, permissions, Ctrl-C) leaves nothing behind: the temporary
     folder is removed and a replaced output is put back; OS errors become one-line PrunekitErrors."""
-    out = check_output(out, overwrite, inputs=(source,))
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

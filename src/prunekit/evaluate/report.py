@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -408,7 +405,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
     """Measure ``target`` (and ``baseline``), draw the plots and write the page into ``out``
     atomically; returns the page's path. ``tasks`` None: every prunekit task."""
     from prunekit import __version__
-    from prunekit.core.io import read_manifest, remove_stale_temporaries
+    from prunekit.core.io import atomic_folder, read_manifest
     from prunekit.core.registry import TASKS
 
     require_matplotlib()
@@ -423,10 +420,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
     data["baseline"] = measure(baseline, text, nwindows, perplexity_too, tasks, limit, batch_tokens,
                                progress) if baseline else None
     data["seconds"] = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         plots = {"layers": "layers.png"}
         plot_layers(data["target"], data["baseline"], tmp / plots["layers"])
         if data["target"].get("quality"):
@@ -441,23 +435,4 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
         page.write_text(md + "\n" if fmt == "md" else to_html(md), encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps({k: v for k, v in data.items() if k != "manifest"}, indent=1,
                                                     default=str), encoding="utf-8")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out / f"report.{fmt}"
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing report folder is moved aside first, then removed."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
-    out.rename(old / out.name)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        (old / out.name).rename(out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
