@@ -255,6 +255,24 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_small_text(path: str | Path, what: str, limit: int, hint: str = "") -> str:
+    """The UTF-8 text of a small input file (a recipe, a keep list): a missing, unreadable, larger than
+    ``limit`` bytes (``hint`` says why that is too large) or non-UTF-8 file is a one-line error
+    naming ``what`` and the file."""
+    shown = str(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PrunekitError(f"{what} {shown!r} does not exist")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise PrunekitError(f"{what} {shown!r} is larger than {limit:,} bytes{hint}")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PrunekitError(f"cannot read {what} {shown!r}: {' '.join(str(err).split())[:120]}") from None
+
+
 def read_manifest(path: str | Path) -> dict:
     """The ``prunekit.json`` of a folder ({} if it has none); a tampered one is a one-line error."""
     file = Path(path) / MANIFEST

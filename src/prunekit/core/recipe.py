@@ -192,19 +192,11 @@ def read_recipe_file(path: str | Path) -> dict:
     YAML goes through the safe loader and may not carry tags (``!!python/object``, ``!!binary``...)
     or aliases; files over 1 MB, nested deeper than 32 levels, not UTF-8, not parseable, empty or not
     a mapping are one-line errors naming the file."""
+    from prunekit.core.io import read_small_text
+
     path = Path(path)
     shown = str(path)
-    if not path.is_file():
-        raise PrunekitError(f"recipe file {shown!r} does not exist")
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            raise PrunekitError(f"recipe file {shown!r} is larger than {MAX_BYTES:,} bytes; a recipe is a "
-                                "few lines")
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PrunekitError(f"cannot read recipe file {shown!r}: {_cut(str(err), 120)}") from None
+    text = read_small_text(path, "recipe file", MAX_BYTES, "; a recipe is a few lines")
     kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     import yaml
 

@@ -73,18 +73,10 @@ def tokenizer_spec(tokenizer) -> TokenizerSpec:
 def read_keep_file(path: str | Path, vocab_size: int | None = None) -> list[int]:
     """Token ids from a text file: integers separated by spaces, commas or new lines; ``#`` starts a
     comment. A value that is not an id of the vocabulary is a one-line error naming its line."""
-    path = Path(path).expanduser()
+    from prunekit.core.io import read_small_text
+
     shown = str(path)
-    if not path.is_file():
-        raise PrunekitError(f"keep file {shown!r} does not exist")
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_KEEP_FILE + 1)
-        if len(raw) > MAX_KEEP_FILE:
-            raise PrunekitError(f"keep file {shown!r} is larger than {MAX_KEEP_FILE:,} bytes")
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PrunekitError(f"cannot read keep file {shown!r}: {str(err)[:120]}") from None
+    text = read_small_text(path, "keep file", MAX_KEEP_FILE)
     ids = []
     for number, line in enumerate(text.splitlines(), 1):
         for item in line.split("#", 1)[0].replace(",", " ").split():
