@@ -235,6 +235,9 @@ def _convert_gguf(gguf_path: Path, target: Path, dtype: str = "float32") -> None
     if meta:
         raise ValueError(f"the GGUF file {fname} lacks {len(meta)} weight(s), e.g. {meta[0]!r}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # a model folder with save_pretrained's permissions, not mkdtemp's 0700
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

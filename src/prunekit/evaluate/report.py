@@ -408,7 +408,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
     """Measure ``target`` (and ``baseline``), draw the plots and write the page into ``out``
     atomically; returns the page's path. ``tasks`` None: every prunekit task."""
     from prunekit import __version__
-    from prunekit.core.io import read_manifest, remove_stale_temporaries
+    from prunekit.core.io import output_temporary, read_manifest, remove_stale_temporaries
     from prunekit.core.registry import TASKS
 
     require_matplotlib()
@@ -425,7 +425,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
     data["seconds"] = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp = output_temporary(out)  # the report folder gets the usual permissions, not mkdtemp's 0700
     try:
         plots = {"layers": "layers.png"}
         plot_layers(data["target"], data["baseline"], tmp / plots["layers"])
