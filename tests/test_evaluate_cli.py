@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -122,6 +123,9 @@ def test_report_html_of_a_folder_without_manifest(tiny, tmp_path, capsys):
     assert "No prunekit.json" in page and "What was run" not in page and "Quality" not in page
     _png_ok(out / "layers.png")
     assert sorted(p.name for p in out.iterdir()) == ["layers.png", "report.html", "report.json"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # a folder's usual permissions, not mkdtemp's 0700
 
 
 def test_prune_report_writes_the_page_into_the_output(tiny, tmp_path, monkeypatch, capsys):

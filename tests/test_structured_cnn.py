@@ -171,3 +171,19 @@ def test_batch_norm_correction_restores_a_removed_constant_channel():
     correct_batch_norms(unchanged, dense, images)
     with torch.no_grad():
         assert torch.equal(unchanged(images), expected)
+
+
+def test_prune_cnn_corrects_the_batch_norms_on_the_images_it_is_given():
+    from prunekit.structured.cnn import correct_batch_norms
+
+    dense = ConstantChannelNet().eval()
+    images = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    plain, corrected = copy.deepcopy(dense), copy.deepcopy(dense)
+    assert prune_cnn(plain, images[:1], ratio=0.25, round_to=1).batch_norms_corrected == 0
+    res = prune_cnn(corrected, images[:1], ratio=0.25, round_to=1, correct_bn=images)
+    assert res.batch_norms_corrected == 2 and corrected.bn1.num_features == plain.bn1.num_features == 12
+    by_hand = copy.deepcopy(plain)
+    correct_batch_norms(by_hand, dense, images)
+    with torch.no_grad():
+        assert (corrected(images) - plain(images)).abs().max() > 1e-3  # the correction changed something
+        assert torch.equal(corrected(images), by_hand(images))  # ... and it is correct_batch_norms on the images

@@ -202,8 +202,7 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an output gets the usual permissions (0755 at umask 022)
+        tmp = output_temporary(out)
         yield tmp
         _move_into_place(tmp, out)
     except (OSError, SafetensorError) as err:  # safetensors reports its I/O failures (disk full) as its own error
@@ -213,6 +212,14 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def output_temporary(out: Path) -> Path:
+    """A new temporary folder beside ``out`` (``.NAME.tmp-PID-XXXXXXXX``) that will be renamed to ``out``:
+    it gets the usual permissions of a new folder (0755 at umask 022), not the 0700 mkdtemp gives."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
 
 
 def _umask() -> int:

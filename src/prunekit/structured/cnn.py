@@ -344,6 +344,7 @@ class CnnResult:
     parameters_before: int
     parameters_after: int
     channel_ratio: float  # fraction of each group's channels removed (before rounding)
+    batch_norms_corrected: int = 0  # prune_cnn(correct_bn=images): batch norms whose statistics were corrected
 
     @property
     def flops_removed(self) -> float:
@@ -372,12 +373,15 @@ def filter_criterion(method: str, options: dict | None = None):
 
 
 def prune_cnn(model: nn.Module, example: torch.Tensor, ratio: float | None = None, flops: float | None = None,
-              method: str = "magnitude", round_to: int = 8, seed: int = 0, **options) -> CnnResult:
+              method: str = "magnitude", round_to: int = 8, seed: int = 0, correct_bn: torch.Tensor | None = None,
+              **options) -> CnnResult:
     """Remove the same fraction of channels from every prunable group of a CNN, in place.
 
     Give ``ratio`` (fraction of each group's channels) or ``flops`` (fraction of the FLOPs to remove;
     the channel ratio is found by bisection). Kept widths are multiples of ``round_to``. ``method``
     is a structured criterion that scores filters, ``options`` its options (e.g. ``p=1``).
+    ``correct_bn``: images (a batch the model takes) on which the batch norms' statistics are then
+    corrected for what the pruning shifted (:func:`correct_batch_norms`, against the model as it was).
     """
     import copy
 
@@ -402,11 +406,13 @@ def prune_cnn(model: nn.Module, example: torch.Tensor, ratio: float | None = Non
             remove_channels(trial, _plan(trial, find_cnn_groups(trial, example), mid, round_to, criterion, ctx))
             lo, hi = (mid, hi) if 1 - cnn_flops(trial, example) / before < flops else (lo, mid)
         ratio = hi
+    dense = copy.deepcopy(model) if correct_bn is not None else None
     ctx = ScoreContext(generator=torch.Generator().manual_seed(seed))
     remove_channels(model, _plan(model, groups, ratio, round_to, criterion, ctx))
+    corrected = correct_batch_norms(model, dense, correct_bn) if dense is not None else 0
     widths = {grp.producers[0]: _kept(grp.size, ratio, round_to) for grp in groups}
     return CnnResult(widths, before, cnn_flops(model, example), params_before,
-                     sum(p.numel() for p in model.parameters()), ratio)
+                     sum(p.numel() for p in model.parameters()), ratio, corrected)
 
 
 # ------------------------------------------------------------------ batch-norm correction
