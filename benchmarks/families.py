@@ -8,7 +8,8 @@ of Brown press (ca01-ca44); each window starts with the tokenizer's own prefix (
 Every configuration runs in a fresh process through the CLI's own path (``prunekit prune``: one-shot
 streamed from the cached folder, structured in memory without the speed receipt): prune time is
 the pruning call without loading, peak RSS is the process's peak after pruning and saving (before
-the evaluation loads the output; dense: after loading the model), saved size is the output's
+the evaluation loads the output; dense: after loading the model and reading each of its weights
+once, since a loaded safetensors model is memory-mapped and pages never read do not count), saved size is the output's
 safetensors files. FLAP-20 removes 20% of
 the MLP and attention parameters of the blocks (global allocation, bias compensation); depth-20
 removes 20% of the blocks (lowest block influence, 1 - cos(input, output)).
@@ -80,8 +81,11 @@ def child(model: str, config: str, dtype: str, threads: int) -> dict:
             itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
             out["saved_mb"] = out["saved_mb"] * itemsize / 4  # the cached folders are float32
         model_obj = load_model(target, dtype=dtype)
-        if CONFIGS[config] is None:
-            out["peak_rss_mb"] = peak_rss_mb()  # the dense model loaded
+        if CONFIGS[config] is None:  # the dense model in memory: the weights are memory-mapped until read,
+            with torch.no_grad():  # so every one is read once before the peak is taken
+                for p in model_obj.parameters():
+                    p.sum()
+            out["peak_rss_mb"] = peak_rss_mb()
         tok = load_tokenizer(model)
         out["parameters"] = sum(p.numel() for p in model_obj.parameters())
         out["perplexity"] = perplexity(model_obj, tok, "brown:a", EVAL_WINDOWS, EVAL_SEQLEN).perplexity
@@ -125,9 +129,9 @@ def table(raw: dict, missing: tuple[str, ...] = ()) -> str:
         "each model's threads and load are given with it). Calibration 16 x 256 tokens of Brown b-r (seed 0); "
         f"perplexity on the first {EVAL_WINDOWS} x {EVAL_SEQLEN} tokens of Brown press. Weights as converted "
         "(fp32, dequantized from the 4-bit GGUF). One-shot runs stream block by block (the CLI default); "
-        "structured runs load the model. Peak RSS covers loading, pruning and saving. Compare perplexities within "
-        "a model, never across: the Qwen model is a code-tuned instruct model, SmolLM2 an instruct model, "
-        "Gemma 3 270M a base model.",
+        "structured runs load the model. Peak RSS covers loading, pruning and saving (dense: the "
+        "model loaded with every weight read once). Compare perplexities within a model, never across: "
+        "the Qwen model is a code-tuned instruct model, SmolLM2 an instruct model, Gemma 3 270M a base model.",
         "",
     ]
     for model in MODELS:
@@ -188,7 +192,7 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(CONFIGS)
     jobs = [(m, c, "auto") for m in args.models.split(",") for c in names]
     if args.dtypes:
-        jobs += [("smollm2-135m", c, d) for d in ("float32", "bfloat16") for c in DTYPE_CONFIGS]
+        jobs += [("smollm2-135m", c, d) for d in ("float32", "bfloat16") for c in DTYPE_CONFIGS if c in names]
     for model, config, dtype in jobs:
         if key(model, config, dtype) in raw and not args.fresh:
             continue
