@@ -299,8 +299,33 @@ def table(raw: dict, configs: list[str]) -> str:
             st, mt, sm = med(f"stream/{config}", "wall_s"), med(f"memory/{config}", "wall_s"), med(f"stream/{config}", "peak_rss_mb")
             lines.append(f"| {config} | {fmt(st / peer_t if st else None, '.2f')} | {fmt(mt / peer_t if mt else None, '.2f')} "
                          f"| {fmt(sm / peer_m if sm else None, '.2f')} |")
+    lines += targets(raw, configs, med, forward)
     lines += ["", NOTES]
     return "\n".join(lines)
+
+
+def targets(raw: dict, configs: list[str], med, forward: float | None) -> list[str]:
+    """The issue's targets against this run's medians (nothing is claimed for a row that did not run)."""
+    protocol = "full" if (raw["nsamples"], raw["seqlen"]) == (64, 512) else "reduced"
+    lines = ["", f"Against the targets ({protocol} protocol, this run):", ""]
+    for config in configs:
+        st, peer = med(f"stream/{config}", "wall_s"), med(f"llmc/{config}", "oneshot_s")
+        if st and peer:
+            ratio = st / peer
+            lines.append(f"- {config}: streamed whole process / llm-compressor oneshot call = {ratio:.2f} "
+                         f"(target <= 0.5: {'met' if ratio <= 0.5 else 'not met'})")
+    st_m, st_p = med("stream/wanda-50", "peak_rss_mb"), med("stream/wanda-50", "prune_s")
+    if st_m and st_p and forward:
+        ok_m, ok_t = st_m <= 800, st_p / forward <= 1.5
+        lines.append(f"- wanda-50 streamed: peak RSS {st_m:.0f} MB (target <= 800: {'met' if ok_m else 'not met'}), "
+                     f"prune call {st_p / forward:.2f} x one calibration forward (target <= 1.5: "
+                     f"{'met' if ok_t else 'not met'})")
+    same, ppl_s, ppl_m = (med("eval/stream/wanda-50", "identical_to_other"), med("eval/stream/wanda-50", "perplexity"),
+                          med("eval/memory/wanda-50", "perplexity"))
+    if ppl_s and ppl_m:
+        lines.append(f"- wanda-50 perplexity streamed {ppl_s:.2f} vs in-memory {ppl_m:.2f} "
+                     f"(tensors identical: {bool(same)})")
+    return lines
 
 
 NOTES = """Where a streamed prune's memory goes (SmolLM2-135M, fp32, Wanda, 64 x 512; RSS sampled every 20 ms
