@@ -88,6 +88,9 @@ def run_child(name: str, threads: int, evaluate: bool) -> dict:
 
 
 def table(quality: dict, timing: dict, threads: int) -> str:
+    from zeroshot_smollm2 import ZeroShotColumns  # the zero-shot benchmark's results, next to this script
+
+    zeroshot = ZeroShotColumns()
     dense = quality["dense"]["perplexity"]
     forward = timing.get("forward_s")
     lines = [
@@ -95,12 +98,15 @@ def table(quality: dict, timing: dict, threads: int) -> str:
         "torch thread(s). Perplexity on Brown press (first 32 x 512 tokens); "
         "calibration 64 x 512 tokens of Brown genres b-r at offsets drawn with seed 0.",
         "",
-        "| config | perplexity | x dense | prune time (s) |",
-        "|---|---:|---:|---:|",
+        zeroshot.note("64 x 512"),
+        "",
+        "| config | perplexity | x dense | prune time (s) | " + " | ".join(zeroshot.titles) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(zeroshot.titles),
     ]
     for name, r in quality.items():
         t = "" if "prune_s" not in r else f"{r['prune_s']:.0f}*"
-        lines.append(f"| {name} | {r['perplexity']:.1f} | {r['perplexity'] / dense:.2f} | {t} |")
+        lines.append(f"| {name} | {r['perplexity']:.1f} | {r['perplexity'] / dense:.2f} | {t} | "
+                     + " | ".join(zeroshot.cells(name)) + " |")
     lines += ["", "\\* single run while other jobs shared the 2 cores: indicative only; time and "
               "peak memory are measured in the timing table below.", ""]
     if forward:

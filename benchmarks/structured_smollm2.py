@@ -43,7 +43,12 @@ NOTES = "## Notes"  # a section after the table that rewrites keep
 SPEED_PRIORITY = "flap,magnitude,depth,flap-nobias,taylor,cfsp,random"
 
 
-def header(protocol: dict, dense_ppl: float) -> str:
+def zeroshot_key(row: dict) -> str:
+    """The row's name in the zero-shot benchmark (``structured-<key>-<percent removed>``)."""
+    return f"structured-{row['key']}-{row['target'] * 100:.0f}"
+
+
+def header(protocol: dict, dense_ppl: float, zeroshot) -> str:
     p = protocol
     return "\n".join([
         "# Structured pruning of SmolLM2-135M",
@@ -60,11 +65,13 @@ def header(protocol: dict, dense_ppl: float) -> str:
          "forward with a KV cache and last-position logits (as `generate` does); decode = 64 greedy tokens "
          "after a 16-token prompt. Speedup > 1 means the pruned model is faster; n/m = not measured (time). "
          "GFLOPs/token: all matmuls incl. lm_head + attention at mean context 256."),
-        f"Dense: perplexity **{dense_ppl:.2f}**, 134.5M parameters.",
+        zeroshot.note(f"{p['nsamples']} x 512 (Taylor gradients on the first {p['grad_samples']})"),
+        (f"Dense: perplexity **{dense_ppl:.2f}**, 134.5M parameters; zero-shot "
+         + ", ".join(f"{t} {c}" for t, c in zip(zeroshot.titles, zeroshot.cells("dense"))) + "."),
         "",
         ("| target | method | structure | removed | parameters | perplexity | x dense ppl | prefill speedup "
-         "| decode speedup | GFLOPs/token | MLP widths | query heads | prune s |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "| decode speedup | GFLOPs/token | MLP widths | query heads | prune s | " + " | ".join(zeroshot.titles) + " |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---:|" * len(zeroshot.titles),
     ]) + "\n"
 
 
@@ -75,7 +82,7 @@ def speedup(speed: dict | None, key: str, threads: int = 1) -> str:
     return f"{speed[key]:.2f}x{note}"
 
 
-def table_line(row: dict, dense_ppl: float, threads: int = 1) -> str:
+def table_line(row: dict, dense_ppl: float, threads: int = 1, zeroshot=None) -> str:
     res, speed, ppl = row["result"], row.get("speed"), row["ppl"]
     widths = f"{min(res['mlp_widths'])}-{max(res['mlp_widths'])}"
     blocks = f" ({len(res['mlp_widths'])} blocks)" if res["removed_blocks"] else ""
@@ -83,7 +90,8 @@ def table_line(row: dict, dense_ppl: float, threads: int = 1) -> str:
     return (f"| {row['target']:.0%} | {row['label']} | {row['structure']} | {res['removed_fraction']:.1%} | "
             f"{res['parameters_after'] / 1e6:.1f}M | {ppl:.1f} | {ppl / dense_ppl:.2f} | "
             f"{speedup(speed, 'prefill_speedup', threads)} | {speedup(speed, 'decode_speedup', threads)} | "
-            f"{row['gflops']:.3f} | {widths}{blocks} | {heads} | {res['seconds']:.0f} |")
+            f"{row['gflops']:.3f} | {widths}{blocks} | {heads} | {res['seconds']:.0f} |"
+            + "".join(f" {c} |" for c in (zeroshot.cells(zeroshot_key(row)) if zeroshot else [])))
 
 
 def write(out: Path, data: dict) -> None:
@@ -91,8 +99,12 @@ def write(out: Path, data: dict) -> None:
     keys = list(CONFIGS)
     rows = sorted(data["rows"].values(), key=lambda r: (r["target"], keys.index(r["key"])))
     notes = out.read_text().partition(NOTES)[1:] if out.exists() else ("", "")  # hand-written, kept
-    out.write_text(header(data["protocol"], data["dense_ppl"]) + "".join(
-        table_line(r, data["dense_ppl"], data["protocol"]["threads"]) + "\n" for r in rows) + ("\n" + "".join(notes) if notes[0] else ""))
+    from zeroshot_smollm2 import ZeroShotColumns  # the zero-shot benchmark's results, next to this script
+
+    zeroshot = ZeroShotColumns()
+    out.write_text(header(data["protocol"], data["dense_ppl"], zeroshot) + "".join(
+        table_line(r, data["dense_ppl"], data["protocol"]["threads"], zeroshot) + "\n" for r in rows)
+        + ("\n" + "".join(notes) if notes[0] else ""))
 
 
 def main() -> None:
@@ -107,7 +119,13 @@ def main() -> None:
     ap.add_argument("--speed", default=SPEED_PRIORITY, help="keys to time, in priority order ('' = none)")
     ap.add_argument("--rerun", default="", help="comma list of keys measured again although their rows exist")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--table", action="store_true", help="only rewrite the Markdown table from the JSON (e.g. "
+                    "after new zero-shot rows) and exit")
     args = ap.parse_args()
+    if args.table:
+        out = Path(args.out)
+        write(out, json.loads(out.with_suffix(".json").read_text()))
+        return
     torch.set_num_threads(args.threads)
 
     from prunekit.core.data_sources import calibration_windows

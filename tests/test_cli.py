@@ -145,3 +145,20 @@ def test_list_reads_every_registry_and_the_readme_names_every_method(capsys):
     assert {o["name"]: o["default"] for o in sparsegpt["options"]} == {"percdamp": 0.01, "blocksize": 128}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert all(f"| `{name}` |" in readme for name in registry.METHODS.names())
+
+
+def test_python_dash_m_prunekit_runs_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import prunekit
+
+    env = {**os.environ, "PYTHONPATH": str(Path(prunekit.__file__).parents[1])}
+    ok = subprocess.run([sys.executable, "-m", "prunekit", "list", "tasks"], capture_output=True, text=True, env=env,
+                        cwd=tmp_path)
+    assert ok.returncode == 0 and "wordnet-gloss" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "prunekit", "eval", "--model", str(tmp_path / "absent")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
