@@ -512,6 +512,19 @@ VOCAB_DELTA_ROWS = {
         lambda c: ["delta", "apply", str(c.model), str(c.model / "model.safetensors"), "--out", str(c.out)], 2,
         "is not a prunekit sparse delta", True),
     "delta apply to another base": (_wrong_base_delta, 2, "was made against another base", False),
+    # --out rules of both outputs of `prunekit delta` and of `delta apply`
+    "delta out inside the fine-tuned model": (lambda c: _delta(c, finetuned=c.sharded)[:6] + [
+        str(c.sharded / "merged"), "--quiet"], 2, "inside the input model folder", True),
+    "delta sparse out exists": (lambda c: _delta(c)[:6] + [
+        str(c.write("d.safetensors", b"x")), "--quiet", "--format", "sparse"], 2, "already exists; pass --overwrite",
+        True),
+    "delta sparse --overwrite of a file that is not a delta": (lambda c: _delta(c)[:6] + [
+        str(c.write("d.safetensors", b"x")), "--quiet", "--format", "sparse", "--overwrite"], 2,
+        "is not a sparse delta prunekit wrote", True),
+    "delta sparse out inside the base": (lambda c: _delta(c)[:6] + [
+        str(c.model / "d.safetensors"), "--quiet", "--format", "sparse"], 2, "inside the input model folder", True),
+    "delta apply out inside the base": (lambda c: _wrong_base_delta(c)[:4] + ["--out", str(c.model / "merged")], 2,
+                                        "inside the input model folder", True),
 }
 ROWS.update(VOCAB_DELTA_ROWS)
 
