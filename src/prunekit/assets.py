@@ -234,9 +234,10 @@ def _convert_gguf(gguf_path: Path, target: Path, dtype: str = "float32") -> None
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"the GGUF file {fname} lacks {len(meta)} weight(s), e.g. {meta[0]!r}")
-    from prunekit.core.io import output_temporary
-
-    tmp = output_temporary(target)  # a model folder with save_pretrained's permissions, not mkdtemp's 0700
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # a model folder with save_pretrained's permissions, not mkdtemp's 0700
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
