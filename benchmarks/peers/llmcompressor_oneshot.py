@@ -3,7 +3,10 @@ own virtual environment (no prunekit there). Prints one JSON line: the time of t
 RSS of this whole process, the sparsity of the pruned linears and the perplexity on the given windows
 (exp of the mean per-window next-token NLL, as prunekit's perplexity).
 
-    python llmcompressor_oneshot.py MODEL_DIR WINDOWS.safetensors {wanda|sparsegpt} SPARSITY THREADS [PPL 1|0]
+    python llmcompressor_oneshot.py MODEL_DIR WINDOWS.safetensors {wanda|sparsegpt} SPARSITY THREADS [PPL 1|0] [DTYPE]
+
+DTYPE (default float32) is the dtype the model is loaded in. On a machine with a CUDA device the JSON
+also gives the peak device memory (torch.cuda.max_memory_allocated) and where the model's weights were.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 def main() -> None:
     model_dir, windows_file, method, sparsity, threads = sys.argv[1:6]
     with_ppl = sys.argv[6:7] != ["0"]
+    dtype = sys.argv[7] if len(sys.argv) > 7 else "float32"
     import torch
 
     torch.set_num_threads(int(threads))
@@ -29,7 +33,7 @@ def main() -> None:
 
     windows = load_file(windows_file)
     calib, evaluation = windows["calibration"], windows["evaluation"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
     kind = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
     recipe = kind(sparsity=float(sparsity), targets=["Linear"], ignore=["re:.*lm_head"])
@@ -43,7 +47,10 @@ def main() -> None:
         if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
-    out = {"oneshot_s": seconds, "peak_rss_mb": peak, "sparsity": zeros / max(total, 1)}
+    out = {"oneshot_s": seconds, "peak_rss_mb": peak, "sparsity": zeros / max(total, 1), "dtype": dtype}
+    if torch.cuda.is_available():
+        out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["weights_on"] = str(next(model.parameters()).device)
     if with_ppl:
         nlls = []
         model.eval()
