@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 RESULTS = Path(__file__).parent / "results"
 RATES = (0.5, 0.9, 0.99)
+NOTES = "## Reading"  # a hand-written section after the tables that rewrites keep
 
 
 def runs(seeds: list[int]) -> list[tuple[str, str, dict, list[int]]]:
@@ -126,6 +128,7 @@ def main() -> None:
                 entry["rows"].append(row)
                 print(f"{pair} p={p} {label}: {values} factor {factors}", flush=True)
         report["pairs"][pair] = entry
+        report["load_average"] = os.getloadavg()  # the machine is shared: its 1/5/15-minute load after each pair
         Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=2))
     write_markdown(report, Path(args.out))
     print(Path(args.out).read_text())
@@ -164,7 +167,11 @@ def write_markdown(report: dict, path: Path) -> None:
                          f"{row['kept'] * 8 / 2**20:.1f} MiB |")
         lines.append("")
     lines += [f"The full fine-tuned checkpoint: {report['checkpoint_bytes'] / 2**20:.0f} MiB (fp32).", ""]
-    path.write_text("\n".join(lines))
+    if "load_average" in report:
+        lines += [f"{s['threads']} torch thread(s) on a shared CPU machine; load average (1/5/15 min) after the last "
+                  f"pair: {' / '.join(f'{x:.1f}' for x in report['load_average'])}.", ""]
+    notes = path.read_text().partition(NOTES)[1:] if path.exists() else ("", "")  # hand-written, kept
+    path.write_text("\n".join(lines) + ("\n" + "".join(notes) if notes[0] else ""))
 
 
 if __name__ == "__main__":
