@@ -140,6 +140,13 @@ def peer_python() -> Path:
     return python
 
 
+def peer_versions(python: Path) -> str:
+    """llm-compressor's, torch's and transformers' versions in the peer's venv, as one phrase."""
+    code = ("import importlib.metadata as m; "
+            "print(', '.join(f'{p} {m.version(p)}' for p in ('llmcompressor', 'torch', 'transformers')))")
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def write_windows(path: Path) -> None:
     """The calibration windows prunekit uses and the evaluation windows, for the peer."""
     from safetensors.torch import save_file
@@ -196,6 +203,7 @@ def main() -> None:
     peer = None
     if args.peer:
         peer = peer_python()
+        raw["peer"] = peer_versions(peer)
         write_windows(work / "windows.safetensors")
         from prunekit.models.loading import resolve_model_path
 
@@ -256,11 +264,17 @@ def table(raw: dict, configs: list[str]) -> str:
     forward = med("forward", "forward_s")
     loads = [r[k] for r in rows if "load_before" in r for k in ("load_before", "load_after")]
     lines = [
-        f"SmolLM2-135M, fp32, CPU, {raw['threads']} torch threads ({raw['cpus']} cores, shared: 1-minute load "
+        "# Streaming one-shot pruning of SmolLM2-135M, with llm-compressor in the same run"
+        if any(r["row"].startswith("llmc/") for r in rows) else "# Streaming one-shot pruning of SmolLM2-135M",
+        "",
+        f"SmolLM2-135M, fp32, CPU, {raw['threads']} torch thread(s) ({raw['cpus']} cores, shared: 1-minute load "
         f"average {min(loads):.1f}-{max(loads):.1f} during the rows), {raw['repeats']} round(s), each row a fresh "
         f"process; medians. Calibration {raw['nsamples']} x {raw['seqlen']} tokens of Brown b-r (seed 0); "
         "perplexity on Brown press "
-        "(32 x 512 tokens).",
+        "(32 x 512 tokens). Rows in the order they ran, per config: streamed prunekit, llm-compressor, in-memory "
+        "prunekit."
+        + (f" Peer: {raw['peer']} in its own virtual environment, on the very same calibration windows."
+           if raw.get("peer") else ""),
         "",
         f"One plain forward pass of the calibration set through the decoder: {fmt(forward, '.1f')} s "
         f"(runs: {', '.join(f'{x:.0f}' for x in pick('forward', 'forward_s'))}).",
