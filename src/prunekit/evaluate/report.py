@@ -285,17 +285,22 @@ def plot_quality(target: dict, baseline: dict | None, path: Path) -> None:
 
 
 def plot_speed(speed: dict, path: Path) -> None:
-    """The speed receipt as pruned/dense ratios (parameters, FLOPs, prefill and decode speed-ups)."""
-    labels = ["parameters", "FLOPs / token", "prefill speed-up", "decode speed-up"]
+    """The speed receipt as ratios to dense: parameters and FLOPs (pruned / dense, lower is smaller) and
+    prefill and decode speed-ups (dense time / pruned time, higher is faster)."""
+    labels = ["parameters\n(pruned / dense)", "FLOPs per token\n(pruned / dense)", "prefill speed-up",
+              "decode speed-up"]
     values = [speed["parameter_ratio"], speed["flops_ratio"], speed["prefill_speedup"], speed["decode_speedup"]]
-    fig = _figure(6, 3.2)
+    fig = _figure(6.5, 3.2)
     ax = fig.add_subplot()
     ax.barh(labels, values, color=["C0", "C0", "C2", "C2"])
     ax.axvline(1.0, color="k", linewidth=1, linestyle="dashed")
+    ax.set_xlim(0, max(values + [1.0]) * 1.18)  # room for the labels
     for i, v in enumerate(values):
-        ax.annotate(f"{v:.2f}x", (v, i), va="center", fontsize=8)
-    ax.set_title(f"Speed receipt, pruned / dense (median of {speed.get('runs', '?')} runs, "
-                 f"{speed.get('threads', '?')} threads)")
+        ax.annotate(f"{v:.2f}x", (v, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+    ax.set_xlabel("ratio (dashed: dense)")
+    threads = speed.get("threads", "?")
+    ax.set_title(f"Speed receipt (median of {speed.get('runs', '?')} runs, {threads} thread{'' if threads == 1 else 's'})")
     fig.savefig(path)
 
 
@@ -388,9 +393,9 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
             ["GFLOPs / token", f"{d['flops_per_token'] / 1e9:.3f}", f"{p['flops_per_token'] / 1e9:.3f}",
              f"{speed['flops_ratio']:.3f}"],
             [f"prefill 1x{speed['seq_len']} (ms)", f"{d['prefill_s'] * 1e3:.0f}", f"{p['prefill_s'] * 1e3:.0f}",
-             f"{speed['prefill_speedup']:.2f}x faster"],
+             f"{speed['prefill_speedup']:.2f}x speed-up"],
             [f"decode {speed['decode_tokens']} tokens (tok/s)", f"{d['decode_tokens_per_s']:.1f}",
-             f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x"],
+             f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x speed-up"],
         ]) + ["", f"![speed receipt]({plots['speed']})", ""]
     return "\n".join(lines)
 
