@@ -111,8 +111,34 @@ def test_report_of_a_prunekit_output(pruned, tiny, capsys):
         _png_ok(folder / png)
     assert "## What was run" in page and "method magnitude" in page and "wordnet-gloss v1 acc" in page
     assert "| baseline |" in page
+    assert "- result: 50.00% of the targeted weights zero, pruning took" in page  # from prunekit.json
+    assert "the folder is as large as the baseline's" in page  # unstructured zeros do not shrink the folder
     assert main(["prune", "--model", str(tiny), "--out", str(pruned), "--quiet", "--overwrite", "--method",
                  "magnitude", "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16"]) == 0  # still ours
+
+
+def test_report_of_a_structured_output_has_the_speed_receipt(tiny, tmp_path, capsys):
+    out = tmp_path / "structured"
+    assert main(["prune", "--model", str(tiny), "--out", str(out), "--quiet", "--structure", "mlp", "--ratio", "0.5",
+                 "--method", "magnitude", "--calibration", "brown:r", "--nsamples", "2", "--seqlen", "16",
+                 "--option", "speed_runs=1", "--option", "speed_seqlen=32", "--option", "speed_decode=2"]) == 0
+    run_json(["report", out, "--baseline", tiny, "--tasks", "none"], capsys)
+    page = (out / "report" / "report.md").read_text()
+    assert "## Speed receipt" in page and "![speed receipt](speed.png)" in page and "decoder blocks" in page
+    assert "as large as the baseline's" not in page  # channels were removed: the folder is smaller
+    _png_ok(out / "report" / "speed.png")
+    data = json.loads((out / "report" / "report.json").read_text())
+    mlp = [r for r in data["target"]["layers"] if "mlp" in r["name"]]
+    assert mlp and all(r["shape"][0] * r["shape"][1] == r["numel"] < 32 * 64 for r in mlp)  # half the channels
+
+
+def test_layer_plot_labels_the_blocks():
+    from prunekit.evaluate.report import _block_starts
+
+    names = [f"model.layers.{b}.{m}" for b in (0, 1, 10) for m in ("self_attn.q_proj", "mlp.down_proj")]
+    assert _block_starts(names + ["lm_head"]) == [(0, "0"), (2, "1"), (4, "10")]
+    assert _block_starts(["model.vision.layers.0.fc", "model.layers.0.fc"]) == [(0, "0"), (1, "0")]  # two stacks
+    assert _block_starts(["fc1", "fc2"]) == []
 
 
 def test_report_html_of_a_folder_without_manifest(tiny, tmp_path, capsys):

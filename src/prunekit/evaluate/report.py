@@ -200,13 +200,17 @@ def _figure(width: float = 8, height: float = 3.6):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
+_BLOCK = re.compile(r"(.*?\.(\d+))\.")  # the block a layer belongs to: "model.layers.12" of "model.layers.12.mlp.up_proj"
+
+
 def plot_layers(target: dict, baseline: dict | None, path: Path) -> None:
-    """Kept fraction of every linear layer, coloured by the layer's kind (q_proj, down_proj, ...)."""
+    """Kept fraction of every linear layer in model order, coloured by the layer's kind (q_proj,
+    down_proj, ... in the order they first appear), the x axis labelled with the blocks."""
     base = {r["name"]: r["numel"] for r in (baseline or {}).get("layers", [])}
     rows = target["layers"]
-    kinds = sorted({r["name"].rsplit(".", 1)[-1] for r in rows})
+    kinds = list(dict.fromkeys(r["name"].rsplit(".", 1)[-1] for r in rows))
     colours = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
-    fig = _figure(max(8, min(20, len(rows) / 12)), 3.8)
+    fig = _figure(max(8, min(14, len(rows) / 16)), 3.6)
     ax = fig.add_subplot()
     for kind in kinds:
         xs = [i for i, r in enumerate(rows) if r["name"].rsplit(".", 1)[-1] == kind]
@@ -214,11 +218,31 @@ def plot_layers(target: dict, baseline: dict | None, path: Path) -> None:
         ax.bar(xs, ys, width=1.0, color=colours[kind], label=kind)
     ax.set_ylim(0, 1.05)
     ax.set_xlim(-1, len(rows))
-    ax.set_xlabel("linear layer (model order)")
+    starts = _block_starts([r["name"] for r in rows])
+    if len(starts) > 1:
+        every = -(-len(starts) // 16)  # at most 16 labels
+        ax.set_xticks([i - 0.5 for i, _ in starts[::every]], [label for _, label in starts[::every]])
+        for i, _ in starts[1:]:
+            ax.axvline(i - 0.5, color="0.8", linewidth=0.5, zorder=0)
+        ax.set_xlabel("block (its linear layers in model order)")
+    else:
+        ax.set_xlabel("linear layer (model order)")
     ax.set_ylabel("weights kept" + (" (of baseline)" if baseline else ""))
     ax.set_title("Per-layer kept fraction (non-zero weights / baseline weights)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path)
+
+
+def _block_starts(names: list[str]) -> list[tuple[int, str]]:
+    """(index of its first layer, block number) of each run of layers in the same numbered block."""
+    starts, previous = [], None
+    for i, name in enumerate(names):
+        match = _BLOCK.match(name)
+        key = match.group(1) if match else None
+        if key is not None and key != previous:
+            starts.append((i, match.group(2)))
+        previous = key
+    return starts
 
 
 def plot_quality(target: dict, baseline: dict | None, path: Path) -> None:
@@ -258,17 +282,22 @@ def plot_quality(target: dict, baseline: dict | None, path: Path) -> None:
 
 
 def plot_speed(speed: dict, path: Path) -> None:
-    """The speed receipt as pruned/dense ratios (parameters, FLOPs, prefill and decode speed-ups)."""
-    labels = ["parameters", "FLOPs / token", "prefill speed-up", "decode speed-up"]
+    """The speed receipt as ratios to dense: parameters and FLOPs (pruned / dense, lower is smaller) and
+    prefill and decode speed-ups (dense time / pruned time, higher is faster)."""
+    labels = ["parameters\n(pruned / dense)", "FLOPs per token\n(pruned / dense)", "prefill speed-up",
+              "decode speed-up"]
     values = [speed["parameter_ratio"], speed["flops_ratio"], speed["prefill_speedup"], speed["decode_speedup"]]
-    fig = _figure(6, 3.2)
+    fig = _figure(6.5, 3.2)
     ax = fig.add_subplot()
     ax.barh(labels, values, color=["C0", "C0", "C2", "C2"])
     ax.axvline(1.0, color="k", linewidth=1, linestyle="dashed")
+    ax.set_xlim(0, max(values + [1.0]) * 1.18)  # room for the labels
     for i, v in enumerate(values):
-        ax.annotate(f"{v:.2f}x", (v, i), va="center", fontsize=8)
-    ax.set_title(f"Speed receipt, pruned / dense (median of {speed.get('runs', '?')} runs, "
-                 f"{speed.get('threads', '?')} threads)")
+        ax.annotate(f"{v:.2f}x", (v, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+    ax.set_xlabel("ratio (dashed: dense)")
+    threads = speed.get("threads", "?")
+    ax.set_title(f"Speed receipt (median of {speed.get('runs', '?')} runs, {threads} thread{'' if threads == 1 else 's'})")
     fig.savefig(path)
 
 
@@ -304,6 +333,9 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
         calib = manifest.get("calibration") or {}
         if calib:
             lines.append(f"- calibration: {', '.join(f'{k} {v}' for k, v in calib.items())}")
+        outcome = _outcome(manifest.get("result"))
+        if outcome:
+            lines.append(f"- result: {outcome}")
         lines.append("")
     elif not manifest:
         lines += ["No prunekit.json in the target: the sections that need its recipe or speed receipt are left out.",
@@ -316,6 +348,10 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
                      f"{t['nonzero_parameters'] / b['nonzero_parameters']:.3f}",
                      f"{t['disk_bytes'] / b['disk_bytes']:.3f}" if t["disk_bytes"] and b["disk_bytes"] else "-"])
     lines += _table(["model", "parameters", "non-zero parameters", "size on disk (safetensors)"], rows) + [""]
+    if b and t["parameters"] == b["parameters"] and t["nonzero_parameters"] < b["nonzero_parameters"]:
+        lines += ["The zeros of unstructured or N:M sparsity are stored like any other weight: the folder is as large "
+                  "as the baseline's and runs at the same speed on dense kernels (structured pruning removes "
+                  "channels, heads or blocks and shrinks both).", ""]
     lines += ["## Per-layer kept fraction", "", f"![per-layer kept fraction]({plots['layers']})", ""]
     quality = t.get("quality")
     if quality:
@@ -354,11 +390,32 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
             ["GFLOPs / token", f"{d['flops_per_token'] / 1e9:.3f}", f"{p['flops_per_token'] / 1e9:.3f}",
              f"{speed['flops_ratio']:.3f}"],
             [f"prefill 1x{speed['seq_len']} (ms)", f"{d['prefill_s'] * 1e3:.0f}", f"{p['prefill_s'] * 1e3:.0f}",
-             f"{speed['prefill_speedup']:.2f}x faster"],
+             f"{speed['prefill_speedup']:.2f}x speed-up"],
             [f"decode {speed['decode_tokens']} tokens (tok/s)", f"{d['decode_tokens_per_s']:.1f}",
-             f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x"],
+             f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x speed-up"],
         ]) + ["", f"![speed receipt]({plots['speed']})", ""]
     return "\n".join(lines)
+
+
+def _outcome(result) -> str:
+    """One line from the result in ``prunekit.json``: sparsity or removed fraction, time, peak memory."""
+    if not isinstance(result, dict):
+        return ""
+    number = (int, float)
+    parts = []
+    if isinstance(result.get("sparsity"), number):
+        parts.append(f"{result['sparsity']:.2%} of the targeted weights zero")
+    if isinstance(result.get("removed_fraction"), number):
+        parts.append(f"decoder blocks {result['removed_fraction']:.1%} smaller")
+    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
+    seconds = timings.get("total_s", result.get("seconds"))
+    if isinstance(seconds, number):
+        parts.append(f"pruning took {seconds:,.1f} s")
+    if isinstance(result.get("peak_rss_mb"), number):
+        parts.append(f"peak RSS {result['peak_rss_mb']:,.0f} MB")
+    if result.get("dtype") and result.get("device"):
+        parts.append(f"{result['dtype']} on {result['device']}")
+    return ", ".join(parts)
 
 
 def to_html(md: str) -> str:
