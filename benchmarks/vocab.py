@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sysconfig
 import tempfile
@@ -32,6 +33,7 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 OOD_BYTES = 40_000  # of each out-of-domain text
+NOTES = "## Reading"  # a hand-written section after the tables that rewrites keep
 
 
 def wordnet_glosses(limit: int = OOD_BYTES) -> str:
@@ -175,12 +177,14 @@ def run_model(name: str, args) -> dict:
             row[f"wanda_{label}"] = evaluate(m, t, {"brown:a": "brown:a"}, args.nwindows)["brown:a"]
             say(f"wanda 50% + {label} vocabulary {json.dumps(row[f'wanda_{label}'])}")
             del m
+    row["load_average"] = os.getloadavg()  # the machine is shared: its 1/5/15-minute load after this model
     return row
 
 
 def write_markdown(rows: list[dict], args, path: Path) -> None:
     lines = ["# Vocabulary pruning: keep the vocabulary of Brown b-r", "",
-             f"Command: `python benchmarks/vocab.py --threads {args.threads} --models {','.join(args.models)}`"
+             f"Command: `python benchmarks/vocab.py --threads {args.threads} --models {','.join(args.models)} "
+             f"--nwindows {args.nwindows} --nsamples {args.nsamples} --ood-bytes {args.ood_bytes}`"
              f" (keep text {args.keep_text}, top {args.top}; evaluation windows {args.nwindows} x 512; out-of-domain texts "
              f"{args.ood_bytes:,} bytes each; Wanda calibration {args.nsamples} x 512 of {args.keep_text}). fp32, CPU, "
              f"{args.threads} thread(s) on a shared machine (times are indicative).", "",
@@ -221,7 +225,11 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:
                 if w:
                     lines.append(f"| {r['model']} + Wanda 50% | {label} | {w['perplexity']:.2f} | "
                                  f"{w['bits_per_byte']:.4f} |")
-    path.write_text("\n".join(lines) + "\n")
+    loads = [f"{r['model']} {' / '.join(f'{x:.1f}' for x in r['load_average'])}" for r in rows if "load_average" in r]
+    if loads:
+        lines += ["", "Load average (1/5/15 min) of the shared machine after each model: " + "; ".join(loads) + "."]
+    notes = path.read_text().partition(NOTES)[1:] if path.exists() else ("", "")  # hand-written, kept
+    path.write_text("\n".join(lines) + "\n" + ("\n" + "".join(notes) if notes[0] else ""))
 
 
 def main() -> None:
@@ -241,10 +249,11 @@ def main() -> None:
 
     args.models = args.models.split(",") if args.models else [
         m for m in ("smollm2-135m", "gemma3-270m") if m in EMBEDDED_MODELS]
-    rows = [run_model(name, args) for name in args.models]
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    write_markdown(rows, args, out)
+    rows, out = [], Path(args.out)
+    for name in args.models:
+        rows.append(run_model(name, args))
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2))  # after each model: a later failure
+        write_markdown(rows, args, out)  # keeps the models measured so far
     print(out.read_text())
 
 
