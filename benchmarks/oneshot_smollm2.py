@@ -39,8 +39,6 @@ CONFIGS = {  # in order of importance: a partial run still answers the main ques
 TIMED = ("wanda-50", "sparsegpt-50")
 # llm-compressor 0.14 on the same protocol and 2-core machine, as measured in the foundation issue
 # (its text cleaning gave dense perplexity 39.2; compare perplexities as ratios to each one's dense)
-LLMC = {"dense": 39.2, "wanda-50": (84.9, 298.0), "sparsegpt-50": (72.7, 363.0), "magnitude-50": (618.5, None),
-        "peak_rss_mb": 1180.0}
 
 
 def child(name: str, threads: int, evaluate: bool) -> dict:
@@ -129,32 +127,19 @@ def table(quality: dict, timing: dict, threads: int) -> str:
 
 
 def comparison(quality: dict, timing: dict) -> list[str]:
-    """prunekit next to llm-compressor 0.14 (numbers from the foundation issue, same protocol/machine)."""
-    dense = quality["dense"]["perplexity"]
-    lines = ["Side by side with llm-compressor 0.14 (its numbers as measured in the foundation issue on "
-             f"this protocol and machine; its dense perplexity was {LLMC['dense']}, ours {dense:.2f} from "
-             "different whitespace handling of the Brown text, so compare the x-dense ratios):", "",
-             "| 50% unstructured | prunekit ppl (x dense) | llm-compressor ppl (x dense) | prunekit time (s) "
-             "| llm-compressor time (s) | time ratio |", "|---|---:|---:|---:|---:|---:|"]
-    for name in ("wanda-50", "sparsegpt-50", "magnitude-50"):
-        if name not in quality:
-            continue
-        ppl, ref = quality[name]["perplexity"], LLMC[name]
-        ours_t = timing.get(name, {}).get("median")
-        t = f"{ours_t:.0f}" if ours_t else ""
-        ref_t = f"{ref[1]:.0f}" if ref[1] else ""
-        ratio = f"{ours_t / ref[1]:.2f}" if ours_t and ref[1] else ""
-        lines.append(f"| {name} | {ppl:.1f} ({ppl / dense:.2f}) | {ref[0]:.1f} ({ref[0] / LLMC['dense']:.2f}) "
-                     f"| {t} | {ref_t} | {ratio} |")
+    """Where the comparison with llm-compressor lives: benchmarks/streaming.py runs it in the same run, on
+    the same windows (a ratio against figures measured at another time would say nothing)."""
     peaks = [timing[n]["peak_rss_mb"] for n in TIMED if n in timing]
+    lines = ["llm-compressor 0.14 side by side: [streaming.md](streaming.md) (`benchmarks/streaming.py --peer "
+             "llm-compressor`), both tools in one run on the very same calibration windows, ratios only from "
+             "that run."]
     if peaks:
-        lines += ["", f"Peak RSS (model load + pruning, max over the timed runs): prunekit {max(peaks):.0f} MB, "
-                  f"llm-compressor {LLMC['peak_rss_mb']:.0f} MB. The fp32 weights (540 MB) and the torch + "
-                  "transformers runtime (~300-400 MB) come first; the lock-step runner then holds every "
-                  "calibration chunk's activations at a layer barrier (the down_proj input alone is 200 MB at "
-                  "64 x 512), the price of computing each matmul once. The glibc allocator setting trades time "
-                  "for memory (see src/prunekit/memory.py: Wanda 69.9 s / 1960 MB with "
-                  "PRUNEKIT_MMAP_THRESHOLD_MB=16, 92.4 s / 1553 MB with 1; glibc defaults 72.6 s / 3082 MB)."]
+        lines += ["", f"Peak RSS of the in-memory prune (model load + pruning, max over the timed runs): "
+                  f"{max(peaks):.0f} MB. The fp32 weights (540 MB) and the torch + transformers runtime "
+                  "(~300-400 MB) come first; the lock-step runner then holds every calibration chunk's "
+                  "activations at a layer barrier (the down_proj input alone is 200 MB at 64 x 512), the price "
+                  "of computing each matmul once. The streamed prune (the CLI's default on a folder) never holds "
+                  "the weights: see streaming.md."]
     return lines
 
 
