@@ -4,6 +4,7 @@ rules of NVIDIA's ``block_config.py``, and how vLLM's ``nemotron_nas.py`` sizes 
 the folder reloads into prunekit with the logits of the pruned model."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -138,3 +139,12 @@ def test_export_cli(tmp_path, capsys):
     assert "did you mean 'decilm'" in capsys.readouterr().err
     assert main(["export", "--model", str(source), "--format", "decilm", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_decilm_folder_gives_its_tokenizer_without_a_deprecation_warning(tmp_path, smollm2_tokenizer):
+    export_decilm(pruned_llama(), tmp_path / "decilm", tokenizer=smollm2_tokenizer)
+    with warnings.catch_warnings():  # AutoTokenizer reading the DeciLM config.json itself warns of rope_scaling
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        tokenizer = prunekit.load_tokenizer(tmp_path / "decilm")
+    assert tokenizer("a DeciLM folder").input_ids == smollm2_tokenizer("a DeciLM folder").input_ids

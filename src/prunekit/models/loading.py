@@ -235,10 +235,16 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", devi
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from prunekit.core.io import read_decilm
+
     name = str(name_or_path)
     path = resolve_model_path(name)
+    # a DeciLM folder: its config as transformers reads it (read as a generic config, the model type
+    # transformers does not know and the export's rope_scaling key for older readers each warn)
+    config = read_decilm(path)[0] if Path(path).is_dir() else None
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                             **({"config": config} if config is not None else {}))
     except Exception as err:  # noqa: BLE001 - missing or garbage tokenizer files
         if not Path(path).is_dir():
             raise _unreachable(name, err) from None
