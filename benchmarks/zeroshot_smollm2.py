@@ -142,7 +142,8 @@ class ZeroShotColumns:
                 f"that benchmark's own calibration, {self.nsamples} x 512 tokens of Brown b-r (seed 0; structured rows: "
                 "Taylor's gradients on all of them), not this "
                 f"table's {own_calibration}, and scored on the first {items} items of "
-                f"{' / '.join(self.names)}; n/m = not measured (CPU time).")
+                f"{' / '.join(self.names)}; n/m = not measured (CPU time). Larger samples of some rows: "
+                "`results/zeroshot_smollm2_large.md`.")
 
 
 TASK_CHANCE = {"wordnet-gloss": 0.25, "brown-continuation": 0.25, "brown-lastword": 0.0}
