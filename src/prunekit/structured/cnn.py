@@ -426,19 +426,29 @@ def batch_norm_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, tuple
 
     def keep(name):
         def hook(_module, inputs, _output):
-            x = inputs[0].double()
-            dims = [d for d in range(x.dim()) if d != 1]
-            stats[name] = (x.mean(dims), x.var(dims, unbiased=False))
+            stats[name] = _channel_moments(inputs[0])
         return hook
 
-    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules() if isinstance(m, BatchNorms)]
+    _forward_with(model, images, [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
+                                  if isinstance(m, BatchNorms)])
+    return stats
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (dim 1) mean and biased variance, in float64."""
+    x = x.double()
+    dims = [d for d in range(x.dim()) if d != 1]
+    return x.mean(dims), x.var(dims, unbiased=False)
+
+
+def _forward_with(model: nn.Module, images: torch.Tensor, handles: list) -> None:
+    """One eval-mode forward of ``images`` with the hooks ``handles``, which are removed afterwards."""
     try:
         with torch.no_grad():
             model.eval()(images)
     finally:
         for h in handles:
             h.remove()
-    return stats
 
 
 def kept_channels(pruned: nn.Module, dense: nn.Module) -> torch.Tensor:
@@ -480,9 +490,7 @@ def correct_batch_norms(pruned: nn.Module, dense: nn.Module, images: torch.Tenso
 
     def correct(name, before, kept):
         def hook(module, inputs):
-            x = inputs[0].double()
-            dims = [d for d in range(x.dim()) if d != 1]
-            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            mean, var = _channel_moments(inputs[0])
             mean_d, var_d = reference[name][0][kept], reference[name][1][kept]
             ratio = torch.where(var_d > 1e-12, var / var_d.clamp_min(1e-12), torch.ones_like(var_d))
             dtype = module.running_mean.dtype
@@ -494,10 +502,5 @@ def correct_batch_norms(pruned: nn.Module, dense: nn.Module, images: torch.Tenso
         if isinstance(module, BatchNorms) and name in modules:
             handles.append(module.register_forward_pre_hook(correct(name, modules[name],
                                                                     kept_channels(module, modules[name]))))
-    try:
-        with torch.no_grad():
-            pruned.eval()(images)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with(pruned, images, handles)
     return len(handles)
