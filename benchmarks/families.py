@@ -167,6 +167,15 @@ def table(raw: dict, missing: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
+NOTES = "\n## Notes"  # a hand-written section at the end of the .md, kept when the table is rewritten
+
+
+def write_md(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    path.write_text(text + "\n" + notes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -186,7 +195,7 @@ def main() -> None:
     raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     missing = tuple(m for m in args.missing.split(",") if m)
     if args.table:
-        Path(args.results + ".md").write_text(table(raw, missing) + "\n")
+        write_md(Path(args.results + ".md"), table(raw, missing))
         print(table(raw, missing))
         return
     names = args.only.split(",") if args.only else list(CONFIGS)
@@ -204,7 +213,7 @@ def main() -> None:
         print(json.dumps(raw[key(model, config, dtype)]), flush=True)
         raw_path.write_text(json.dumps(raw, indent=1) + "\n")
     text = table(raw, missing)
-    Path(args.results + ".md").write_text(text + "\n")
+    write_md(Path(args.results + ".md"), text)
     print(text)
 
 
