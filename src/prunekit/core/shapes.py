@@ -52,8 +52,9 @@ def _width_keys(adapter: Adapter) -> tuple[str, ...]:
     return tuple(k for k in keys if k is not None)
 
 
-def rewrite_config(adapter: Adapter) -> None:
-    """Write the widths that are the same in every block into the config (names from the family table)."""
+def rewrite_config(adapter: Adapter) -> bool:
+    """Write the widths that are the same in every block into the config (names from the family table);
+    True when every block has the same MLP width and the same attention head counts."""
     cfg = _widths_config(adapter)
     mlp, attention = adapter.family.mlp, adapter.family.attention
     n = len(adapter.blocks)
@@ -61,15 +62,17 @@ def rewrite_config(adapter: Adapter) -> None:
     if getattr(cfg, "layer_types", None) is not None and len(cfg.layer_types) != n:
         raise RuntimeError("layer_types must be trimmed when blocks are removed")
     widths = {adapter.mlp_width(i) for i in range(n)}
+    counts = {adapter.attention_counts(i) for i in range(n)}
+    uniform = len(widths) == 1 and len(counts) == 1
     if len(widths) == 1:
         setattr(cfg, mlp.width_key, widths.pop())
-    counts = {adapter.attention_counts(i) for i in range(n)}
     if len(counts) == 1 and attention.head_dim_key is not None:  # else head_dim is hidden / heads
         n_q, n_kv, head_dim = counts.pop()
         setattr(cfg, attention.heads_key, n_q)
         if attention.kv_heads_key is not None:
             setattr(cfg, attention.kv_heads_key, n_kv)
         setattr(cfg, attention.head_dim_key, head_dim)
+    return uniform
 
 
 def _reference(config) -> nn.Module:
@@ -155,10 +158,7 @@ def describe_in_config(model: nn.Module) -> dict:
     cfg = _widths_config(adapter)
     keys = (*_width_keys(adapter), *BIAS_KEYS)
     before = {k: getattr(cfg, k, _ABSENT) for k in keys}
-    rewrite_config(adapter)
-    n = len(adapter.blocks)
-    uniform = len({adapter.mlp_width(i) for i in range(n)}) == 1 and len({adapter.attention_counts(i)
-                                                                          for i in range(n)}) == 1
+    uniform = rewrite_config(adapter)
     zeroed = use_bias_flags(adapter) if uniform else []  # flags cannot describe per-layer widths
     shapes = layer_shapes(model)
     if shapes:  # per-layer: keep the widths of the model before pruning, record every linear that differs

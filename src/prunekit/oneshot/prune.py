@@ -305,7 +305,7 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(data))
     _where(result, skeleton, device)
     step = recipe.steps[0]
-    if step.build().needs_calibration or step.allocation == "owl":  # the windows now: the tokenizer can go
+    if _needs_windows(step, step.build()):  # the windows now: the tokenizer can go
         data = calibration_windows(data, tokenizer if tokenizer is not None else load_tokenizer(folder),
                                    calib.nsamples, calib.seqlen, calib.seed)
         release_memory()
@@ -359,6 +359,11 @@ def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> t
     return calibration_windows(source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
 
 
+def _needs_windows(step: PruneStep, method) -> bool:
+    """Whether the step runs calibration windows: its method's statistics, or OWL's outlier scores."""
+    return method.needs_calibration or step.allocation == "owl"
+
+
 def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=None, stream=None) -> None:
     """One step on ``adapter``'s model; with ``stream`` (a streamed run) the blocks are read, pruned and
     written one at a time."""
@@ -368,8 +373,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     for layers in per_block:
         for name, module in layers.items():
             check_pattern_fits(pattern, weight_view(module).shape[1], name)
-    needs_data = method.needs_calibration or step.allocation == "owl"
-    windows = _windows(adapter, calib, source, tokenizer) if needs_data else None
+    windows = _windows(adapter, calib, source, tokenizer) if _needs_windows(step, method) else None
     t0 = time.perf_counter()
     ratios = _allocate(adapter, step, per_block, windows, calib, progress, device, stream)
     result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
