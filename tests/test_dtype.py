@@ -72,8 +72,54 @@ def test_every_method_runs_in_half_precision_with_fp32_statistics(method, dtype,
     for r in result.layers:
         assert r.sparsity == pytest.approx(0.5)
     assert all(p.dtype == dtype for p in model.parameters())
-    for x_dtype, norms, gram in seen:  # activations in the model's dtype, statistics in float32
-        assert x_dtype == dtype and norms == torch.float32 and gram in (None, torch.float32)
+    # activations in the model's dtype (SparseGPT: float32, the auto compute dtype), statistics in float32
+    compute = torch.float32 if METHODS.get(method).updates_weights else dtype
+    for x_dtype, norms, gram in seen:
+        assert x_dtype == compute and norms == torch.float32 and gram in (None, torch.float32)
+
+
+def test_auto_compute_dtype_is_float32_only_for_reconstruction_on_16_bit_weights():
+    from prunekit.core.calibration import resolve_compute_dtype
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert [resolve_compute_dtype("auto", s, True) for s in (bf16, fp16, fp32)] == [fp32, fp32, None]
+    assert [resolve_compute_dtype("auto", s, False) for s in (bf16, fp16, fp32)] == [None, None, None]
+    assert resolve_compute_dtype("bfloat16", bf16, True) is None  # the weights' own: nothing to cast
+    assert resolve_compute_dtype("float32", bf16, False) == fp32
+    with pytest.raises(ValueError, match="compute dtype 'int8' is unknown"):
+        resolve_compute_dtype("int8", bf16, True)
+    with pytest.raises(Exception, match="compute_dtype"):
+        CalibrationConfig(compute_dtype="double")
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+@pytest.mark.parametrize("runner", ["lockstep", "two-pass"])
+def test_bf16_weights_computed_in_float32_equal_a_float32_prune_rounded_once(method, runner):
+    """compute_dtype float32 on a bf16 model = the same model upcast, pruned in float32, cast back."""
+    rec = Recipe([PruneStep(method=method, sparsity=0.5)],
+                 CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3, runner=runner, compute_dtype="float32"))
+    ours = tiny_model("llama").to(torch.bfloat16)
+    reference = tiny_model("llama").to(torch.bfloat16).float()
+    prunekit.prune(ours, rec, calibration=tiny_windows(), progress=False)
+    prunekit.prune(reference, rec, calibration=tiny_windows(), progress=False)
+    reference = reference.to(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_streamed_bf16_with_float32_compute_equals_in_memory(tmp_path):
+    from tests.test_streaming import _NoTokenizer, load, same_weights, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny")
+    load(folder).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    rec = Recipe([PruneStep(method="sparsegpt", sparsity=0.5)], CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3))
+    model = load(tmp_path / "bf16")
+    assert model.dtype == torch.bfloat16
+    prunekit.prune(model, rec, calibration=tiny_windows(), progress=False)  # auto: float32 compute
+    prunekit.prune_pretrained(tmp_path / "bf16", tmp_path / "out", rec, calibration=tiny_windows(),
+                              tokenizer=_NoTokenizer(), progress=False)
+    assert same_weights(model, load(tmp_path / "out"))
 
 
 def test_bf16_masks_agree_with_fp32_masks():

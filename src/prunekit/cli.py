@@ -48,6 +48,13 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
     p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
+    p.add_argument("--runner", default=None, choices=("lockstep", "two-pass"),
+                   help="lockstep (default): one pass, each layer calibrated on the pruned layers before it, holding "
+                   "a block's activations for every window; two-pass: calibrate the dense block, prune, run it "
+                   "again: one chunk's activations, about twice the time (lowest memory)")
+    p.add_argument("--compute-dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                   help="dtype of the activations and of each block while it is calibrated (the weights are saved "
+                   "in --dtype); auto (default): float32 for SparseGPT on 16-bit weights, else --dtype")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too override its first step")
     p.add_argument("--device", default=None, help="run each block on this device in turn (e.g. cuda); "
                    "the model and activations stay on the CPU")
@@ -179,7 +186,7 @@ def recipe_from_args(args, recipe=None):
             base.pop("sparsity", None)
         steps = [PruneStep(**{**base, **given}), *steps[1:]]
     calib = {k: v for k, v in vars(recipe.calibration).items()} if recipe else {}
-    for key in ("nsamples", "seqlen", "seed"):
+    for key in ("nsamples", "seqlen", "seed", "runner", "compute_dtype"):
         value = getattr(args, key)
         if value is not None:
             calib[key] = value

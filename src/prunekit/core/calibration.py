@@ -25,6 +25,19 @@ keeps the statistics (:func:`walk_blocks` with ``needs={"moments", "similarity"}
 Layers fed the very same input tensor (q/k/v, gate/up) share one statistics object, so a
 Hessian X^T X is accumulated once for the three attention projections, and the later siblings are
 pruned on first arrival, with no second barrier (so no chunk waits holding the q or gate output).
+
+The lock-step costs memory: inside a block every chunk is parked at a layer with what the model's
+own frames hold (block input, normed input, q/k/v, the MLP's wide activation...), i.e. the block's
+activations for *all* calibration windows. The other runners of :data:`RUNNERS` hold one chunk's:
+
+* ``two-pass``: run the dense block over every chunk, collecting every layer's statistics on the
+  way (the outputs are dropped), prune all its layers, then run the pruned block again for the next
+  block's inputs. Every layer of a block is calibrated on the *dense* block's activations (the
+  scheme of the Wanda and SparseGPT reference code and of llm-compressor), so masks differ from
+  the lock-step's; two block forwards instead of one.
+* ``observe`` (for walks whose ``on_ready`` leaves the weights alone: structured statistics, OWL
+  scores): one pass without barriers, then ``on_ready`` for every layer; the same statistics as
+  the lock-step would give, bit for bit.
 """
 
 from __future__ import annotations
@@ -61,8 +74,10 @@ class BlockInputs:
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torch.Tensor,
-                         chunk_size: int) -> list[BlockInputs]:
-    """Run the embeddings and keep what the first block receives, chunk by chunk."""
+                         chunk_size: int, dtype: torch.dtype | None = None) -> list[BlockInputs]:
+    """Run the embeddings and keep what the first block receives, chunk by chunk. With ``dtype`` the
+    embeddings' output is cast to it, so what the model derives from it before the first block (rotary
+    tables, masks) is computed in that dtype too."""
     captured: list[BlockInputs] = []
 
     def catch(_module, args, kwargs):
@@ -72,6 +87,10 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torc
 
     handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if dtype is not None and embeddings is not None:
+        cast = embeddings.register_forward_hook(lambda _m, _args, out: out.to(dtype))
+    else:
+        cast = None
     device = (embeddings.weight if embeddings is not None else next(model.parameters())).device
     try:
         for start in range(0, len(windows), chunk_size):
@@ -81,6 +100,8 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torc
                 pass
     finally:
         handle.remove()
+        if cast is not None:
+            cast.remove()
     return captured
 
 
@@ -96,6 +117,30 @@ class _LayerGate:
     done: bool = False
 
 
+class _StatsBook:
+    """The statistics of one block's layers, in the order the layers are first entered; siblings (layers
+    fed the very same input tensor) share one :class:`LayerStats`, filled once."""
+
+    def __init__(self, needs: frozenset[str]):
+        self.needs = needs
+        self.stats: dict[str, LayerStats] = {}  # by layer name, in execution order
+        self.shared: dict[str, str] = {}  # layer -> the layer whose input (and statistics) it shares
+        self.seen_inputs: dict[int, list[tuple[weakref.ref, str]]] = {}
+
+    def record(self, name: str, x: torch.Tensor, chunk: int) -> None:
+        seen = self.seen_inputs.setdefault(chunk, [])
+        if name not in self.stats:
+            owner = next((other for ref, other in seen if ref() is x), None)
+            if owner is not None:
+                self.stats[name] = self.stats[owner]
+                self.shared[name] = owner
+            else:
+                self.stats[name] = LayerStats.for_needs(x.shape[-1], self.needs)
+        if name not in self.shared:
+            self.stats[name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
+        seen.append((weakref.ref(x), name))
+
+
 class _LockStep:
     """Barrier bookkeeping for one block: which chunk reached which layer."""
 
@@ -103,30 +148,14 @@ class _LockStep:
                  on_ready: Callable[[str, nn.Module, LayerStats | None], None]):
         self.gates = {module: _LayerGate(name, module) for name, module in layers.items()}
         self.n_chunks = n_chunks
-        self.needs = needs
         self.on_ready = on_ready
         self.cond = threading.Condition()
         self.finished: set[int] = set()
         self.errors: list[BaseException] = []
-        self.stats: dict[str, LayerStats] = {}
-        self.shared: dict[str, str] = {}  # layer -> the layer whose input (and statistics) it shares
+        self.book = _StatsBook(needs)
+        self.stats, self.shared = self.book.stats, self.book.shared
         self.done_names: set[str] = set()
-        self.seen_inputs: dict[int, list[tuple[weakref.ref, str]]] = {}
         self.local = threading.local()
-
-    # -- statistics, with siblings (same input tensor) sharing one LayerStats
-    def _record_input(self, gate: _LayerGate, x: torch.Tensor, chunk: int) -> None:
-        seen = self.seen_inputs.setdefault(chunk, [])
-        if gate.name not in self.stats:
-            owner = next((name for ref, name in seen if ref() is x), None)
-            if owner is not None:
-                self.stats[gate.name] = self.stats[owner]
-                self.shared[gate.name] = owner
-            else:
-                self.stats[gate.name] = LayerStats.for_needs(x.shape[-1], self.needs)
-        if gate.name not in self.shared:
-            self.stats[gate.name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
-        seen.append((weakref.ref(x), gate.name))
 
     def _ready(self, gate: _LayerGate) -> bool:
         return all(c in gate.arrived or c in self.finished for c in range(self.n_chunks))
@@ -148,7 +177,7 @@ class _LockStep:
             self._wait()
         if gate.done:
             return
-        self._record_input(gate, args[0], chunk)
+        self.book.record(gate.name, args[0], chunk)
         gate.arrived.add(chunk)
         self.cond.notify_all()
         # a layer fed the same tensor as an already-pruned layer (k/v after q, up after gate) has
@@ -182,30 +211,133 @@ class _LockStep:
         self.cond.notify_all()
 
 
-def to_device(value, device):
-    """Move tensors, also inside tuples/lists/dicts (rotary embeddings, masks), to ``device``."""
+def to_device(value, device, dtype: torch.dtype | None = None):
+    """Move tensors, also inside tuples/lists/dicts (rotary embeddings, masks), to ``device``; with
+    ``dtype``, floating-point tensors are cast to it too."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return value.to(device, dtype) if dtype is not None and value.is_floating_point() else value.to(device)
     if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, dtype) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, dtype) for k, v in value.items()}
     return value
+
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_compute_dtype(name: str, storage: torch.dtype, reconstructs: bool) -> torch.dtype | None:
+    """The dtype blocks compute in while they are calibrated, or None for the weights' own (``storage``).
+
+    ``auto``: float32 for a method that rewrites the kept weights from the calibration activations
+    (SparseGPT) when the weights are 16-bit, because its reconstruction follows the rounding of every
+    activation it sees (SmolLM2 SparseGPT 50%: perplexity +5.7% over float32 when computed in bf16,
+    +0.1% when computed in float32 and saved in bf16: ``benchmarks/results/families.md``); else the
+    weights' own dtype."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {name!r} is unknown; choose from {', '.join(COMPUTE_DTYPES)}")
+    if name == "auto":
+        return torch.float32 if reconstructs and storage in (torch.bfloat16, torch.float16) else None
+    dtype = getattr(torch, name)
+    return None if dtype == storage else dtype
+
+
+@contextmanager
+def visiting(block: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None) -> Iterator[None]:
+    """``block`` on ``device`` with its floating-point parameters in ``dtype`` for its turn; afterwards every
+    parameter goes back to its own dtype (kept weights round once) and the block to where it was."""
+    if device is None and dtype is None:
+        yield
+        return
+    home = next(block.parameters()).device
+    own = {p: p.dtype for p in block.parameters()}
+    if device is not None:
+        block.to(device)
+    if dtype is not None:
+        for p in own:
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+    try:
+        yield
+    finally:
+        for p, original in own.items():
+            p.data = p.data.to(original)
+        if device is not None:
+            block.to(home)
+
+
+RUNNERS = ("lockstep", "two-pass", "observe")
+
+
+def _forward(block: nn.Module, item: BlockInputs, device) -> torch.Tensor:
+    """One chunk through ``block`` (on ``device`` when given); the block's hidden-state output."""
+    if device is None:
+        return block_output(block(item.hidden, *item.args, **item.kwargs))
+    return block_output(block(item.hidden.to(device), *to_device(item.args, device),
+                              **to_device(item.kwargs, device)))
 
 
 def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.Module],
               on_ready: Callable[[str, nn.Module, LayerStats | None], None],
               needs: frozenset[str] = frozenset({"norms"}), consume: bool = False,
               device: torch.device | str | None = None,
-              on_output: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
-    """Push all chunks through ``block`` in lock-step; ``on_ready(name, module, stats)`` prunes a layer
-    once every chunk's input to it has been seen, ``stats`` collecting what ``needs`` asks for (see
+              on_output: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+              runner: str = "lockstep") -> list[torch.Tensor]:
+    """Push all chunks through ``block``; ``on_ready(name, module, stats)`` prunes a layer once every
+    chunk's input to it has been seen, ``stats`` collecting what ``needs`` asks for (see
     :class:`~prunekit.core.stats.LayerStats`). Returns the block's outputs, one per chunk.
 
+    ``runner`` (:data:`RUNNERS`, see the module docstring): ``lockstep`` calibrates every layer on
+    the pruned layers before it in one pass; ``two-pass`` calibrates the dense block, prunes, and
+    runs it again; ``observe`` is one pass for an ``on_ready`` that leaves the weights alone.
     ``on_output(chunk, block_input, block_output)``, if given, sees each chunk as it leaves the block.
     With ``consume=True`` each chunk's input is dropped as soon as its output exists, so a block
     never holds both all inputs and all outputs. With ``device`` set, the block runs there while
     the activations between blocks stay where they were (e.g. on the CPU)."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
+    if runner == "lockstep":
+        return _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output)
+    observed = runner == "observe"
+    book = _StatsBook(frozenset(needs))
+    outputs = _run_observed(block, inputs, layers, book, keep=observed, consume=consume and observed, device=device,
+                            on_output=on_output if observed else None)
+    for name in book.stats:  # execution order, as the lock-step releases them
+        on_ready(name, layers[name], book.stats[name])
+    if observed:
+        return outputs
+    return _run_observed(block, inputs, {}, None, keep=True, consume=consume, device=device, on_output=on_output)
+
+
+@torch.no_grad()
+def _run_observed(block, inputs, layers, book, keep, consume, device, on_output) -> list[torch.Tensor | None]:
+    """Each chunk through ``block`` in turn, no barrier; ``book`` records the inputs of ``layers``."""
+    chunk_now = [0]
+
+    def record(module, args):
+        book.record(names[module], args[0], chunk_now[0])
+
+    names = {module: name for name, module in layers.items()}
+    handles = [m.register_forward_pre_hook(record) for m in layers.values()]
+    outputs: list[torch.Tensor | None] = [None] * len(inputs)
+    try:
+        for chunk, item in enumerate(inputs):
+            chunk_now[0] = chunk
+            out = _forward(block, item, device)
+            if on_output is not None:
+                on_output(chunk, item.hidden, out)
+            if keep:
+                outputs[chunk] = out.to(item.hidden.device)
+            if consume:
+                item.hidden = None
+            del out
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output) -> list[torch.Tensor]:
     step = _LockStep(layers, len(inputs), frozenset(needs), on_ready)
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
 
@@ -215,16 +347,10 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
             try:
                 with torch.no_grad():
                     item = inputs[chunk]
-                    here = item.hidden.device
-                    if device is None:
-                        out = block(item.hidden, *item.args, **item.kwargs)
-                    else:
-                        out = block(item.hidden.to(device), *to_device(item.args, device),
-                                    **to_device(item.kwargs, device))
-                    out = block_output(out)
+                    out = _forward(block, item, device)
                     if on_output is not None:
                         on_output(chunk, item.hidden, out)
-                    outputs[chunk] = out.to(here)
+                    outputs[chunk] = out.to(item.hidden.device)
                 if consume:
                     item.hidden = None
             except BaseException as err:  # noqa: BLE001 - handed to the main thread below
@@ -273,7 +399,8 @@ def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor) -> tor
 def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int,
                 per_block: list[dict[str, nn.Module]], on_ready: Callable[[str, nn.Module, LayerStats | None], None],
                 needs: frozenset[str] = frozenset({"norms"}), progress: bool = True, desc: str = "blocks",
-                device: torch.device | str | None = None, weights: BlockWeights | None = None) -> list[float]:
+                device: torch.device | str | None = None, weights: BlockWeights | None = None,
+                runner: str = "lockstep", compute_dtype: torch.dtype | None = None) -> list[float]:
     """Feed the calibration windows through ``blocks`` one at a time (see :func:`run_block`).
 
     ``per_block[i]`` names the layers of block i whose inputs are measured; ``on_ready`` receives
@@ -283,13 +410,20 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
     block) when ``needs`` has ``similarity``, else an empty list. With ``device`` set (e.g.
     "cuda"), each block visits that device for its turn only, and the activations between blocks
     stay with the model (e.g. on the CPU). ``weights`` says where the blocks' weights are
-    (:class:`BlockWeights`; default: all in memory)."""
+    (:class:`BlockWeights`; default: all in memory). ``runner`` is one of :data:`RUNNERS` (see
+    :func:`run_block`). With ``compute_dtype`` (see :func:`resolve_compute_dtype`) the activations
+    and each block for its turn are in that dtype; the weights are stored back in their own."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
     weights = weights or BlockWeights()
     layer_needs = frozenset(needs) & LAYER_NEEDS
     want_similarity = "similarity" in needs
     similarity: list[float] = []
     with weights.inputs():
-        inputs = capture_block_inputs(model, blocks[0], windows, chunk_size)
+        inputs = capture_block_inputs(model, blocks[0], windows, chunk_size, compute_dtype)
+    if compute_dtype is not None:  # whatever did not derive from the embeddings' output
+        inputs = [BlockInputs(item.hidden.to(dtype=compute_dtype), to_device(item.args, None, compute_dtype),
+                              to_device(item.kwargs, None, compute_dtype)) for item in inputs]
     walk = zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block)
     for index, (block, layers) in enumerate(walk):
         with weights.block(index, block):
@@ -298,13 +432,9 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
             def keep_cosines(chunk, x, y, cosines=cosines):
                 cosines[chunk] = window_cosines(x, y).cpu()
 
-            home = next(block.parameters()).device
-            if device is not None:
-                block.to(device)
-            outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
-                                on_output=keep_cosines if want_similarity else None)
-            if device is not None:
-                block.to(home)
+            with visiting(block, device, compute_dtype):
+                outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
+                                    on_output=keep_cosines if want_similarity else None, runner=runner)
         if want_similarity:
             total = torch.zeros((), dtype=torch.float64)
             for value in torch.cat(cosines):  # window order, whatever order the chunks finished in

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.core.calibration import walk_blocks
+from prunekit.core.calibration import resolve_compute_dtype, walk_blocks
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.errors import PrunekitError
 from prunekit.core.families import adapter_for, weight_view
@@ -154,7 +154,9 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
     needs = method.statistics()
     if needs:
         walk_blocks(finetuned, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer, needs=needs,
-                    progress=progress, desc=f"delta {step.method}")
+                    progress=progress, desc=f"delta {step.method}", runner=calib.runner,
+                    compute_dtype=resolve_compute_dtype(calib.compute_dtype, next(finetuned.parameters()).dtype,
+                                                        reconstructs=False))
     else:
         for layers in tqdm(per_block, desc=f"delta {step.method}", disable=not progress, leave=False):
             for name, module in layers.items():

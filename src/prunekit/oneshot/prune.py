@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.core.calibration import BlockWeights, walk_blocks
+from prunekit.core.calibration import BlockWeights, resolve_compute_dtype, walk_blocks
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
@@ -374,8 +374,10 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
         for name, module in layers.items():
             check_pattern_fits(pattern, weight_view(module).shape[1], name)
     windows = _windows(adapter, calib, source, tokenizer) if _needs_windows(step, method) else None
+    compute = resolve_compute_dtype(calib.compute_dtype, next(adapter.model.parameters()).dtype,
+                                    method.updates_weights)
     t0 = time.perf_counter()
-    ratios = _allocate(adapter, step, per_block, windows, calib, progress, device, stream)
+    ratios = _allocate(adapter, step, per_block, windows, calib, progress, device, stream, compute)
     result.timings[f"{step.method}:allocation_s"] = time.perf_counter() - t0
     gradients = {}
     if "gradients" in method.needs:
@@ -400,7 +402,8 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     weights = BlockWeights() if stream is None else stream.blocks(adapter, write=True)
     if method.needs_calibration:
         walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer,
-                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device, weights=weights)
+                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device, weights=weights,
+                    runner=calib.runner, compute_dtype=compute)
     else:
         for index, layers in enumerate(tqdm(per_block, desc=step.method, disable=not progress, leave=False)):
             with weights.block(index, adapter.blocks[index]):
@@ -411,7 +414,8 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
 
 # ------------------------------------------------------------------ allocation
 
-def _allocate(adapter, step, per_block, windows, calib, progress, device=None, stream=None) -> dict[str, float]:
+def _allocate(adapter, step, per_block, windows, calib, progress, device=None, stream=None,
+              compute=None) -> dict[str, float]:
     """Per-layer sparsities from the core allocation the step names (:mod:`prunekit.core.allocation`)."""
     modules = {name: m for layers in per_block for name, m in layers.items()}
     if step.allocation == "uniform":
@@ -429,12 +433,13 @@ def _allocate(adapter, step, per_block, windows, calib, progress, device=None, s
         counts = allocation.counts_streamed(magnitudes, sizes, step.sparsity)
         return {name: counts[name] / sizes[name] for name in modules}
     owl = ALLOCATIONS.build("owl", {"lam": step.owl_lambda, "m": step.owl_m})
-    outliers = _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream)
+    outliers = _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream, compute)
     block_ratio = owl.ratios_from_outliers(outliers, step.sparsity)
     return {name: block_ratio[i] for i, layers in enumerate(per_block) for name in layers}
 
 
-def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream=None) -> dict[int, float]:
+def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream=None,
+                  compute=None) -> dict[int, float]:
     """OWL's input: one dense pass collects the Wanda scores of each block, pooled (flat) per block
     and reduced to the block's outlier ratio as soon as the block is done."""
     block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
@@ -451,6 +456,7 @@ def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, str
 
     weights = None if stream is None else stream.blocks(adapter, write=False)
     walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, collect, needs={"norms"},
-                progress=progress, desc="owl scores", device=device, weights=weights)
+                progress=progress, desc="owl scores", device=device, weights=weights, runner="observe",
+                compute_dtype=compute)
     reduce_done(len(per_block))
     return outliers

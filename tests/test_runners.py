@@ -1,0 +1,140 @@
+"""The block runner's three schedules (``core.calibration.RUNNERS``), each against an independent
+computation: ``observe`` gives the lock-step's statistics bit for bit; ``two-pass`` prunes every layer
+of a block on the *dense* block's inputs, which a plain forward with hooks reproduces; streamed and
+in-memory two-pass prunes agree; a two-pass block never holds more than one chunk's activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.core.calibration import capture_block_inputs, run_block, walk_blocks
+from prunekit.core.errors import PrunekitError
+from prunekit.core.families import adapter_for, weight_view
+from prunekit.core.recipe import CalibrationConfig, Recipe
+from prunekit.oneshot.step import PruneStep
+from tests.conftest import tiny_model, tiny_windows
+from tests.test_streaming import _NoTokenizer, load, same_weights, save_tiny
+
+WINDOWS = tiny_windows(6, 16, seed=5)
+NEEDS = frozenset({"norms", "hessian", "moments", "similarity"})
+
+
+def walk(model, runner, needs=NEEDS, chunk_size=4):
+    adapter = adapter_for(model)
+    per_block = [adapter.linears(i) for i in range(len(adapter.blocks))]
+    stats, order = {}, []
+
+    def keep(name, _module, s):
+        stats[name] = s
+        order.append(name)
+
+    sims = walk_blocks(model, adapter.blocks, WINDOWS, chunk_size, per_block, keep, needs=needs, progress=False,
+                       runner=runner)
+    return stats, order, sims
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_observe_gives_the_lockstep_statistics_bit_for_bit(family):
+    model = tiny_model(family)
+    lock, lock_order, lock_sims = walk(model, "lockstep")
+    seen, seen_order, seen_sims = walk(model, "observe")
+    assert seen_order == lock_order  # execution order
+    assert seen_sims == lock_sims
+    for name, s in lock.items():
+        for field in ("sq_norms", "sums", "gram_upper"):
+            a, b = getattr(s, field), getattr(seen[name], field)
+            assert (a is None and b is None) or torch.equal(a, b), (name, field)
+        assert (s.tokens, s.samples) == (seen[name].tokens, seen[name].samples)
+
+
+def wanda_by_hand(model, sparsity):
+    """Wanda per row, every layer of block b scored on the inputs of the *dense* block b (blocks before
+    it already pruned): a plain forward with hooks, then |W| * ||X_j|| and the lowest half per row."""
+    adapter = adapter_for(model)
+    for b in range(len(adapter.blocks)):
+        layers = adapter.linears(b)
+        seen = {}
+        handles = [m.register_forward_pre_hook(lambda _m, args, n=name: seen.__setitem__(n, args[0].detach()))
+                   for name, m in layers.items()]
+        try:
+            with torch.no_grad():
+                model(WINDOWS)
+        finally:
+            for h in handles:
+                h.remove()
+        with torch.no_grad():
+            for name, m in layers.items():
+                x = seen[name].reshape(-1, seen[name].shape[-1])
+                norm = (x.pow(2).sum(0) / len(WINDOWS)).sqrt()
+                w = weight_view(m)
+                score = w.abs() * norm
+                k = int(sparsity * w.shape[1])
+                drop = score.argsort(dim=1)[:, :k]
+                w.scatter_(1, drop, 0.0)
+    return model
+
+
+def test_two_pass_wanda_equals_pruning_each_block_on_its_dense_inputs():
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5, pattern="per-row")],
+                 CalibrationConfig(nsamples=len(WINDOWS), seqlen=WINDOWS.shape[1], chunk_size=4, runner="two-pass"))
+    ours = tiny_model("llama")
+    prunekit.prune(ours, rec, calibration=WINDOWS, progress=False)
+    reference = wanda_by_hand(tiny_model("llama"), 0.5)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), reference.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # and it is a different schedule: the lock-step calibrates o/down on the pruned q/k/v/gate/up
+    lockstep = tiny_model("llama")
+    prunekit.prune(lockstep, Recipe(rec.steps, CalibrationConfig(nsamples=6, seqlen=16, chunk_size=4)),
+                   calibration=WINDOWS, progress=False)
+    assert not same_weights(lockstep, ours)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_two_pass_streamed_and_in_memory_give_the_same_weights(method, tmp_path):
+    folder = save_tiny(tmp_path / "tiny", shard="50KB")
+    rec = Recipe([PruneStep(method=method, sparsity=0.6)],
+                 CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3, runner="two-pass"))
+    model = load(folder)
+    prunekit.prune(model, rec, calibration=tiny_windows(), progress=False)
+    prunekit.prune_pretrained(folder, tmp_path / "out", rec, calibration=tiny_windows(), tokenizer=_NoTokenizer(),
+                              progress=False)
+    assert same_weights(model, load(tmp_path / "out"))
+
+
+def test_a_two_pass_block_holds_one_chunk_of_activations_at_a_time():
+    """Peak count of live chunk-sized tensors inside the block: the lock-step parks every chunk at a
+    layer; two-pass runs one chunk at a time."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    inputs = capture_block_inputs(model, adapter.blocks[0], WINDOWS, chunk_size=1)
+    inside = {"now": 0, "peak": 0}
+
+    def enter(_m, _a):
+        inside["now"] += 1
+        inside["peak"] = max(inside["peak"], inside["now"])
+
+    def leave(_m, _a, _o):
+        inside["now"] -= 1
+
+    block = adapter.blocks[0]
+    handles = [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
+    try:
+        peaks = {}
+        for runner in ("lockstep", "two-pass"):
+            inside["peak"] = 0
+            run_block(block, [type(i)(i.hidden.clone(), i.args, i.kwargs) for i in inputs], adapter.linears(0),
+                      lambda *a: None, runner=runner)
+            peaks[runner] = inside["peak"]
+    finally:
+        for h in handles:
+            h.remove()
+    assert peaks == {"lockstep": len(WINDOWS), "two-pass": 1}
+
+
+def test_an_unknown_runner_is_refused_with_the_choices():
+    with pytest.raises(PrunekitError, match="runner.*two-pass"):
+        CalibrationConfig(runner="parallel")
+    with pytest.raises(ValueError, match="lockstep, two-pass, observe"):
+        walk(tiny_model("llama"), "parallel")
