@@ -72,8 +72,9 @@ class LayerStats:
     samples: int = 0
     sq_norms: torch.Tensor | None = None
     sums: torch.Tensor | None = None
-    gram_upper: torch.Tensor | None = None  # X^T X on and above the diagonal blocks; below: unused
+    gram_upper: torch.Tensor | None = None  # X^T X on and above the diagonal blocks (below: see full_hessian)
     row_blocks: int = 8
+    _mirrored: bool = field(default=False, repr=False)  # gram_upper is the whole symmetric X^T X
 
     @classmethod
     def for_needs(cls, in_features: int, needs: frozenset[str]) -> LayerStats:
@@ -93,6 +94,7 @@ class LayerStats:
         self.sq_norms += x.pow(2).sum(dim=0)
         if self.want_hessian:
             self._add_gram(x)
+            self._mirrored = False
         self.tokens += x.shape[0]
         self.samples += samples
 
@@ -105,9 +107,18 @@ class LayerStats:
             self.gram_upper[i : i + step, i:].addmm_(x[:, i : i + step].t(), x[:, i:])
 
     def full_hessian(self) -> torch.Tensor:
-        """X^T X as a new dense symmetric matrix (the upper block-triangle mirrored)."""
-        upper = self.gram_upper.triu()
-        return upper + upper.triu(1).t()
+        """X^T X, exactly symmetric: the statistics' own matrix, completed in place (the upper triangle
+        mirrored below the diagonal), so a wide layer's Hessian exists once, not twice or three times
+        (8960 inputs: 321 MB each in float32). Read it; do not write to it."""
+        if not self._mirrored:
+            g, d = self.gram_upper, self.in_features
+            step = -(-d // self.row_blocks)
+            for i in range(0, d, step):
+                block = g[i : i + step, i : i + step]
+                block.copy_(block.triu() + block.triu(1).t())
+                g[i : i + step, :i] = g[:i, i : i + step].t()
+            self._mirrored = True
+        return self.gram_upper
 
     def column_norms(self) -> torch.Tensor:
         """sqrt of the per-sample mean of ||X_j||^2, the activation norm used by Wanda and GBLM."""

@@ -28,16 +28,21 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str = "
     """Upper Cholesky factor U of (H + damp I)^-1, with damp = percdamp * mean(diag H).
 
     When H is not positive definite (too few or degenerate calibration tokens) the damping is
-    raised tenfold up to ``retries`` times before giving up with a clear error.
+    raised tenfold up to ``retries`` times before giving up with a clear error. ``hessian`` is left
+    as it is, and besides it at most two n x n matrices live at once.
     """
     mean_diag = hessian.diagonal().mean()
-    eye = torch.eye(len(hessian), dtype=hessian.dtype, device=hessian.device)
     damp = percdamp
     for _ in range(retries + 1):
-        chol, info = torch.linalg.cholesky_ex(hessian + damp * mean_diag * eye)
+        work = hessian.clone()
+        work.diagonal().add_(damp * mean_diag)
+        chol, info = torch.linalg.cholesky_ex(work)
+        del work
         if info == 0:
             inverse = torch.cholesky_inverse(chol)
+            del chol
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0:
                 return upper
         damp *= 10
@@ -65,9 +70,11 @@ class SparseGPT(Method):
     def prune_layer(self, weight, sparsity, pattern, ctx):
         rows, cols = weight.shape
         w = weight.float().clone()
-        hessian = ctx.stats.full_hessian()
+        hessian = ctx.stats.full_hessian()  # shared with the layer's siblings: read only
         dead = hessian.diagonal() == 0
-        hessian[dead, dead] = 1.0
+        if dead.any():  # inputs that were always zero: their weights go, and H gets a unit diagonal there
+            hessian = hessian.clone()
+            hessian.diagonal()[dead] = 1.0
         w[:, dead] = 0.0
         hinv = inverse_hessian_factor(hessian, self.percdamp, ctx.name)
         mask = torch.zeros_like(w, dtype=torch.bool)
