@@ -9,6 +9,8 @@ whole process). Rows are interleaved round by round (``--repeats`` rounds; the t
                 ``model.model``, batches of 8, no lm_head): the reference of the pruning time
   stream/<c>    ``prunekit prune --model smollm2-135m`` (streaming, the default): the whole process,
                 from interpreter start to exit
+  lean/<c>      the same with ``--runner two-pass`` (calibrate each dense block, prune it, run it again:
+                one chunk's activations in memory instead of a block's for every window)
   memory/<c>    the same with ``--no-stream`` (load the model, prunekit.prune, save): the whole process
   llmc/<c>      llm-compressor 0.14 (``--peer llm-compressor``) in its own virtual environment (the
                 pinned CPU torch first, then llmcompressor==0.14.*), on the very same calibration
@@ -67,7 +69,7 @@ def child_forward(threads: int) -> dict:
     return {"forward_s": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def child_prune(config: str, out: str, stream: bool, threads: int) -> dict:
+def child_prune(config: str, out: str, stream: bool, threads: int, runner: str = "lockstep") -> dict:
     """`prunekit prune` exactly as the CLI runs it, in this process."""
     import resource
 
@@ -77,7 +79,7 @@ def child_prune(config: str, out: str, stream: bool, threads: int) -> dict:
     from prunekit.cli import main
 
     argv = ["prune", "--model", "smollm2-135m", "--out", out, "--quiet", *calibration_flags(), *CONFIGS[config][0]]
-    code = main([*argv, "--stream" if stream else "--no-stream"])
+    code = main([*argv, "--stream" if stream else "--no-stream", "--runner", runner])
     if code != 0:
         raise SystemExit(f"prunekit prune exited {code}")
     result = json.loads((Path(out) / "prunekit.json").read_text())["result"]
@@ -173,6 +175,7 @@ def main() -> None:
     ap.add_argument("--memory-configs", default=None, help="configs that also get the in-memory row and the "
                     "quality evaluation (default: all)")
     ap.add_argument("--no-peer-ppl", action="store_true", help="skip llm-compressor's perplexity (32 forward passes)")
+    ap.add_argument("--modes", default="stream,lean,llmc,memory", help="which prunekit/peer rows run, in this order")
     ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
     ap.add_argument("--child", default=None)
     ap.add_argument("--config", default=None)
@@ -183,6 +186,7 @@ def main() -> None:
     if args.child:
         result = {"forward": lambda: child_forward(args.threads),
                   "stream": lambda: child_prune(args.config, args.out, True, args.threads),
+                  "lean": lambda: child_prune(args.config, args.out, True, args.threads, "two-pass"),
                   "memory": lambda: child_prune(args.config, args.out, False, args.threads),
                   "eval": lambda: child_eval(args.out, args.other, args.threads)}[args.child]()
         print(json.dumps(result))
@@ -220,7 +224,7 @@ def main() -> None:
         record({"row": "forward", "round": round_, "wall_s": wall, **out, "load_before": load, "load_after": load_average()})
         for config in configs:  # the headline rows first: a partial run still answers the main questions
             with_memory = args.memory_configs is None or config in args.memory_configs.split(",")
-            for mode in ("stream", "llmc", "memory"):
+            for mode in args.modes.split(","):
                 if (mode == "llmc" and peer is None) or (mode == "memory" and not with_memory):
                     continue
                 load = load_average()
@@ -242,6 +246,9 @@ def main() -> None:
                 record({"row": f"eval/stream/{config}", **out})
                 out, _ = run(me("--child", "eval", "--out", memory, "--threads", args.threads))
                 record({"row": f"eval/memory/{config}", **out})
+            if round_ == 0 and (work / f"lean-{config}").is_dir():
+                out, _ = run(me("--child", "eval", "--out", work / f"lean-{config}", "--threads", args.threads))
+                record({"row": f"eval/lean/{config}", **out})
             Path(args.results + ".md").write_text(table(raw, configs) + "\n")
     text = table(raw, configs)
     Path(args.results + ".md").write_text(text + "\n")
@@ -271,8 +278,8 @@ def table(raw: dict, configs: list[str]) -> str:
         f"average {min(loads):.1f}-{max(loads):.1f} during the rows), {raw['repeats']} round(s), each row a fresh "
         f"process; medians. Calibration {raw['nsamples']} x {raw['seqlen']} tokens of Brown b-r (seed 0); "
         "perplexity on Brown press "
-        "(32 x 512 tokens). Rows in the order they ran, per config: streamed prunekit, llm-compressor, in-memory "
-        "prunekit."
+        "(32 x 512 tokens). Rows per config: streamed prunekit (stream: lock-step runner; lean: `--runner two-pass`), "
+        "in-memory prunekit, llm-compressor; they ran in the order stream, lean, llm-compressor, in-memory."
         + (f" Peer: {raw['peer']} in its own virtual environment, on the very same calibration windows."
            if raw.get("peer") else ""),
         "",
@@ -283,7 +290,7 @@ def table(raw: dict, configs: list[str]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for config in configs:
-        for mode in ("stream", "memory", "llmc"):
+        for mode in ("stream", "lean", "memory", "llmc"):
             name = f"{mode}/{config}"
             if not pick(name, "wall_s"):
                 continue
@@ -294,25 +301,33 @@ def table(raw: dict, configs: list[str]) -> str:
             lines.append(f"| {name} | {fmt(whole)} | {fmt(call)} | {fmt(ratio, '.2f')} | {fmt(med(name, 'peak_rss_mb'))} "
                          f"| {load} |")
     lines += ["", "Quality and masks (outputs of the rows above):", "",
-              "| config | streamed ppl | in-memory ppl | streamed == in-memory tensors | llm-compressor ppl |",
-              "|---|---:|---:|---|---:|"]
+              "| config | streamed ppl | in-memory ppl | streamed == in-memory tensors | lean (two-pass) ppl "
+              "| llm-compressor ppl |",
+              "|---|---:|---:|---|---:|---:|"]
     for config in configs:
         same = pick(f"eval/stream/{config}", "identical_to_other")
         lines.append(f"| {config} | {fmt(med(f'eval/stream/{config}', 'perplexity'), '.2f')} "
                      f"| {fmt(med(f'eval/memory/{config}', 'perplexity'), '.2f')} | {same[0] if same else ''} "
+                     f"| {fmt(med(f'eval/lean/{config}', 'perplexity'), '.2f')} "
                      f"| {fmt(med(f'llmc/{config}', 'perplexity'), '.2f')} |")
     if any(r["row"].startswith("llmc/") for r in rows):
         lines += ["", "Ratios from this run only (prunekit's whole process against llm-compressor's oneshot call; "
                   "peak RSS of both whole processes):", "",
-                  "| config | time: stream / llm-compressor | time: in-memory / llm-compressor "
-                  "| peak RSS: stream / llm-compressor |", "|---|---:|---:|---:|"]
+                  "| config | time: stream / llm-compressor | time: lean / llm-compressor "
+                  "| time: in-memory / llm-compressor | peak RSS: stream / llm-compressor "
+                  "| peak RSS: lean / llm-compressor |", "|---|---:|---:|---:|---:|---:|"]
         for config in configs:
             peer_t, peer_m = med(f"llmc/{config}", "oneshot_s"), med(f"llmc/{config}", "peak_rss_mb")
             if not peer_t:
                 continue
             st, mt, sm = med(f"stream/{config}", "wall_s"), med(f"memory/{config}", "wall_s"), med(f"stream/{config}", "peak_rss_mb")
-            lines.append(f"| {config} | {fmt(st / peer_t if st else None, '.2f')} | {fmt(mt / peer_t if mt else None, '.2f')} "
-                         f"| {fmt(sm / peer_m if sm else None, '.2f')} |")
+            lt, lm = med(f"lean/{config}", "wall_s"), med(f"lean/{config}", "peak_rss_mb")
+
+            def ratio(a, b):
+                return fmt(a / b if a and b else None, ".2f")
+
+            lines.append(f"| {config} | {ratio(st, peer_t)} | {ratio(lt, peer_t)} | {ratio(mt, peer_t)} "
+                         f"| {ratio(sm, peer_m)} | {ratio(lm, peer_m)} |")
     lines += targets(raw, configs, med, forward)
     lines += ["", NOTES]
     return "\n".join(lines)
@@ -328,12 +343,13 @@ def targets(raw: dict, configs: list[str], med, forward: float | None) -> list[s
             ratio = st / peer
             lines.append(f"- {config}: streamed whole process / llm-compressor oneshot call = {ratio:.2f} "
                          f"(target <= 0.5: {'met' if ratio <= 0.5 else 'not met'})")
-    st_m, st_p = med("stream/wanda-50", "peak_rss_mb"), med("stream/wanda-50", "prune_s")
-    if st_m and st_p and forward:
-        ok_m, ok_t = st_m <= 800, st_p / forward <= 1.5
-        lines.append(f"- wanda-50 streamed: peak RSS {st_m:.0f} MB (target <= 800: {'met' if ok_m else 'not met'}), "
-                     f"prune call {st_p / forward:.2f} x one calibration forward (target <= 1.5: "
-                     f"{'met' if ok_t else 'not met'})")
+    for mode in ("stream", "lean"):
+        st_m, st_p = med(f"{mode}/wanda-50", "peak_rss_mb"), med(f"{mode}/wanda-50", "prune_s")
+        if st_m and st_p and forward:
+            ok_m, ok_t = st_m <= 800, st_p / forward <= 1.5
+            lines.append(f"- wanda-50 {mode}: peak RSS {st_m:.0f} MB (target <= 800: {'met' if ok_m else 'not met'}), "
+                         f"prune call {st_p / forward:.2f} x one calibration forward (target <= 1.5: "
+                         f"{'met' if ok_t else 'not met'})")
     same, ppl_s, ppl_m = (med("eval/stream/wanda-50", "identical_to_other"), med("eval/stream/wanda-50", "perplexity"),
                           med("eval/memory/wanda-50", "perplexity"))
     if ppl_s and ppl_m:

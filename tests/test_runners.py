@@ -5,6 +5,8 @@ in-memory two-pass prunes agree; a two-pass block never holds more than one chun
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -104,33 +106,33 @@ def test_two_pass_streamed_and_in_memory_give_the_same_weights(method, tmp_path)
 
 
 def test_a_two_pass_block_holds_one_chunk_of_activations_at_a_time():
-    """Peak count of live chunk-sized tensors inside the block: the lock-step parks every chunk at a
-    layer; two-pass runs one chunk at a time."""
+    """Layer inputs still alive whenever a layer is entered: the lock-step parks every chunk inside the
+    block (all their inputs alive at the last barrier); two-pass has one chunk in flight, whose
+    distinct layer inputs are at most the block's four (q/k/v, o, gate/up, down)."""
     model = tiny_model("llama")
     adapter = adapter_for(model)
     inputs = capture_block_inputs(model, adapter.blocks[0], WINDOWS, chunk_size=1)
-    inside = {"now": 0, "peak": 0}
+    refs, peak = [], {"now": 0}
 
-    def enter(_m, _a):
-        inside["now"] += 1
-        inside["peak"] = max(inside["peak"], inside["now"])
+    def probe(_m, args):
+        if not any(r() is args[0] for r in refs):
+            refs.append(weakref.ref(args[0]))
+        peak["now"] = max(peak["now"], sum(r() is not None for r in refs))
 
-    def leave(_m, _a, _o):
-        inside["now"] -= 1
-
-    block = adapter.blocks[0]
-    handles = [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
+    layers = adapter.linears(0)
+    handles = [m.register_forward_pre_hook(probe) for m in layers.values()]
     try:
         peaks = {}
         for runner in ("lockstep", "two-pass"):
-            inside["peak"] = 0
-            run_block(block, [type(i)(i.hidden.clone(), i.args, i.kwargs) for i in inputs], adapter.linears(0),
+            refs.clear()
+            peak["now"] = 0
+            run_block(adapter.blocks[0], [type(i)(i.hidden.clone(), i.args, i.kwargs) for i in inputs], layers,
                       lambda *a: None, runner=runner)
-            peaks[runner] = inside["peak"]
+            peaks[runner] = peak["now"]
     finally:
         for h in handles:
             h.remove()
-    assert peaks == {"lockstep": len(WINDOWS), "two-pass": 1}
+    assert peaks["lockstep"] >= len(WINDOWS) and peaks["two-pass"] <= 4, peaks
 
 
 def test_an_unknown_runner_is_refused_with_the_choices():

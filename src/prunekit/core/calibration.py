@@ -311,11 +311,17 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
 
 @torch.no_grad()
 def _run_observed(block, inputs, layers, book, keep, consume, device, on_output) -> list[torch.Tensor | None]:
-    """Each chunk through ``block`` in turn, no barrier; ``book`` records the inputs of ``layers``."""
+    """Each chunk through ``block`` in turn, no barrier; ``book`` records the inputs of ``layers``. Without
+    ``keep`` (the outputs are not wanted) a chunk stops as soon as every layer has seen its input, so
+    the last layer's own product (down_proj's, a sixth of a Llama block) is never computed."""
     chunk_now = [0]
+    seen: set[str] = set()
 
     def record(module, args):
         book.record(names[module], args[0], chunk_now[0])
+        seen.add(names[module])
+        if not keep and len(seen) == len(names):
+            raise _StopForward
 
     names = {module: name for name, module in layers.items()}
     handles = [m.register_forward_pre_hook(record) for m in layers.values()]
@@ -323,7 +329,11 @@ def _run_observed(block, inputs, layers, book, keep, consume, device, on_output)
     try:
         for chunk, item in enumerate(inputs):
             chunk_now[0] = chunk
-            out = _forward(block, item, device)
+            seen.clear()
+            try:
+                out = _forward(block, item, device)
+            except _StopForward:
+                continue
             if on_output is not None:
                 on_output(chunk, item.hidden, out)
             if keep:
