@@ -17,9 +17,9 @@ from prunekit.core.families import adapter_for, weight_view
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
 from tests.conftest import tiny_model, tiny_windows
+from tests.test_stats import WINDOWS, dense_inputs
 from tests.test_streaming import _NoTokenizer, load, same_weights, save_tiny
 
-WINDOWS = tiny_windows(6, 16, seed=5)
 NEEDS = frozenset({"norms", "hessian", "moments", "similarity"})
 
 
@@ -57,15 +57,7 @@ def wanda_by_hand(model, sparsity):
     adapter = adapter_for(model)
     for b in range(len(adapter.blocks)):
         layers = adapter.linears(b)
-        seen = {}
-        handles = [m.register_forward_pre_hook(lambda _m, args, n=name: seen.__setitem__(n, args[0].detach()))
-                   for name, m in layers.items()]
-        try:
-            with torch.no_grad():
-                model(WINDOWS)
-        finally:
-            for h in handles:
-                h.remove()
+        seen = dense_inputs(model, layers, [])
         with torch.no_grad():
             for name, m in layers.items():
                 x = seen[name].reshape(-1, seen[name].shape[-1])
