@@ -32,6 +32,9 @@ CONFIGS = {
 
 
 def child_prune(args) -> dict:
+    from prunekit.cli import prepare_process
+
+    prepare_process()  # what the console script does before torch is imported
     import torch
 
     torch.set_num_threads(args.threads)

@@ -54,6 +54,9 @@ def calibration_flags() -> list[str]:
 def child_forward(threads: int) -> dict:
     import resource
 
+    from prunekit.cli import prepare_process
+
+    prepare_process()  # the same process settings as the prune rows (huge pages for torch's buffers)
     import torch
 
     torch.set_num_threads(threads)
@@ -73,6 +76,9 @@ def child_prune(config: str, out: str, stream: bool, threads: int, runner: str =
     """`prunekit prune` exactly as the CLI runs it, in this process."""
     import resource
 
+    from prunekit.cli import prepare_process
+
+    prepare_process()  # what the console script does before torch is imported
     import torch
 
     torch.set_num_threads(threads)

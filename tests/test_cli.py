@@ -1,6 +1,7 @@
 """CLI: every bad input is one line on stderr, exit code 2, and nothing written."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -162,3 +163,17 @@ def test_python_dash_m_prunekit_runs_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "prunekit", "eval", "--model", str(tmp_path / "absent")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setup,expected", [("", "1"), ("import torch; ", "unset"),
+                                            ("import os; os.environ['PRUNEKIT_KEEP_MALLOC'] = '1'; ", "unset")])
+def test_the_command_asks_torch_for_huge_pages_before_torch_is_imported(setup, expected):
+    """prepare_process sets THP_MEM_ALLOC_ENABLE only while torch can still read it (and not when opted out)."""
+    import subprocess
+    import sys
+
+    code = (f"{setup}from prunekit.cli import prepare_process; prepare_process(); import os; "
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "PRUNEKIT_KEEP_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected
