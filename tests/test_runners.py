@@ -132,3 +132,31 @@ def test_an_unknown_runner_is_refused_with_the_choices():
         CalibrationConfig(runner="parallel")
     with pytest.raises(ValueError, match="lockstep, two-pass, observe"):
         walk(tiny_model("llama"), "parallel")
+
+
+def test_two_pass_sparsegpt_consumes_each_hessian_with_the_same_result(monkeypatch):
+    """The two-pass runner marks each statistics object's last reader; SparseGPT then factors the Hessian in
+    place and the statistics let go of it. Same weights as when every reader gets a copy."""
+    from prunekit.core.stats import LayerStats
+
+    rec = Recipe([PruneStep(method="sparsegpt", sparsity=0.5)],
+                 CalibrationConfig(nsamples=len(WINDOWS), seqlen=WINDOWS.shape[1], chunk_size=4, runner="two-pass"))
+    seen = []
+    take = LayerStats.take_hessian
+
+    def spy(self):
+        last = self.last_reader
+        out = take(self)
+        seen.append((last, self.gram_upper is None))
+        return out
+
+    monkeypatch.setattr(LayerStats, "take_hessian", spy)
+    consumed = tiny_model("llama")
+    prunekit.prune(consumed, rec, calibration=WINDOWS, progress=False)
+    blocks = len(adapter_for(consumed).blocks)
+    assert seen.count((True, True)) == 4 * blocks  # q/k/v, o, gate/up, down: one Hessian each, let go
+    assert seen.count((False, False)) == 3 * blocks  # q, k and gate read a copy, their siblings consume
+    monkeypatch.setattr(LayerStats, "take_hessian", lambda self: self.full_hessian().clone())
+    copied = tiny_model("llama")
+    prunekit.prune(copied, rec, calibration=WINDOWS, progress=False)
+    assert same_weights(consumed, copied)

@@ -302,8 +302,10 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
     book = _StatsBook(frozenset(needs))
     outputs = _run_observed(block, inputs, layers, book, keep=observed, consume=consume and observed, device=device,
                             on_output=on_output if observed else None)
-    for name in book.stats:  # execution order, as the lock-step releases them
-        on_ready(name, layers[name], book.stats[name])
+    last = {id(stats): name for name, stats in book.stats.items()}
+    for name, stats in book.stats.items():  # execution order, as the lock-step releases them
+        stats.last_reader = last[id(stats)] == name  # e.g. v for q/k/v: SparseGPT may then consume the Hessian
+        on_ready(name, layers[name], stats)
     if observed:
         return outputs
     return _run_observed(block, inputs, {}, None, keep=True, consume=consume, device=device, on_output=on_output)

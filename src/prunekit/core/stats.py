@@ -75,6 +75,7 @@ class LayerStats:
     gram_upper: torch.Tensor | None = None  # X^T X on and above the diagonal blocks (below: see full_hessian)
     row_blocks: int = 8
     _mirrored: bool = field(default=False, repr=False)  # gram_upper is the whole symmetric X^T X
+    last_reader: bool = False  # set by the runner: the layer now handed these statistics is the last to read them
 
     @classmethod
     def for_needs(cls, in_features: int, needs: frozenset[str]) -> LayerStats:
@@ -119,6 +120,15 @@ class LayerStats:
                 g[i : i + step, :i] = g[:i, i : i + step].t()
             self._mirrored = True
         return self.gram_upper
+
+    def take_hessian(self) -> torch.Tensor:
+        """X^T X for a reader that overwrites it: the statistics' own matrix, which they let go of, when the
+        runner marked this reader the last (``last_reader``, known to the two-pass runner); else a copy."""
+        hessian = self.full_hessian()
+        if self.last_reader:
+            self.gram_upper = None
+            return hessian
+        return hessian.clone()
 
     def column_norms(self) -> torch.Tensor:
         """sqrt of the per-sample mean of ||X_j||^2, the activation norm used by Wanda and GBLM."""

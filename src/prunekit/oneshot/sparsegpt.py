@@ -16,6 +16,7 @@ import torch
 
 from prunekit.core.masks import lowest_k, n_pruned
 from prunekit.core.registry import METHODS, option
+from prunekit.core.stats import LayerStats
 from prunekit.oneshot.base import Method
 
 
@@ -23,32 +24,40 @@ class HessianNotPositiveDefinite(RuntimeError):
     pass
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str = "layer",
+def inverse_hessian_factor(hessian: torch.Tensor | LayerStats, percdamp: float, name: str = "layer",
                            retries: int = 3) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + damp I)^-1, with damp = percdamp * mean(diag H).
+    """Upper Cholesky factor U of (H + damp I)^-1, with damp = percdamp * mean(diag H), where inputs that
+    were always zero (H_jj = 0) get H_jj = 1.
 
     When H is not positive definite (too few or degenerate calibration tokens) the damping is
-    raised tenfold up to ``retries`` times before giving up with a clear error. ``hessian`` is left
-    as it is, and besides it at most two n x n matrices live at once.
+    raised tenfold up to ``retries`` times before giving up with a clear error. A ``hessian`` tensor
+    is left as it is (besides it two n x n matrices live at once). Given the layer's statistics, their
+    X^T X is consumed when this layer is its last reader (:meth:`LayerStats.take_hessian`): damped in
+    place and let go once factored, so a wide layer (down_proj: 8960 inputs, 321 MB per matrix in
+    float32) needs two n x n matrices at a time, not three.
     """
-    mean_diag = hessian.diagonal().mean()
-    damp = percdamp
+    work = hessian.take_hessian() if isinstance(hessian, LayerStats) else hessian.clone()
+    diagonal = work.diagonal()
+    diagonal[diagonal == 0] = 1.0
+    mean_diag = diagonal.mean()
+    damp, applied = percdamp, 0.0
     for _ in range(retries + 1):
-        work = hessian.clone()
-        work.diagonal().add_(damp * mean_diag)
+        diagonal.add_((damp - applied) * mean_diag)
+        applied = damp
         chol, info = torch.linalg.cholesky_ex(work)
-        del work
         if info == 0:
+            del work, diagonal
             inverse = torch.cholesky_inverse(chol)
             del chol
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             del inverse
             if info == 0:
                 return upper
+            break  # H + damp I factored but its inverse did not: a Hessian too ill-conditioned to use
         damp *= 10
     raise HessianNotPositiveDefinite(
         f"{name}: Hessian of the calibration inputs is not positive definite even with damping "
-        f"{damp / 10:g}; use more calibration samples or a larger percdamp"
+        f"{applied:g}; use more calibration samples or a larger percdamp"
     )
 
 
@@ -70,13 +79,8 @@ class SparseGPT(Method):
     def prune_layer(self, weight, sparsity, pattern, ctx):
         rows, cols = weight.shape
         w = weight.float().clone()
-        hessian = ctx.stats.full_hessian()  # shared with the layer's siblings: read only
-        dead = hessian.diagonal() == 0
-        if dead.any():  # inputs that were always zero: their weights go, and H gets a unit diagonal there
-            hessian = hessian.clone()
-            hessian.diagonal()[dead] = 1.0
-        w[:, dead] = 0.0
-        hinv = inverse_hessian_factor(hessian, self.percdamp, ctx.name)
+        w[:, ctx.stats.full_hessian().diagonal() == 0] = 0.0  # inputs that were always zero: their weights go
+        hinv = inverse_hessian_factor(ctx.stats, self.percdamp, ctx.name)
         mask = torch.zeros_like(w, dtype=torch.bool)
         blocksize = self.blocksize
         if pattern.kind == "n:m":
