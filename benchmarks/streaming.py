@@ -246,10 +246,12 @@ def main() -> None:
                     out, wall = run(me("--child", mode, "--config", config, "--out", folder, "--threads", args.threads))
                 record({"row": f"{mode}/{config}", "round": round_, "wall_s": wall, **out, "load_before": load,
                         "load_after": load_average()})
-            if round_ == 0 and with_memory:  # quality and masks of the outputs (not timed)
-                stream, memory = work / f"stream-{config}", work / f"memory-{config}"
-                out, _ = run(me("--child", "eval", "--out", stream, "--other", memory, "--threads", args.threads))
+            stream, memory = work / f"stream-{config}", work / f"memory-{config}"
+            if round_ == 0 and stream.is_dir():  # quality and masks of the outputs (not timed)
+                other = ["--other", memory] if memory.is_dir() else []
+                out, _ = run(me("--child", "eval", "--out", stream, *other, "--threads", args.threads))
                 record({"row": f"eval/stream/{config}", **out})
+            if round_ == 0 and memory.is_dir():
                 out, _ = run(me("--child", "eval", "--out", memory, "--threads", args.threads))
                 record({"row": f"eval/memory/{config}", **out})
             if round_ == 0 and (work / f"lean-{config}").is_dir():

@@ -57,3 +57,45 @@ def test_piecewise_tokenization_equals_whole_stream(smollm2_tokenizer):
     assert len(list(_pieces(text))) >= 3
     whole = smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert token_stream("brown:a", smollm2_tokenizer).tolist() == whole
+
+
+def test_a_texts_tokens_are_cached_by_text_and_tokenizer(smollm2_tokenizer, tmp_path, monkeypatch):
+    """The second stream of the same text and tokenizer is read from the cache (no tokenizer call), and
+    equals the first; another text or a damaged entry is tokenized again."""
+    from prunekit.core import data_sources
+    from prunekit.core.data_sources import token_stream
+
+    monkeypatch.setattr(data_sources, "_stream_file", lambda key: tmp_path / "tokens" / f"{key}.safetensors")
+    calls = []
+
+    class Counting:
+        backend_tokenizer = smollm2_tokenizer.backend_tokenizer
+
+        def __call__(self, text, **kw):
+            calls.append(len(text))
+            return smollm2_tokenizer(text, **kw)
+
+    tok = Counting()
+    first = token_stream("brown:r", tok)
+    assert calls and len(list((tmp_path / "tokens").glob("*.safetensors"))) == 1
+    calls.clear()
+    again = token_stream("brown:r", tok)
+    assert torch.equal(again, first) and again.dtype == torch.long and not calls
+    assert first.tolist() == smollm2_tokenizer(brown_text("r"), add_special_tokens=False)["input_ids"]
+    token_stream(["another text"], tok)
+    assert calls == [len("another text")]
+    entry = next((tmp_path / "tokens").glob(f"{data_sources._stream_key(brown_text('r'), tok)}.safetensors"))
+    entry.write_bytes(b"not safetensors")
+    calls.clear()
+    assert torch.equal(token_stream("brown:r", tok), first) and calls  # damaged: tokenized and rewritten
+    assert torch.equal(data_sources._cached_stream(data_sources._stream_key(brown_text("r"), tok)), first)
+    assert not [p for p in (tmp_path / "tokens").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_tokenizer_without_a_serialized_form_is_not_cached(tmp_path, monkeypatch):
+    from prunekit.core import data_sources
+    from prunekit.core.data_sources import token_stream
+
+    monkeypatch.setattr(data_sources, "_stream_file", lambda key: tmp_path / "tokens" / f"{key}.safetensors")
+    assert token_stream(["a b c"], CharTokenizer()).numel() > 0
+    assert not (tmp_path / "tokens").exists()
