@@ -77,7 +77,8 @@ def section(rng: random.Random, keys: list[str], good: dict) -> dict:
 GOOD_STEP = {"method": "magnitude", "sparsity": 0.5, "pattern": "unstructured", "allocation": "uniform",
              "owl_lambda": 0.05, "owl_m": 5.0, "targets": ["Linear"], "ignore": ["re:lm_head"], "options": {},
              "seed": 3}
-GOOD_CALIB = {"source": "brown:r", "nsamples": 4, "seqlen": 32, "seed": 1, "chunk_size": 2}
+GOOD_CALIB = {"source": "brown:r", "nsamples": 4, "seqlen": 32, "seed": 1, "chunk_size": 2, "runner": "two-pass",
+              "compute_dtype": "float32"}
 GOOD_STRUCT = {"method": "magnitude", "structure": "mlp", "ratio": 0.2, "remove": None, "allocation": "uniform",
                "round_to": 8, "floor": 0.05, "bias_compensation": False, "options": {}}
 
@@ -204,7 +205,7 @@ def file_text(rng: random.Random) -> tuple[str, bytes]:
 def test_fuzz_recipe_files(tmp_path):
     rng = random.Random(SEED + 2)
     seen = {"accepted": 0, "rejected": 0}
-    for i in range(250):
+    for i in range(400):
         suffix, content = file_text(rng)
         path = tmp_path / f"case{i}{suffix}"
         path.write_bytes(content)
