@@ -121,6 +121,8 @@ def build(threads: int | None = None, log=print) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rates", default=",".join(map(str, RATES)), help="drop rates to measure (rows of other rates "
+                    "from an earlier run with the same protocol stay in the report)")
     ap.add_argument("--nwindows", type=int, default=8)
     ap.add_argument("--nsamples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
@@ -181,16 +183,24 @@ def measure(args, folder: Path) -> None:
     adapter = read_adapter(folder)
     finetuned = merged_model(base, adapter)
     reference = {k: v.clone() for k, v in finetuned.state_dict().items()}
-    report = {"settings": {k: v for k, v in vars(args).items() if k != "build_only"},
+    rates = [float(r) for r in args.rates.split(",")]
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("build_only", "rates")},
               "finetune": json.loads((folder / "prunekit.json").read_text())["finetune"],
               "adapter_bytes": (folder / "adapter_model.safetensors").stat().st_size,
               "checkpoint_bytes": sum(p.numel() * p.element_size() for p in base.parameters()),
               "delta": lora_stats(base, adapter), "load_average_start": os.getloadavg(), "rows": []}
-    report["base"] = ppl(base)
-    report["lora_merged"] = ppl(finetuned)
-    print(f"base {report['base']:.3f}, LoRA merged {report['lora_merged']:.3f}; delta {report['delta']}", flush=True)
     out = Path(args.out)
-    for p in RATES:
+    saved = out.with_suffix(".json")
+    previous = json.loads(saved.read_text()) if saved.is_file() else {}
+    if previous and all(previous.get(k) == report[k] for k in ("settings", "finetune", "adapter_bytes")):
+        # same adapter and protocol: keep the earlier run's base figures and its rows of other rates
+        report.update({k: previous[k] for k in ("base", "lora_merged", "load_average_start")},
+                      rows=[r for r in previous["rows"] if r["p"] not in rates])
+    else:
+        report["base"] = ppl(base)
+        report["lora_merged"] = ppl(finetuned)
+    print(f"base {report['base']:.3f}, LoRA merged {report['lora_merged']:.3f}; delta {report['delta']}", flush=True)
+    for p in rates:
         for label, mode, method, options, method_seeds in runs(seeds):
             values, seconds, kept = [], [], 0
             for seed in method_seeds:
@@ -209,6 +219,7 @@ def measure(args, folder: Path) -> None:
             row = {"p": p, "method": label, "prune": mode, "perplexity": values, "seeds": method_seeds, "kept": kept,
                    "seconds": seconds}
             report["rows"].append(row)
+            report["rows"].sort(key=lambda r: r["p"])  # stable: the order of runs() within a rate
             print(f"p={p} {label} {mode}: {values} kept {kept:,}", flush=True)
             report["load_average_end"] = os.getloadavg()
             out.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -216,10 +227,18 @@ def measure(args, folder: Path) -> None:
     print(out.read_text())
 
 
+def _num(x: float) -> str:
+    return f"{x:.2f}" if x < 1e4 else f"{x:.2g}"
+
+
 def _cell(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+        return _num(values[0])
+    return f"{_num(statistics.mean(values))} ({_num(min(values))}-{_num(max(values))})"
+
+
+def _gain(base: float, lora: float, value: float) -> str:
+    return f"{(base - value) / (base - lora):.0%}" if value <= base else "none (worse than base)"
 
 
 def _mib(n: float) -> str:
@@ -229,7 +248,6 @@ def _mib(n: float) -> str:
 def write_markdown(report: dict, path: Path) -> None:
     s, ft, d = report["settings"], report["finetune"], report["delta"]
     base, lora = report["base"], report["lora_merged"]
-    gain = base - lora
     lines = ["# LoRA deltas: pruning the merged product s*B@A against pruning the factors A and B", "",
              f"Command: `python benchmarks/delta_lora.py --threads {s['threads']} --seeds {s['seeds']} --nwindows "
              f"{s['nwindows']} --nsamples {s['nsamples']}`. {s['threads']} torch thread(s) on a 2-core CPU machine "
@@ -260,7 +278,7 @@ def write_markdown(report: dict, path: Path) -> None:
         seeds = "" if len(row["seeds"]) > 1 else f" (seed {row['seeds'][0]})" if row["method"].startswith(
             ("DARE", "DAREx")) else ""
         lines.append(f"| {row['p']} | {row['method']}{seeds} | {row['prune']} | {_cell(row['perplexity'])} | "
-                     f"{(base - mean) / gain:.0%} | {row['kept']:,} | {_mib(row['kept'] * 8)} |")
+                     f"{_gain(base, lora, mean)} | {row['kept']:,} | {_mib(row['kept'] * 8)} |")
     lines += ["", f"Sizes: the adapter file (fp32 safetensors, {d['factor_entries']:,} entries) "
               f"{_mib(report['adapter_bytes'])}; the full fine-tuned checkpoint (fp32) "
               f"{_mib(report['checkpoint_bytes'])}. A factor-pruned adapter written in PEFT's format keeps its "
