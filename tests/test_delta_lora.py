@@ -343,7 +343,7 @@ def test_real_smollm2_lora_adapter(smollm2_path, tmp_path):
     factors = {n: (model.get_submodule(n).lora_a.detach().clone(), model.get_submodule(n).lora_b.detach().clone())
                for n in names if isinstance(model.get_submodule(n), MaskedLoRA)}
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8,
-              "target_modules": sorted({n.rsplit(".", 1)[-1] for n in names}), "bias": "none",
+              "target_modules": names, "bias": "none",
               "fan_in_fan_out": False, "use_rslora": False, "lora_dropout": 0.0}
     (tmp_path / "lora").mkdir()
     write_adapter_files(tmp_path / "lora", LoraAdapter(config, factors))
