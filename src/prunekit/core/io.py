@@ -37,13 +37,15 @@ from prunekit.core.errors import PrunekitError
 
 MANIFEST = "prunekit.json"
 # Every file a prunekit output may hold: the manifest, what transformers' save_pretrained writes for
-# a causal LM (config, generation config, safetensors weights, sharded or not) and the tokenizer files.
+# a causal LM (config, generation config, safetensors weights, sharded or not), the tokenizer files
+# and PEFT's two adapter files.
 OWN_FILES = re.compile(
     r"prunekit\.json|config\.json|generation_config\.json"
     r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
     r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json"
     r"|vocab\.json|vocab\.txt|merges\.txt|tokenizer\.model|spiece\.model|sentencepiece\.bpe\.model"
     r"|chat_template\.jinja|chat_template\.json"
+    r"|adapter_config\.json|adapter_model\.safetensors"  # a pruned LoRA adapter (prunekit delta --lora)
 )
 OWN_FOLDERS = {"additional_chat_templates": re.compile(r"[^/\\]+\.jinja"),
                "report": re.compile(r"report\.(md|html|json)|[a-z0-9_-]+\.png")}  # prunekit report / prune --report

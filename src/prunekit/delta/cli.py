@@ -8,6 +8,15 @@
     prunekit delta --base B --finetuned F --method dare --drop 0.9 --format sparse --out ft-dare90.safetensors
     prunekit delta apply B ft-dare90.safetensors --out out/ft-dare90
 
+    prunekit delta --base B --lora ADAPTER --method dare --drop 0.9 --out out/lora-dare90           # merged
+    prunekit delta --base B --lora ADAPTER --method dare --drop 0.9 --lora-prune factors --out out/lora-f90
+
+With ``--lora`` (instead of ``--finetuned``) the fine-tuned model is the base plus a PEFT LoRA adapter
+(:mod:`prunekit.delta.lora`): ``--lora-prune merged`` prunes the delta s*B@A of every adapted layer
+like any fine-tuned model's (same outputs); ``--lora-prune factors`` prunes the entries of A and B
+themselves and writes an adapter folder of the same format (``--format adapter``, its default) or
+the merged model.
+
 The output is the merged model (base + pruned delta), a standard folder whose ``prunekit.json`` is the
 recipe that ran (calibration + one delta step) with the base model and the result (per-layer kept
 delta entries, the rescaling factors); or, with ``--format sparse``, one safetensors file of indices
@@ -23,7 +32,7 @@ import json
 
 from prunekit.core.errors import PrunekitError
 
-FORMATS = ("merged", "sparse")
+FORMATS = ("merged", "sparse", "adapter")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,14 +40,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from prunekit.core.registry import DELTA_METHODS
 
     p = subparsers.add_parser("delta", help="delta pruning: DARE, DAREx-q, magnitude or Wanda-style pruning of the "
-                              "difference between a fine-tuned model and its base")
+                              "difference between a fine-tuned model (or a LoRA adapter) and its base",
+                              description="Prune the delta between a fine-tuned model and its base: each target "
+                              "layer becomes W_base + pruned(W_ft - W_base). With --lora ADAPTER (a PEFT LoRA folder: "
+                              "adapter_config.json + adapter_model.safetensors) instead of --finetuned, the delta of "
+                              "each adapted layer is s*B@A (s = lora_alpha/r, or /sqrt(r) with rslora); "
+                              "--lora-prune merged prunes that product like any delta, --lora-prune factors prunes "
+                              "the entries of A and B (dare, magnitude) and writes a PEFT adapter folder.")
     p.add_argument("--base", help="the base model: an embedded name, a local folder or a hub id (required)")
-    p.add_argument("--finetuned", help="the fine-tuned model, same architecture and shapes (required)")
+    p.add_argument("--finetuned", help="the fine-tuned model, same architecture and shapes (this or --lora)")
+    p.add_argument("--lora", help="a PEFT LoRA adapter folder of the base (adapter_config.json + "
+                   "adapter_model.safetensors) as the fine-tuned model: base + s*B@A per adapted layer")
+    p.add_argument("--lora-prune", dest="lora_prune", default=None, choices=("merged", "factors"),
+                   help="with --lora: merged (default) prunes each layer's delta s*B@A, --sparsity is that of the "
+                   "(out x in) delta; factors prunes the entries of A and of B, each at --sparsity (dare, magnitude "
+                   "only), and writes an adapter of the same format (pruned entries stored as zeros)")
     p.add_argument("--out", help="output folder, or a .safetensors file with --format sparse (required; must not "
                    "exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--format", default="merged", choices=FORMATS, help="merged: the merged model (a standard "
-                   "folder); sparse: one file of the kept delta entries (indices + values) and the base's sha256")
+    p.add_argument("--format", default=None, choices=FORMATS, help="merged: the merged model (a standard "
+                   "folder; the default); sparse: one file of the kept delta entries (indices + values) and the "
+                   "base's sha256; adapter: a PEFT LoRA adapter folder (--lora-prune factors, its default)")
     p.add_argument("--method", default=None, help=f"one of: {', '.join(DELTA_METHODS.names())} (default dare)")
     p.add_argument("--sparsity", "--drop", dest="sparsity", type=float, default=None,
                    help="fraction of each layer's delta entries set to zero, DARE's p (default 0.9)")
@@ -78,7 +100,8 @@ def recipe_from_args(args):
         step.pop("options", None)  # options belong to the recipe's method
     given = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
              "targets": args.targets.split(",") if args.targets else None,
-             "ignore": args.ignore.split(",") if args.ignore else None}
+             "ignore": args.ignore.split(",") if args.ignore else None,
+             "lora_prune": getattr(args, "lora_prune", None)}
     step.update({k: v for k, v in given.items() if v is not None})
     options = parse_options(args.option)
     if options:
@@ -108,20 +131,39 @@ def check_configs(base_config, ft_config) -> None:
                                 f"{getattr(b, key, None)}; a delta needs two models of the same shapes")
 
 
+def output_format(args, step) -> str:
+    """``--format``, checked against the input: ``adapter`` only for pruned LoRA factors (the default there)."""
+    if args.lora and args.finetuned:
+        raise PrunekitError("give --finetuned (a fine-tuned model) or --lora (a LoRA adapter of the base), not both")
+    if not args.lora and step.lora_prune == "factors":
+        raise PrunekitError("lora_prune factors prunes the factors of a LoRA adapter: give --lora ADAPTER instead of "
+                            "--finetuned (or --lora-prune merged)")
+    fmt = args.format or ("adapter" if args.lora and step.lora_prune == "factors" else "merged")
+    if fmt == "adapter" and not (args.lora and step.lora_prune == "factors"):
+        raise PrunekitError("--format adapter writes a LoRA adapter whose factors were pruned: it needs --lora ADAPTER "
+                            "and --lora-prune factors (a pruned merged delta is no longer low-rank)")
+    return fmt
+
+
 def run(args) -> int:
     if getattr(args, "delta_command", None) == "apply":
         return run_apply(args)
     from prunekit.core.data_sources import check_source
-    from prunekit.core.io import check_output, save_pretrained
+    from prunekit.core.io import check_output
     from prunekit.delta.prune import prune_delta
-    from prunekit.delta.sparse import check_delta_file_out, save_sparse_delta
+    from prunekit.delta.sparse import check_delta_file_out
     from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
 
-    missing = [flag for flag in ("base", "finetuned", "out") if not getattr(args, flag)]
+    missing = [flag for flag in ("base", "finetuned", "out") if not getattr(args, flag)
+               and not (flag == "finetuned" and args.lora)]
     if missing:
-        raise PrunekitError(f"--{missing[0]} is required (prunekit delta --base B --finetuned F --out O)")
+        raise PrunekitError(f"--{missing[0]} is required (prunekit delta --base B --finetuned F --out O, or --lora "
+                            "ADAPTER instead of --finetuned)")
     recipe = recipe_from_args(args)  # every check that needs no weights comes before the models load
     step = recipe.steps[0]
+    fmt = output_format(args, step)
+    if args.lora:
+        return run_lora(args, recipe, fmt)
     base_config, ft_config = load_config(args.base), load_config(args.finetuned)
     check_configs(base_config, ft_config)
     if step.build().needs_calibration:
@@ -129,7 +171,7 @@ def run(args) -> int:
         check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")
     base_path, ft_path = resolve_model_path(args.base), resolve_model_path(args.finetuned)
     inputs = (args.base, base_path, args.finetuned, ft_path)
-    if args.format == "sparse":
+    if fmt == "sparse":
         check_delta_file_out(args.out, args.overwrite, inputs)
     else:
         check_output(args.out, args.overwrite, inputs=inputs)
@@ -137,20 +179,76 @@ def run(args) -> int:
     base, finetuned = load_model(args.base), load_model(args.finetuned)
     result = prune_delta(base, finetuned, step, recipe.calibration, tokenizer, progress=not args.quiet)
     manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "delta": result.to_dict()}}
-    if args.format == "sparse":
-        out = save_sparse_delta(check_delta_file_out(args.out, args.overwrite, inputs), base, finetuned,
-                                {"source_model": ft_path, **manifest})
+    out = save_merged(args, fmt, base, finetuned, tokenizer, manifest, inputs, ft_path)
+    report(args, result, out)
+    return 0
+
+
+def run_lora(args, recipe, fmt: str) -> int:
+    """``prunekit delta --base B --lora ADAPTER``: the fine-tuned model is the base plus the adapter."""
+    from prunekit.core.data_sources import check_source
+    from prunekit.core.io import check_output
+    from prunekit.delta.lora import check_adapter, merged_model, prune_factors, read_adapter, save_adapter
+    from prunekit.delta.prune import prune_delta
+    from prunekit.delta.sparse import check_delta_file_out
+    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
+
+    step = recipe.steps[0]
+    adapter = read_adapter(args.lora)  # small: read and checked before the base loads
+    base_config = load_config(args.base)
+    if step.build().needs_calibration:
+        check_source(recipe.calibration.source)
+        check_seqlen(base_config, recipe.calibration.seqlen, "calibration seqlen")
+    base_path = resolve_model_path(args.base)
+    inputs = (args.base, base_path, args.lora)
+    if fmt == "sparse":
+        check_delta_file_out(args.out, args.overwrite, inputs)
     else:
-        out = save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite,
-                              source=ft_path)
+        check_output(args.out, args.overwrite, inputs=inputs)
+    tokenizer, base = load_tokenizer(args.base), load_model(args.base)
+    check_adapter(adapter, base)
+    manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "lora": adapter.describe()}}
+    if step.lora_prune == "factors":
+        pruned, result = prune_factors(adapter, step, base)
+        manifest["result"].update(lora_pruned=pruned.describe(), delta=result.to_dict())
+        if fmt == "adapter":
+            out = save_adapter(pruned, args.out, args.overwrite, manifest, inputs, source=str(base_path))
+            report(args, result, out, pruned)
+            return 0
+        finetuned = merged_model(base, pruned)
+    else:
+        pruned, finetuned = None, merged_model(base, adapter)
+        result = prune_delta(base, finetuned, step, recipe.calibration, tokenizer, progress=not args.quiet)
+        manifest["result"]["delta"] = result.to_dict()
+    out = save_merged(args, fmt, base, finetuned, tokenizer, manifest, inputs, base_path)
+    report(args, result, out, pruned or adapter)
+    return 0
+
+
+def save_merged(args, fmt, base, finetuned, tokenizer, manifest, inputs, source) -> object:
+    """The merged model (a standard folder) or, with ``--format sparse``, its sparse delta file."""
+    from prunekit.core.io import save_pretrained
+    from prunekit.delta.sparse import check_delta_file_out, save_sparse_delta
+
+    if fmt == "sparse":
+        return save_sparse_delta(check_delta_file_out(args.out, args.overwrite, inputs), base, finetuned,
+                                 {"source_model": source, **manifest})
+    return save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=source)
+
+
+def report(args, result, out, adapter=None) -> None:
     if args.json:
         data = result.to_dict()
         data.pop("layers")
+        if adapter is not None:
+            data["lora"] = adapter.describe()
         print(json.dumps({**data, "out": str(out)}))
     elif not args.quiet:
+        if adapter is not None:
+            print(f"LoRA adapter r={adapter.rank}, {len(adapter.factors)} modules: {adapter.nonzero():,} of "
+                  f"{adapter.parameters():,} factor entries nonzero")
         print(result.summary())
         print(f"saved to {out}")
-    return 0
 
 
 def run_apply(args) -> int:

@@ -110,7 +110,7 @@ def calibration_loss(model: nn.Module, windows: torch.Tensor, chunk_size: int = 
     return float(window_nlls(model, windows, batch_size=chunk_size).mean())
 
 
-def _layer_generator(seed: int, name: str) -> torch.Generator:
+def layer_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
 
@@ -143,7 +143,7 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
         weight = weight_view(module)
         base_weight = weight_view(base.get_submodule(name))
         delta = weight.float() - base_weight.float()
-        ctx = DeltaContext(name, stats, _layer_generator(step.seed, name))
+        ctx = DeltaContext(name, stats, layer_generator(step.seed, name))
         new = method.prune(delta, step.sparsity, ctx)
         if method.global_factor:
             kept[name] = new

@@ -5,6 +5,7 @@
         method: darex-q        # dare | darex-q | magnitude | wanda (DELTA_METHODS)
         sparsity: 0.9          # DARE's drop rate p: the fraction of delta entries set to zero (alias: drop)
         options: {scope: layer}
+        lora_prune: merged     # a LoRA adapter (--lora): prune the merged delta s*B@A, or factors A and B
     calibration: {source: brown:a, nsamples: 16, seqlen: 256}   # read by wanda and darex-q only
 """
 
@@ -32,6 +33,9 @@ class DeltaStep(Step):
     ignore: list[str] = option(default_factory=list, help="class names or 're:<regex>'; wins over targets")
     options: dict = option(default_factory=dict, help="method options, e.g. {scope: global} for darex-q")
     seed: int = option(0, "seed of the random drops (per layer: seed and layer name)", min=0)
+    lora_prune: str = option("merged", "with a LoRA adapter: merged (prune the delta s*B@A of each layer) or factors "
+                             "(prune the entries of A and B; methods without calibration only)",
+                             choices=("merged", "factors"))
 
     def validate(self) -> None:
         self.method = DELTA_METHODS.canonical(self.method)
@@ -41,6 +45,10 @@ class DeltaStep(Step):
                                 "would be pruned; give class names such as 'Linear' or 're:<regex>'")
         validate_selectors(self.targets, "targets")
         validate_selectors(self.ignore, "ignore")
+        if self.lora_prune == "factors":
+            from prunekit.delta.lora import check_factor_method
+
+            check_factor_method(self)
 
     def build(self):
         """The method instance with its checked options."""
