@@ -19,8 +19,9 @@ gradient-norm clip 1. Four pairs differ only by the learning rate and a penalty:
   weights of the base, one window alone, averaged over 4 training windows: rms 3.1e-4 per entry; the
   ``small`` delta's rms: 3.3e-4; the ``large`` delta's: 2.6e-3). It held the delta far below that
   (penalty 0.05 at the end: rms 5e-5; Adam follows the penalty's steady pull more than the loss's
-  noisy gradient), so a second strength ten times weaker, ``l2-weak``: lambda = 0.05, is the only
-  other point of the sweep.
+  noisy gradient), so the recipe holds a second strength ten times weaker, ``l2-weak``: lambda =
+  0.05, the next point of a sweep (not built or measured yet: no time left in the session that
+  made ``l2``).
 
 A fifth pair is a classifier, judged by accuracy:
 
