@@ -15,6 +15,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.train import (
     Callback,
     Checkpoint,
+    DeltaL2,
     Distillation,
     Hooks,
     Progress,
@@ -308,3 +309,41 @@ def test_the_core_loop_imports_no_capability_package():
     modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     capabilities = ("oneshot", "structured", "training", "data", "evaluate", "cli")
     assert not [m for m in modules if m.startswith("prunekit.") and m.split(".")[1] in capabilities]
+
+
+def test_delta_l2_adds_its_penalty_to_the_loss_and_gradient():
+    """Three SGD steps with the penalty against plain arithmetic: W <- W - lr (grad CE(W) + 2 lambda (W - W0)),
+    the cross-entropy gradient alone from autograd, the penalty's gradient written out; a frozen layer
+    is neither trained nor penalised, and the recorded penalty is lambda * ||W - W0||^2."""
+    x, y = make_data(32)
+    strength, lr = 0.7, 0.1
+    model = make_model()
+    model[0].weight.requires_grad_(False)
+    start = weights(model)
+    config = TrainConfig(steps=3, batch_size=32, lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant",
+                         shuffle=False)
+    penalty, seen = DeltaL2(strength), []
+    train(model, (x, y), config, [penalty, Hooks(after_step=lambda step: seen.append(penalty.last))])
+
+    ref = make_model()
+    params = {name: p for name, p in ref.named_parameters() if name != "0.weight"}
+    expected_penalty = []
+    for _ in range(3):
+        drift = {name: p.detach() - start[name] for name, p in params.items()}
+        expected_penalty.append(strength * sum(float(d.pow(2).sum()) for d in drift.values()))
+        grads = torch.autograd.grad(nn.functional.cross_entropy(ref(x), y), list(params.values()))
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads):
+                p -= lr * (g + 2 * strength * drift[name])
+    got = weights(model)
+    assert torch.equal(got["0.weight"], start["0.weight"])
+    for name, p in params.items():
+        torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-6)
+    assert seen == pytest.approx(expected_penalty, rel=1e-5) and seen[0] == 0.0 and seen[2] > 0
+    plain = make_model()
+    plain[0].weight.requires_grad_(False)
+    train(plain, (x, y), config)
+    assert not torch.allclose(weights(plain)["2.weight"], got["2.weight"])  # the penalty changed the run
+    for bad in (-1.0, float("nan"), True, "0.1"):
+        with pytest.raises(PrunekitError, match="L2 strength"):
+            DeltaL2(bad)

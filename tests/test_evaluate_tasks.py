@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from prunekit.core.data_sources import brown_files, parse_genres
 from prunekit.core.errors import PrunekitError
 from prunekit.core.registry import TASKS
 from prunekit.evaluate.scorer import encode_pair, loglikelihoods, score_items
@@ -22,8 +23,10 @@ DIGESTS = {
                                   "61e9cefbeb24d028cbfd2f526c5b935c9dc851a2d8ecbb4f03b79e723de5d237"),
     ("brown-lastword", "1"): ("5d5aa764d454e9fbdc8c547e957fd3915a2fafd83257594e327e49fdee200771",
                               "d22a53116f0e16c99bd7ae7d91110abda287f54ccf731ac56b6efaeaf66b19fa"),
+    ("brown-genre", "1"): ("749ea67174f551431cf806040171284f5a2574c6497028efc4440845f80a581f",
+                           "2bd45c51342905e38e1fc611f4218f495404fd3048a089a9e4e0cc063229d627"),
 }
-SIZES = {"wordnet-gloss": 3000, "brown-continuation": 2000, "brown-lastword": 534}
+SIZES = {"wordnet-gloss": 3000, "brown-continuation": 2000, "brown-lastword": 534, "brown-genre": 628}
 
 
 @pytest.mark.parametrize("name", TASKS.names())
@@ -78,6 +81,32 @@ def test_brown_continuation_distractors_come_from_other_documents_of_the_genre()
         assert all(where[c] != true_doc for k, c in enumerate(item.choices) if k != item.label)
 
 
+def test_brown_genre_splits_by_document_and_labels_by_genre(smollm2_tokenizer):
+    """Test and train items come from disjoint Brown files (every third file of a genre is test), each
+    label names its file's genre, the genres are balanced, and every label is one token."""
+    from prunekit.evaluate.tasks.brown_genre import LABELS
+
+    genre_of = {label: set(parse_genres(spec)) for label, spec in LABELS.items()}
+    files = {}
+    for split in ("test", "train"):
+        items = TASKS.build("brown-genre", {"split": split}).items()
+        files[split] = {item.source.split()[1] for item in items}
+        for item in items:
+            name = item.source.split()[1]  # e.g. ca43
+            assert name[1] in genre_of[item.choices[item.label]]
+            assert item.choices == tuple(LABELS) and item.context.startswith("Passage: ")
+            assert item.context.endswith("\nGenre:") and 40 <= len(item.context.split()) - 2 <= 80
+            group = [f.name for f in brown_files(parse_genres(LABELS[item.choices[item.label]]))]
+            assert (group.index(name) % 3 == 0) == (split == "test")  # in name order within the label's files
+        counts = [sum(item.label == k for item in items) for k in range(4)]
+        assert len(set(counts)) == 1, counts
+    assert not files["test"] & files["train"]
+    for label in LABELS:
+        assert len(smollm2_tokenizer.encode(" " + label)) == 1
+    with pytest.raises(PrunekitError, match="split"):
+        TASKS.build("brown-genre", {"split": "dev"})
+
+
 def test_hand_checked_items():
     """Item 0 of each task, checked by hand against the sources (WordNet data.verb; Brown ca33, ca32)."""
     wn = TASKS.build("wordnet-gloss").items(1)[0]
@@ -94,6 +123,11 @@ def test_hand_checked_items():
                                  "so the other night")
     assert lw.context.endswith("seems as harmless as a Gray Line tour of North Beach at")
     assert lw.target == "night" and lw.source == "brown ca32 sentence 55"
+    bg = TASKS.build("brown-genre").items(1)[0]  # ca43 line 116: one sentence of 40 words
+    assert bg.context == ("Passage: Further improvements in earnings of the Kansas Turnpike are expected late in 1961, "
+                          "with the opening of a new bypass at Wichita, and still later when the turnpike gets "
+                          "downtown connections in both Kansas City, Kans., and Kansas City, Mo..\nGenre:")
+    assert bg.choices[bg.label] == "news" and bg.source == "brown ca43 sentence 55"
 
 
 def test_limit_is_a_prefix_and_zero_is_an_error():
@@ -179,6 +213,32 @@ def test_scorer_matches_brute_force(tiny_lm, batch_tokens):
         else:
             assert result.metrics["perplexity"] > 1
         assert result.n == 4 and result.digest == task.digest(4)
+
+
+def test_one_token_choices_share_one_run_of_the_model(tiny_lm):
+    """brown-genre's four one-token labels after one context: one row of the model per item, and the
+    same numbers as one request at a time."""
+    model, tokenizer = tiny_lm
+    rows = []
+
+    class Counting(torch.nn.Module):
+        config = model.config
+
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, **kwargs):
+            rows.append(len(input_ids))
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    items = TASKS.build("brown-genre").items(6)
+    requests = [(i.context, c) for i in items for c in i.continuations()]
+    got = loglikelihoods(Counting(), tokenizer, requests, batch_tokens=4096)
+    assert sum(rows) == 6 and len(got) == 24
+    for (ll, greedy), request in zip(got, requests):
+        ref, ref_greedy = brute_force(model, tokenizer, *request)
+        assert ll == pytest.approx(ref, abs=1e-4) and greedy == ref_greedy
 
 
 def test_scorer_picks_the_choice_a_biased_model_favours(tiny_lm):

@@ -92,3 +92,20 @@ def test_demo_prunes_evaluates_and_saves_a_reloadable_model(smollm2_path, tmp_pa
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     down = reloaded.model.layers[3].mlp.down_proj.weight
     assert (down == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_brown_genre_training_loss_is_the_scorers_answer_loglikelihood(model, smollm2_tokenizer):
+    """The classifier pair's objective on real SmolLM2: the label-only loss of brown-genre prompts
+    (answer_prompts + label_loss, padded batch) is minus the mean log-likelihood the scorer gives their
+    right labels, each item alone."""
+    from prunekit.core.registry import TASKS
+    from prunekit.evaluate.scorer import loglikelihoods
+    from prunekit.training.recovery import answer_prompts, label_loss
+
+    items = TASKS.build("brown-genre", {"split": "train"}).items(8)
+    ids, labels = answer_prompts(smollm2_tokenizer, items)
+    with torch.no_grad():
+        loss = float(label_loss(model, ids, labels))
+    scored = loglikelihoods(model, smollm2_tokenizer, [(i.context, " " + i.choices[i.label]) for i in items])
+    assert loss == pytest.approx(-sum(ll for ll, _ in scored) / len(items), abs=1e-3)
+    assert 0 < loss < 10

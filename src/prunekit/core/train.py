@@ -8,10 +8,12 @@ What changes between uses is a callback, never a copy of the loop: the pruning s
 (:class:`prunekit.training.pruner.Pruner`), knowledge distillation (:class:`Distillation`), training
 dynamics for data scores (:class:`prunekit.data.dynamics.TrainingDynamics`), checkpoints
 (:class:`Checkpoint`), a progress bar (:class:`Progress`), a language-model loss
-(:class:`prunekit.training.recovery.CausalLMLoss`).
+(:class:`prunekit.training.recovery.CausalLMLoss`), a penalty on the distance to the starting
+weights (:class:`DeltaL2`).
 
 One step: set the learning rate of step ``s`` (a pure function of ``s``), compute the loss (the
-first callback whose :meth:`Callback.loss` returns one, else cross-entropy of ``model(x)``), zero
+first callback whose :meth:`Callback.loss` returns one, else cross-entropy of ``model(x)``, plus
+every callback's :meth:`Callback.penalty`), zero
 the gradients, backward, clip the global gradient norm (if configured), ``optimizer.step()``, then
 every callback's :meth:`Callback.after_step` in list order. An epoch is one pass over the examples
 in an order drawn from the loop's own generator (seeded by ``config.seed``), so the same seed gives
@@ -200,6 +202,10 @@ class Callback:
         """The loss of ``batch`` instead of cross-entropy (set ``batch.logits`` if you compute them), or ``None``."""
         return None
 
+    def penalty(self, state: TrainState, batch: Batch) -> torch.Tensor | None:
+        """A term added to the loss of every step (a regulariser), or ``None``."""
+        return None
+
     def after_step(self, state: TrainState, batch: Batch) -> None:
         """After ``optimizer.step()`` of step ``batch.step``; ``state.step`` already counts it."""
 
@@ -229,12 +235,15 @@ def _subset(indices: Sequence[int] | np.ndarray | torch.Tensor | None, n: int) -
 
 
 def _loss(state: TrainState, batch: Batch) -> torch.Tensor:
+    loss = next((value for cb in state.callbacks if (value := cb.loss(state, batch)) is not None), None)
+    if loss is None:
+        batch.logits = state.model(batch.x)
+        loss = F.cross_entropy(batch.logits, batch.y)
     for cb in state.callbacks:
-        loss = cb.loss(state, batch)
-        if loss is not None:
-            return loss
-    batch.logits = state.model(batch.x)
-    return F.cross_entropy(batch.logits, batch.y)
+        extra = cb.penalty(state, batch)
+        if extra is not None:
+            loss = loss + extra
+    return loss
 
 
 def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor | None], config: TrainConfig | None = None,
@@ -341,6 +350,32 @@ class Distillation(Callback):
     def loss(self, state: TrainState, batch: Batch) -> torch.Tensor:
         batch.logits = state.model(batch.x)
         return kd_loss(batch.logits, self._teacher_logits(batch), batch.y, self.temperature, self.alpha)
+
+
+class DeltaL2(Callback):
+    """An L2 penalty on the distance to the starting weights, ``strength * sum ||W - W_start||^2`` over
+    the parameters that train (those that require gradients when training starts).
+
+    Fine-tuning with it keeps the delta to the base model small (L2-SP, Li et al. 2018; DAREx-L2 in
+    Deng et al. 2025, "DARE the Extreme", fine-tunes with it so that DARE's random drop holds at
+    large drop rates). :attr:`last` is the penalty of the latest step.
+    """
+
+    def __init__(self, strength: float):
+        if not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength >= 0
+                and math.isfinite(strength)):
+            raise PrunekitError(f"L2 strength must be a finite number >= 0, got {strength!r}")
+        self.strength, self.start, self.last = float(strength), [], 0.0
+
+    def on_start(self, state: TrainState) -> None:  # put it before a Checkpoint: the start is the run's start
+        self.start = [(p, p.detach().clone()) for p in state.model.parameters() if p.requires_grad]
+
+    def penalty(self, state: TrainState, batch: Batch) -> torch.Tensor | None:
+        if not self.start or not self.strength:
+            return None
+        total = self.strength * sum((p - p0).pow(2).sum() for p, p0 in self.start)
+        self.last = float(total.detach())
+        return total
 
 
 class Hooks(Callback):

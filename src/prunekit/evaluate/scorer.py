@@ -7,8 +7,9 @@ at the end of the context move to the continuation, the whole text is encoded an
 continuation's tokens are those after the context's (the tokenizer adds its special tokens as by
 default). The model reads ``(context + continuation)[:-1]``, cut on the left to its positions.
 
-Batches hold requests of similar length (sorted, longest first) up to a token budget. They are
-padded on the right: causal attention keeps every real token from seeing the padding after it,
+Requests with the same model input (the choices of one context that are one token each, as
+``brown-genre``'s labels) share one run of the model. Batches hold inputs of similar length
+(sorted, longest first) up to a token budget. They are padded on the right: causal attention keeps every real token from seeing the padding after it,
 so each request's log-likelihood is the one it gets alone.
 
 Multiple choice (lm-eval's ``multiple_choice``): ``acc`` is right when the right choice has the
@@ -93,27 +94,34 @@ def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_toke
     was_training = model.training
     model.eval()
     results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-    groups = _batches([len(x) for x in inputs], batch_tokens, max_batch)
+    shared: dict[tuple[int, ...], list[int]] = {}  # one model input -> the requests that read it
+    for i, ids in enumerate(inputs):
+        shared.setdefault(tuple(ids), []).append(i)
+    runs = list(shared.values())  # each run of the model serves the requests of one input
+    groups = _batches([len(inputs[run[0]]) for run in runs], batch_tokens, max_batch)
     try:
         for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
-            batch = torch.zeros(len(group), len(inputs[group[0]]), dtype=torch.long)
-            for row, i in enumerate(group):
-                batch[row, : len(inputs[i])] = torch.tensor(inputs[i])
-            positions = sorted({p for i in group for p in range(len(inputs[i]) - len(tails[i]), len(inputs[i]))})
-            logits = _logits(model, batch.to(device), positions)
+            batch = torch.zeros(len(group), len(inputs[runs[group[0]][0]]), dtype=torch.long)
+            for row, u in enumerate(group):
+                ids = inputs[runs[u][0]]
+                batch[row, : len(ids)] = torch.tensor(ids)
+            positions = sorted({p for u in group for i in runs[u]
+                                for p in range(len(inputs[i]) - len(tails[i]), len(inputs[i]))})
+            logits = logits_at(model, batch.to(device), positions)
             column = {p: c for c, p in enumerate(positions)}
-            for row, i in enumerate(group):
-                n, wanted = len(inputs[i]), torch.tensor(tails[i], device=device)
-                first = column[n - len(wanted)]
-                scores = torch.log_softmax(logits[row, first: first + len(wanted)].float(), dim=-1)
-                picked = scores.gather(1, wanted[:, None])[:, 0]
-                results[i] = (float(picked.sum()), bool((scores.argmax(-1) == wanted).all()))
+            for row, u in enumerate(group):
+                for i in runs[u]:
+                    n, wanted = len(inputs[i]), torch.tensor(tails[i], device=device)
+                    first = column[n - len(wanted)]  # the request's positions are consecutive columns
+                    scores = torch.log_softmax(logits[row, first: first + len(wanted)].float(), dim=-1)
+                    picked = scores.gather(1, wanted[:, None])[:, 0]
+                    results[i] = (float(picked.sum()), bool((scores.argmax(-1) == wanted).all()))
     finally:
         model.train(was_training)
     return results
 
 
-def _logits(model, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:
+def logits_at(model, batch: torch.Tensor, positions: list[int]) -> torch.Tensor:
     """Logits at ``positions`` (sorted) of every row: only those go through the (large) output layer
     where the model takes ``logits_to_keep``; else all are computed and the positions picked."""
     keep = torch.tensor(positions, device=batch.device)

@@ -19,7 +19,7 @@ _LAZY = {
     "IterativeMagnitudePruning": "imp", "run_imp": "imp", "snapshot": "imp", "rewind": "imp",
     "finetune": "recovery", "perp_recover": "recovery", "MaskedLoRA": "recovery",
     "add_masked_lora": "recovery", "merge_lora": "recovery",
-    "FixedMasks": "recovery", "CausalLMLoss": "recovery",
+    "FixedMasks": "recovery", "CausalLMLoss": "recovery", "label_loss": "recovery", "answer_prompts": "recovery",
     "PruningCallback": "hf_callback",
 }
 

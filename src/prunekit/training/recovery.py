@@ -7,7 +7,9 @@
   The adapters are masked (their "MaskLoRA" variant): the layer computes with (W + B A) with the
   pruned entries zeroed, so merging them back cannot revive a pruned weight.
 * :class:`CausalLMLoss`: the next-token loss of a Hugging Face causal LM as a training-loop
-  callback, for recovery fine-tuning after structured pruning (``benchmarks/structured_smollm2_recovery.py``).
+  callback, for recovery fine-tuning after structured pruning (``benchmarks/structured_smollm2_recovery.py``),
+  or the loss on chosen tokens only (:func:`label_loss`), e.g. the answer of a multiple-choice
+  prompt (:func:`answer_prompts`; the classifier pair of ``benchmarks/delta_pairs.py``).
 
 All of them train with the one loop, :func:`prunekit.core.train.train`.
 """
@@ -156,10 +158,62 @@ class FixedMasks(Callback):
 
 
 class CausalLMLoss(Callback):
-    """The loss of a Hugging Face causal LM on token windows: ``model(input_ids=x, labels=x).loss``.
+    """The loss of a Hugging Face causal LM on token sequences.
 
-    Train with ``data = (windows, None)``: each row of ``windows`` is one sequence of token ids.
+    Train with ``data = (ids, None)``: each row of ``ids`` is one window of token ids, and the loss
+    is ``model(input_ids=x, labels=x).loss``, the mean next-token loss over the window. Train with
+    ``data = (ids, labels)`` to score only some tokens: ``labels`` has the shape of ``ids``, the
+    token id where a token is scored and ``IGNORE`` (-100) elsewhere (padding included: pad on the
+    right, where causal attention keeps real tokens from seeing it); the loss is the mean over the
+    scored tokens of -log p(token | the tokens before it), see :func:`label_loss`.
     """
 
     def loss(self, state: TrainState, batch: Batch) -> torch.Tensor:
-        return state.model(input_ids=batch.x, labels=batch.x, use_cache=False).loss
+        if batch.y is None:
+            return state.model(input_ids=batch.x, labels=batch.x, use_cache=False).loss
+        return label_loss(state.model, batch.x, batch.y)
+
+
+IGNORE = -100  # a label that is not scored (Hugging Face's ignore_index)
+
+
+def label_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of -log p(labels[r, t] | ids[r, :t]) over the scored positions (``labels != IGNORE``, t >= 1).
+
+    Only the positions that predict a scored token go through the output layer (the vocabulary
+    projection is the largest layer of a small LM), e.g. the one label token of a classification
+    prompt."""
+    from prunekit.evaluate.scorer import logits_at
+
+    if labels.shape != ids.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must have the shape of the ids {tuple(ids.shape)}")
+    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)  # cols + 1 is scored, predicted at cols
+    if len(rows) == 0:
+        raise ValueError("no scored label (every label is IGNORE)")
+    positions = sorted(set(cols.tolist()))
+    logits = logits_at(model, ids[:, : positions[-1] + 1], positions)  # later tokens change no scored logit
+    column = torch.tensor([positions.index(c) for c in cols.tolist()], device=logits.device)
+    picked = logits[rows, column].float()
+    return torch.nn.functional.cross_entropy(picked, labels[rows, cols + 1])
+
+
+def answer_prompts(tokenizer, items) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiple-choice items (:class:`prunekit.evaluate.tasks.base.Item`) as training data for
+    :class:`CausalLMLoss`: ``(ids, labels)``, each row the item's context and its right choice,
+    tokenized as the scorer splits them (:func:`prunekit.evaluate.scorer.encode_pair`), padded on the
+    right with the tokenizer's end-of-text token; the labels hold the choice's tokens and ``IGNORE``
+    elsewhere. Training on them lowers exactly what the scorer reads: -log p(right choice | context)."""
+    from prunekit.evaluate.scorer import encode_pair
+    from prunekit.evaluate.tasks.base import DELIMITER
+
+    if not items:
+        raise ValueError("no items to train on")
+    pairs = [encode_pair(tokenizer, item.context, DELIMITER + item.choices[item.label]) for item in items]
+    width = max(len(head) + len(tail) for head, tail in pairs)
+    pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+    for row, (head, tail) in enumerate(pairs):
+        ids[row, : len(head) + len(tail)] = torch.tensor(head + tail)
+        labels[row, len(head): len(head) + len(tail)] = torch.tensor(tail)
+    return ids, labels
