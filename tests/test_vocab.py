@@ -253,19 +253,24 @@ def test_cli_top_and_keep_file_keep_what_the_help_says(smollm2_tokenizer, tmp_pa
         return json.loads(capsys.readouterr().out), read_id_map(tmp_path / name)
 
     corpus_only = set(keep_set(tok, [TEXT]).ids)
+    used = set(ids_of(tok, TEXT).tolist())
     reply, kept = vocab("top", "--text", corpus, "--top", "300")
     top = set(top_ids(spec, 300))
     assert len(top) == 300 and top <= set(kept) and corpus_only <= set(kept)
     assert set(kept) == set(bpe_closure(spec, corpus_only | top))
-    used = set(ids_of(tok, TEXT).tolist())
     assert reply["counts"]["top"] == 300 and reply["counts"]["top_new"] == len(top - used) > 0
     manifest = json.loads((tmp_path / "top" / "prunekit.json").read_text())
     assert manifest["steps"][0]["top"] == 300
     # the recipe replays --top; --top 0 given with it overrides the recipe's 300
     _, again = vocab("again", "--recipe", tmp_path / "top" / "prunekit.json")
     assert again == kept
-    _, zero = vocab("zero", "--recipe", tmp_path / "top" / "prunekit.json", "--top", "0")
-    assert set(zero) == corpus_only
+    assert capsys.readouterr().err == ""  # --json: no status lines
+    assert main(["vocab", "--model", source, "--out", tmp_path / "zero", "--recipe", tmp_path / "top" / "prunekit.json",
+                 "--top", "0"]) == 0
+    shown = capsys.readouterr()
+    assert f"keep set: tokenizing {corpus}" in shown.err and f"keep set: {len(corpus_only):,} of" in shown.err
+    assert f"kept: corpus {len(used):,}, top 0, top_new 0" in shown.out
+    assert set(read_id_map(tmp_path / "zero")) == corpus_only
     # --no-text: the keep file's ids, the alphabet and specials, and their merge closure; nothing of the corpus
     reply, listed = vocab("listed", "--no-text", "--keep-file", keep_file)
     assert {45000, 45001, 45002} <= set(listed)

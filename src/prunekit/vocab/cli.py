@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
@@ -92,9 +94,16 @@ def run(args) -> int:
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     tokenizer = load_tokenizer(args.model)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    say = (lambda m: None) if args.quiet or args.json else (
+        lambda m: print(f"prunekit vocab: {m}", file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    say(f"keep set: tokenizing {step.text}" if step.text is not None else "keep set")
     keep = step_keep_set(tokenizer, step, getattr(text_config, "vocab_size", None))  # tokenizer only, no weights
+    say(f"keep set: {len(keep.ids):,} of {keep.vocab_size:,} token ids ({time.perf_counter() - t0:.0f} s); "
+        "loading the model")
     model = load_model(args.model)
     new_tokenizer, result = prune_vocab(model, tokenizer, keep)
+    say(f"pruned the embedding and rewrote the tokenizer; saving to {args.out}")
     data = result.to_dict()
     data["kept_ids"] = encode_ids(compose_ids(path, result.kept_ids))
     manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}
