@@ -485,6 +485,8 @@ def _wrong_base_delta(c: Ctx):
 VOCAB_DELTA_ROWS = {
     "vocab text is an empty file": (lambda c: _vocab(c, text=str(c.write("empty.txt", ""))), 2,
                                     "has no tokens, so the kept vocabulary would be empty", True),
+    "vocab text not UTF-8": (lambda c: _vocab(c, text=str(c.write("latin1.txt", "caf\xe9 au lait\n".encode("latin-1")))),
+                             2, "latin1.txt' is not UTF-8 text (byte 3: invalid continuation byte)", True),
     "vocab text missing": (lambda c: _vocab(c, text=str(c.tmp / "nope.txt")), 2,
                            "neither 'brown[:genres]' nor an existing text file", True),
     "vocab keep file with a word": (lambda c: _vocab(c, "--keep-file", c.write("keep.txt", "12\nabc\n")), 2,
