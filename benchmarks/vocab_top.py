@@ -119,13 +119,20 @@ def run_model(name: str, args, corpus: dict[str, str], tmp: Path) -> dict:
         del model
     row["load_average"] = os.getloadavg()  # the machine is shared: its 1/5/15-minute load after this model
     row["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    row["options"] = options(args)
     return row
+
+
+def options(args) -> dict:
+    return {"genre": args.genre, "big": args.big, "tops": args.tops, "text_bytes": args.text_bytes,
+            "threads": args.threads}
 
 
 def write_markdown(rows: list[dict], args, path: Path) -> None:
     labels = list(rows[0]["variants"][0]["texts"]) if rows else []
     lines = [f"# `--top N`: a small keep corpus ({args.genre}) with a reserve of frequent tokens", "",
-             f"Command: `python benchmarks/vocab_top.py --threads {args.threads} --models {','.join(args.models)} "
+             f"Command: `python benchmarks/vocab_top.py --threads {args.threads} --models "
+             f"{','.join(r['model'] for r in rows)} "
              f"--genre {args.genre} --big {args.big} --tops {','.join(map(str, args.tops))} "
              f"--text-bytes {args.text_bytes}`. fp32, CPU, {args.threads} torch thread(s) on a shared machine.", "",
              "Each row is one vocab recipe step (`apply_vocab_step`, what `prunekit vocab` runs) on a fresh copy of "
@@ -138,7 +145,7 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:
     for r in rows:
         full = r["variants"][0]
         lines += [f"## {r['model']} ({r['vocab']:,} tokens, {r['params'] / 1e6:.1f}M parameters)", "",
-                  "| keep set | vocabulary | added by top / keep file | parameters | "
+                  "| keep set | vocabulary | top / keep-file ids the genre does not use | parameters | "
                   + " | ".join(f"{t} tokens/KB | {t} bpb" for t in labels) + " |",
                   "|---|---:|---:|---:|" + "---:|---:|" * len(labels)]
         for v in r["variants"]:
@@ -154,7 +161,9 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:
                                  f"{x['bits_per_byte']:.4f} ({x['bits_per_byte'] / f['bits_per_byte'] - 1:+.1%})")
             lines.append(f"| {v['label']} | {v['vocab']:,} | {f'{added:,}' if added != '' else ''} | "
                          f"{v['params'] / 1e6:.1f}M | " + " | ".join(cells) + " |")
-        lines += ["", "Percentages: against the full vocabulary on the same text. Where the kept ids come from: "
+        lines += ["", "Percentages: against the full vocabulary on the same text. The vocabulary grows by less than "
+                  "the ids the genre does not use where some were already kept by the genre's merge closure. Where "
+                  "the kept ids come from: "
                   + "; ".join(f"{v['label']}: " + ", ".join(f"{k} {n:,}" for k, n in v["counts"].items())
                               for v in r["variants"][1:]) + ".", ""]
     loads = [f"{r['model']} {' / '.join(f'{x:.1f}' for x in r['load_average'])} (finished {r['finished']})"
@@ -173,12 +182,19 @@ def main() -> None:
     ap.add_argument("--text-bytes", type=int, default=20_000, help="bytes of each measured text")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "vocab_top.md"))
+    ap.add_argument("--append", action="store_true", help="keep the other models' rows of the results file (one "
+                    "model per run; the runs must share the other options)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.models = args.models.split(",")
     args.tops = [int(n) for n in args.tops.split(",")]
     corpus = texts(args.text_bytes)
     rows, out = [], Path(args.out)
+    if args.append and out.with_suffix(".json").exists():
+        rows = [r for r in json.loads(out.with_suffix(".json").read_text()) if r["model"] not in args.models]
+        differ = [r["model"] for r in rows if r.get("options", options(args)) != options(args)]
+        if differ:
+            raise SystemExit(f"--append: the rows of {', '.join(differ)} were measured with other options")
     with tempfile.TemporaryDirectory(prefix="vocab-top-") as tmp:
         for name in args.models:
             rows.append(run_model(name, args, corpus, Path(tmp)))
