@@ -38,12 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default brown: genres b-r)")
     p.add_argument("--no-text", action="store_true", help="keep no corpus's tokens: only --top, --keep-file (and "
                    "the special and alphabet tokens)")
-    p.add_argument("--top", type=int, default=None, help="also keep the tokenizer's own N most frequent tokens (the "
-                   "first N merges of a BPE, the N most likely pieces of a Unigram; not counted in --text)")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="also keep the tokenizer's own N most frequent "
+                   "tokens (the first N merges of a BPE, the N most likely pieces of a Unigram; ranked by the "
+                   "tokenizer, not by --text)")
     p.add_argument("--keep-file", default=None, help="also keep the token ids in this file (integers; # comments)")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one vocab step (an output's prunekit.json "
                    "repeats its run); flags given too override it")
-    p.add_argument("--quiet", action="store_true", help="no summary")
+    p.add_argument("--quiet", action="store_true", help="no status lines or summary")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p
 
