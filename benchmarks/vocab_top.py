@@ -83,7 +83,7 @@ def frequent_ids(tokenizer, source: str, n: int) -> list[int]:
     return [i for i, _c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def run_model(name: str, args, corpus: dict[str, str], tmp: Path) -> dict:
+def run_model(name: str, args, corpus: dict[str, str], tmp: Path, save=lambda row: None) -> dict:
     from prunekit.models import load_model, load_tokenizer
     from prunekit.vocab.step import VocabStep, apply_vocab_step
 
@@ -116,6 +116,8 @@ def run_model(name: str, args, corpus: dict[str, str], tmp: Path) -> dict:
                 entry["step"]["keep_file"] = Path(entry["step"]["keep_file"]).name  # a temporary file
         entry["texts"] = measure(model, tokenizer, corpus, say)
         row["variants"].append(entry)
+        row["load_average"] = os.getloadavg()
+        save(row)  # after each row: a run stopped later keeps the rows measured so far
         del model
     row["load_average"] = os.getloadavg()  # the machine is shared: its 1/5/15-minute load after this model
     row["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -166,7 +168,8 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:
                   "the kept ids come from: "
                   + "; ".join(f"{v['label']}: " + ", ".join(f"{k} {n:,}" for k, n in v["counts"].items())
                               for v in r["variants"][1:]) + ".", ""]
-    loads = [f"{r['model']} {' / '.join(f'{x:.1f}' for x in r['load_average'])} (finished {r['finished']})"
+    loads = [f"{r['model']} {' / '.join(f'{x:.1f}' for x in r['load_average'])} "
+             + (f"(finished {r['finished']})" if r.get("finished") else "(run stopped: the rows measured so far)")
              for r in rows]
     lines += ["Load average (1/5/15 min) of the shared machine after each model: " + "; ".join(loads) + "."]
     notes = path.read_text().partition(NOTES)[1:] if path.exists() else ("", "")  # hand-written, kept
@@ -197,7 +200,12 @@ def main() -> None:
             raise SystemExit(f"--append: the rows of {', '.join(differ)} were measured with other options")
     with tempfile.TemporaryDirectory(prefix="vocab-top-") as tmp:
         for name in args.models:
-            rows.append(run_model(name, args, corpus, Path(tmp)))
+            def save(row, done=rows):
+                partial = [*done, {**row, "finished": None}]
+                out.with_suffix(".json").write_text(json.dumps(partial, indent=2))
+                write_markdown(partial, args, out)
+
+            rows.append(run_model(name, args, corpus, Path(tmp), save))
             out.with_suffix(".json").write_text(json.dumps(rows, indent=2))  # after each model
             write_markdown(rows, args, out)
     print(out.read_text())
