@@ -14,7 +14,11 @@ For each model (SmolLM2-135M; Gemma 3 270M when ``prunekit.assets`` knows ``gemm
   vocabulary vs pruned vocabulary;
 * the forward time of one 1 x 512 window (the output head shrinks with the vocabulary).
 
-    python benchmarks/vocab.py --threads 1 [--models smollm2-135m,gemma3-270m]
+    python benchmarks/vocab.py --threads 1 [--models smollm2-135m,gemma3-270m] [--append]
+
+Each row records its protocol (windows, calibration, text sizes, threads); ``--append`` keeps the rows
+of the results file's other models (one model per run, each its own job), and the header then gives
+each row's protocol.
 """
 
 from __future__ import annotations
@@ -178,16 +182,37 @@ def run_model(name: str, args) -> dict:
             say(f"wanda 50% + {label} vocabulary {json.dumps(row[f'wanda_{label}'])}")
             del m
     row["load_average"] = os.getloadavg()  # the machine is shared: its 1/5/15-minute load after this model
+    row["protocol"] = protocol(args)
+    row["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return row
 
 
+def protocol(args) -> dict:
+    return {"nwindows": args.nwindows, "nsamples": args.nsamples if args.wanda else None, "ood_bytes": args.ood_bytes,
+            "threads": args.threads, "keep_text": args.keep_text, "top": args.top}
+
+
+def describe(p: dict) -> str:
+    wanda = f"Wanda calibration {p['nsamples']} x 512 of {p['keep_text']}" if p.get("nsamples") else "no Wanda rows"
+    return (f"keep text {p['keep_text']}, top {p['top']}; evaluation windows {p['nwindows']} x 512 (Brown r: "
+            f"{p['nwindows'] // 2}); out-of-domain texts {p['ood_bytes']:,} bytes each; {wanda}; {p['threads']} "
+            "torch thread(s)")
+
+
 def write_markdown(rows: list[dict], args, path: Path) -> None:
-    lines = ["# Vocabulary pruning: keep the vocabulary of Brown b-r", "",
-             f"Command: `python benchmarks/vocab.py --threads {args.threads} --models {','.join(args.models)} "
-             f"--nwindows {args.nwindows} --nsamples {args.nsamples} --ood-bytes {args.ood_bytes}`"
-             f" (keep text {args.keep_text}, top {args.top}; evaluation windows {args.nwindows} x 512; out-of-domain texts "
-             f"{args.ood_bytes:,} bytes each; Wanda calibration {args.nsamples} x 512 of {args.keep_text}). fp32, CPU, "
-             f"{args.threads} thread(s) on a shared machine (times are indicative).", "",
+    order = ("smollm2-135m", "gemma3-270m")
+    rows = sorted(rows, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    protocols = {r["model"]: r.get("protocol") or protocol(args) for r in rows}
+    if len({json.dumps(p, sort_keys=True) for p in protocols.values()}) == 1:
+        runs = [f"Command: `python benchmarks/vocab.py --threads {args.threads} --models "
+                f"{','.join(protocols)} --nwindows {args.nwindows} --nsamples {args.nsamples} --ood-bytes "
+                f"{args.ood_bytes}` ({describe(next(iter(protocols.values())))})."]
+    else:
+        runs = ["One run per model (`python benchmarks/vocab.py --models MODEL --append ...`), each with its "
+                "protocol:", ""] + [f"- {m}: {describe(p)}" + (f"; finished {r['finished']}" if r.get("finished")
+                                                               else "") for (m, p), r in zip(protocols.items(), rows)]
+    lines = ["# Vocabulary pruning: keep the vocabulary of Brown b-r", "", *runs, "",
+             "fp32, CPU, on a shared machine (times are indicative).", "",
              "Keep set = token ids Brown b-r uses + special tokens + the alphabet (byte-level symbols or byte-fallback "
              "tokens) + the tokens BPE makes on the way to a kept token (merge closure). New id j = old id "
              "`kept_ids[j]` (in `prunekit.json`).", "",
@@ -243,6 +268,7 @@ def main() -> None:
     ap.add_argument("--ood-bytes", type=int, default=OOD_BYTES, help="bytes of each out-of-domain text")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "vocab.md"))
+    ap.add_argument("--append", action="store_true", help="keep the other models' rows of the results file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from prunekit.assets import EMBEDDED_MODELS
@@ -250,6 +276,8 @@ def main() -> None:
     args.models = args.models.split(",") if args.models else [
         m for m in ("smollm2-135m", "gemma3-270m") if m in EMBEDDED_MODELS]
     rows, out = [], Path(args.out)
+    if args.append and out.with_suffix(".json").exists():
+        rows = [r for r in json.loads(out.with_suffix(".json").read_text()) if r["model"] not in args.models]
     for name in args.models:
         rows.append(run_model(name, args))
         out.with_suffix(".json").write_text(json.dumps(rows, indent=2))  # after each model: a later failure

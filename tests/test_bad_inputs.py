@@ -485,6 +485,8 @@ def _wrong_base_delta(c: Ctx):
 VOCAB_DELTA_ROWS = {
     "vocab text is an empty file": (lambda c: _vocab(c, text=str(c.write("empty.txt", ""))), 2,
                                     "has no tokens, so the kept vocabulary would be empty", True),
+    "vocab text not UTF-8": (lambda c: _vocab(c, text=str(c.write("latin1.txt", "caf\xe9 au lait\n".encode("latin-1")))),
+                             2, "latin1.txt' is not UTF-8 text (byte 3: invalid continuation byte)", True),
     "vocab text missing": (lambda c: _vocab(c, text=str(c.tmp / "nope.txt")), 2,
                            "neither 'brown[:genres]' nor an existing text file", True),
     "vocab keep file with a word": (lambda c: _vocab(c, "--keep-file", c.write("keep.txt", "12\nabc\n")), 2,
@@ -494,6 +496,10 @@ VOCAB_DELTA_ROWS = {
     "vocab keep file missing": (lambda c: _vocab(c, "--keep-file", c.tmp / "nope.txt"), 2,
                                 "keep file", True),
     "vocab --top -1": (lambda c: _vocab(c, "--top", "-1"), 2, "top (vocab step) must be >= 0", True),
+    "vocab --no-text with a keep file of comments only": (
+        lambda c: _vocab(c, "--no-text", "--keep-file", c.write("keep.txt", "# nothing yet\n"), text=None), 2,
+        "no text, top or keep ids, so the kept vocabulary would be empty", True),
+    "vocab --text and --no-text": (lambda c: _vocab(c, "--no-text"), 2, "--text and --no-text contradict", True),
     "vocab recipe of oneshot steps": (lambda c: _vocab(c, "--recipe", c.write("r.yaml", "steps: [{method: wanda}]\n")),
                                       2, "runs one vocab step", True),
     "vocab out inside the input": (lambda c: [*_vocab(c)[:4], str(c.model / "pruned"), "--text", "brown:r"], 2,

@@ -235,6 +235,72 @@ def test_cli_writes_a_stock_folder_with_the_id_map(smollm2_tokenizer, tmp_path, 
     assert torch.equal(ids_of(AutoTokenizer.from_pretrained(twice), TEXT), map_ids(old_ids, read_id_map(twice)))
 
 
+def test_cli_top_and_keep_file_keep_what_the_help_says(smollm2_tokenizer, tmp_path, capsys):
+    """--top N adds the tokenizer's first N merge outputs to the corpus's ids, --keep-file its ids, --no-text
+    drops the corpus; prunekit.json records them, replays them, and a flag overrides the recipe."""
+    tok = smollm2_tokenizer
+    spec = tokenizer_spec(tok)
+    source = tmp_path / "model"
+    _tiny_llama(len(tok)).save_pretrained(source)
+    tok.save_pretrained(source)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    keep_file = tmp_path / "keep.txt"
+    keep_file.write_text("45000 # a rare token\n45001,45002\n")
+
+    def vocab(name, *flags):
+        assert main(["vocab", "--model", source, "--out", tmp_path / name, "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out), read_id_map(tmp_path / name)
+
+    corpus_only = set(keep_set(tok, [TEXT]).ids)
+    used = set(ids_of(tok, TEXT).tolist())
+    reply, kept = vocab("top", "--text", corpus, "--top", "300")
+    top = set(top_ids(spec, 300))
+    assert len(top) == 300 and top <= set(kept) and corpus_only <= set(kept)
+    assert set(kept) == set(bpe_closure(spec, corpus_only | top))
+    assert reply["counts"]["top"] == 300 and reply["counts"]["top_new"] == len(top - used) > 0
+    manifest = json.loads((tmp_path / "top" / "prunekit.json").read_text())
+    assert manifest["steps"][0]["top"] == 300
+    # the recipe replays --top; --top 0 given with it overrides the recipe's 300
+    _, again = vocab("again", "--recipe", tmp_path / "top" / "prunekit.json")
+    assert again == kept
+    assert capsys.readouterr().err == ""  # --json: no status lines
+    assert main(["vocab", "--model", source, "--out", tmp_path / "zero", "--recipe", tmp_path / "top" / "prunekit.json",
+                 "--top", "0"]) == 0
+    shown = capsys.readouterr()
+    assert f"keep set: tokenizing {corpus}" in shown.err and f"keep set: {len(corpus_only):,} of" in shown.err
+    assert f"kept: corpus {len(used):,}, top 0, top_new 0" in shown.out
+    assert set(read_id_map(tmp_path / "zero")) == corpus_only
+    # --no-text: the keep file's ids, the alphabet and specials, and their merge closure; nothing of the corpus
+    reply, listed = vocab("listed", "--no-text", "--keep-file", keep_file)
+    assert {45000, 45001, 45002} <= set(listed)
+    assert set(listed) == bpe_closure(spec, {45000, 45001, 45002} | base_ids(spec) | set(tok.all_special_ids))
+    assert reply["counts"]["corpus"] == 0 and reply["counts"]["listed_new"] == 3
+    assert json.loads((tmp_path / "listed" / "prunekit.json").read_text())["steps"][0]["text"] is None
+
+
+def test_top_beyond_the_merges_counts_what_it_kept():
+    tok = byte_level_bpe([("a", "b"), ("ab", "c"), ("Ġ", "abc")])
+    keep = keep_set(tok, None, top=1000)
+    assert keep.counts["top"] == keep.counts["top_new"] == 3  # three merges: three tokens, not 1000
+    with pytest.raises(PrunekitError, match="no text, top or keep ids"):
+        keep_set(tok, None)
+
+
+def test_keep_ids_beyond_the_embedding_rows_are_an_error(smollm2_tokenizer, tmp_path):
+    from prunekit.vocab.step import VocabStep, step_keep_set
+
+    tok = smollm2_tokenizer
+    rows = len(tok) - 100  # an embedding with fewer rows than the tokenizer has tokens
+    keep_file = tmp_path / "keep.txt"
+    keep_file.write_text(f"5\n{rows + 3}\n")
+    with pytest.raises(PrunekitError, match=f"line 2: token id {rows + 3} is not in the vocabulary"):
+        step_keep_set(tok, VocabStep(text=None, keep_file=str(keep_file)), rows)
+    with pytest.raises(PrunekitError, match=f"embedding's {rows:,} rows"):
+        keep_set(tok, None, keep_ids=[rows + 3], model_vocab=rows)
+    assert max(step_keep_set(tok, VocabStep(text=None, keep_ids=[rows - 1]), rows).ids) == rows - 1
+
+
 def test_vocab_recipe_step_is_registered_and_checked():
     from prunekit.core.recipe import Recipe
     from prunekit.core.registry import STEPS

@@ -118,7 +118,11 @@ def source_text(source) -> str:
         raise FileNotFoundError(
             f"text source {source!r} is neither 'brown[:genres]' nor an existing text file"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a binary file or another encoding: name the file, not only the codec
+        raise PrunekitError(f"text source {source!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                            "give a UTF-8 text file") from None
 
 
 def _pieces(text: str, size: int = 200_000):

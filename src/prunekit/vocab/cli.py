@@ -3,6 +3,7 @@
     prunekit vocab --model smollm2-135m --text brown:b-r --out out/smollm2-brown
     prunekit vocab --model smollm2-135m --text notes.txt --top 8000 --keep-file ids.txt --out out/x
     prunekit vocab --model smollm2-135m --recipe out/smollm2-brown/prunekit.json --out out/y
+    prunekit vocab --model smollm2-135m --no-text --keep-file ids.txt --out out/z   # exactly these ids (+ base)
 
 The output is a standard folder (smaller ``vocab_size``, remapped special-token ids, rewritten
 ``tokenizer.json``) that loads with ``AutoModelForCausalLM``/``AutoTokenizer``; its
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
@@ -33,11 +36,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--text", default=None, help="text whose tokens are kept: brown | brown:<genres> | a text file "
                    "(default brown: genres b-r)")
-    p.add_argument("--top", type=int, default=None, help="also keep the tokenizer's N most frequent tokens")
+    p.add_argument("--no-text", action="store_true", help="keep no corpus's tokens: only --top, --keep-file (and "
+                   "the special and alphabet tokens)")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="also keep the tokenizer's own N most frequent "
+                   "tokens (the first N merges of a BPE, the N most likely pieces of a Unigram; ranked by the "
+                   "tokenizer, not by --text)")
     p.add_argument("--keep-file", default=None, help="also keep the token ids in this file (integers; # comments)")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one vocab step (an output's prunekit.json "
                    "repeats its run); flags given too override it")
-    p.add_argument("--quiet", action="store_true", help="no summary")
+    p.add_argument("--quiet", action="store_true", help="no status lines or summary")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p
 
@@ -54,8 +61,12 @@ def step_from_args(args):
             raise PrunekitError(f"recipe {args.recipe!r} holds {', '.join(recipe.kinds())} steps; `prunekit vocab` "
                                 "runs one vocab step")
         values = {k: v for k, v in recipe.steps[0].to_dict().items() if k != "kind"}
+    if args.no_text and args.text is not None:
+        raise PrunekitError("--text and --no-text contradict each other; give one")
     given = {"text": args.text, "top": args.top, "keep_file": args.keep_file}
     values.update({k: v for k, v in given.items() if v is not None})
+    if args.no_text:
+        values["text"] = None
     return VocabStep(**values)
 
 
@@ -84,9 +95,16 @@ def run(args) -> int:
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     tokenizer = load_tokenizer(args.model)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    say = (lambda m: None) if args.quiet or args.json else (
+        lambda m: print(f"prunekit vocab: {m}", file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    say(f"keep set: tokenizing {step.text}" if step.text is not None else "keep set")
     keep = step_keep_set(tokenizer, step, getattr(text_config, "vocab_size", None))  # tokenizer only, no weights
+    say(f"keep set: {len(keep.ids):,} of {keep.vocab_size:,} token ids ({time.perf_counter() - t0:.0f} s); "
+        "loading the model")
     model = load_model(args.model)
     new_tokenizer, result = prune_vocab(model, tokenizer, keep)
+    say(f"pruned the embedding and rewrote the tokenizer; saving to {args.out}")
     data = result.to_dict()
     data["kept_ids"] = encode_ids(compose_ids(path, result.kept_ids))
     manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}

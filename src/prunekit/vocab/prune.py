@@ -107,22 +107,30 @@ def keep_set(tokenizer, text=None, top: int = 0, keep_ids=(), model_vocab: int |
     A source that yields no token and nothing else to keep is a one-line error."""
     spec = tokenizer_spec(tokenizer)
     size = spec.size
-    used = corpus_ids(tokenizer, text).tolist() if text is not None else []
-    if text is not None and not used and not top and not keep_ids:
+    bound = min(size, model_vocab) if model_vocab is not None else size
+    bad = [i for i in keep_ids if not 0 <= i < bound]
+    if bad:
+        rows = f" and the embedding's {model_vocab:,} rows" if bound < size else ""
+        raise PrunekitError(f"token id {bad[0]} is not in the vocabulary (ids 0..{bound - 1}: the tokenizer's "
+                            f"{size:,} tokens{rows})")
+    used = set(corpus_ids(tokenizer, text).tolist()) if text is not None else set()
+    top_list = set(top_ids(spec, top))
+    if not used and not top_list and not keep_ids:
         from prunekit.core.data_sources import describe_source
 
-        raise PrunekitError(f"text {describe_source(text)!r} has no tokens, so the kept vocabulary would be empty "
-                            "(only special and alphabet tokens); give a text with content, --top or --keep-file")
-    bad = [i for i in keep_ids if not 0 <= i < size]
-    if bad:
-        raise PrunekitError(f"token id {bad[0]} is not in the vocabulary (ids 0..{size - 1})")
-    chosen = set(used) | set(top_ids(spec, top)) | set(keep_ids)
+        what = f"text {describe_source(text)!r} has no tokens" if text is not None else "no text, top or keep ids"
+        raise PrunekitError(f"{what}, so the kept vocabulary would be empty (only special and alphabet tokens); "
+                            "give a text with content, --top or --keep-file")
+    chosen = used | top_list | set(keep_ids)
     base = base_ids(spec) | {i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < size}
     keep = bpe_closure(spec, chosen | base)
     ids = sorted(keep)
     if model_vocab is not None:
         ids = [i for i in ids if i < model_vocab]  # tokenizer ids the embedding has no row for
-    counts = {"corpus": len(set(used)), "top": top, "listed": len(set(keep_ids)), "base": len(base),
+    # top: ids the tokenizer's top-N gave (fewer than N when it has fewer merges/pieces); top_new: of
+    # those, the ids the corpus does not use (what --top adds); listed_new likewise for keep_ids
+    counts = {"corpus": len(used), "top": len(top_list), "top_new": len(top_list - used),
+              "listed": len(set(keep_ids)), "listed_new": len(set(keep_ids) - used - top_list), "base": len(base),
               "closure": len(keep) - len(chosen | base), "kept": len(ids)}
     return KeepSet(ids, size, counts)
 

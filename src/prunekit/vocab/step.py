@@ -50,6 +50,8 @@ def step_keep_set(tokenizer, step: VocabStep, model_vocab: int | None = None):
     from prunekit.vocab.prune import keep_set, read_keep_file, tokenizer_spec
 
     size = tokenizer_spec(tokenizer).size
+    if model_vocab is not None:
+        size = min(size, model_vocab)  # an id the embedding has no row for cannot be kept
     ids = list(step.keep_ids)
     bad = [i for i in ids if i >= size]
     if bad:
