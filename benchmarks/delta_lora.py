@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,9 +99,9 @@ def build(threads: int | None = None, log=print) -> Path:
                       "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
                       "inference_mode": True}
     adapter = LoraAdapter(adapter_config, factors)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    from prunekit.core.io import atomic_folder
+
+    with atomic_folder(target) as tmp:
         write_adapter_files(tmp, adapter)
         record = {"prunekit_version": __import__("prunekit").__version__, "source_model": SETTINGS["base"],
                   "finetune": {**{k: SETTINGS[k] for k in ("base", "genre", "held_out_tokens", "seqlen")}, **LORA,
@@ -112,9 +110,6 @@ def build(threads: int | None = None, log=print) -> Path:
                                "seconds": time.perf_counter() - logger.t0, "threads": torch.get_num_threads(),
                                "made_by": "benchmarks/delta_lora.py"}}
         (tmp / "prunekit.json").write_text(json.dumps(record, indent=2))
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,9 +145,9 @@ def build(name: str, threads: int | None = None, log=print) -> Path:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    from prunekit.core.io import atomic_folder
+
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         record = {"prunekit_version": __import__("prunekit").__version__, "source_model": settings["base"],
@@ -160,9 +158,6 @@ def build(name: str, threads: int | None = None, log=print) -> Path:
                                "seconds": time.perf_counter() - logger.t0,
                                "made_by": "benchmarks/delta_pairs.py"}}
         (tmp / "prunekit.json").write_text(json.dumps(record, indent=2))
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
