@@ -4,7 +4,7 @@
 An embedded model is replaced by a tiny random Llama with SmolLM2's tokenizer and the settings are
 small (a few calibration windows, one epoch on a few hundred images). The README's placeholders get
 stand-ins (:func:`stand_ins`: ``M`` is the tiny model, ``out/ft`` a perturbed copy of it, ``notes.txt``
-the README's own text). A command that names an input nothing here stands for (``./my-phi3``) or a GPU
+the README's own text, ``out/adapter`` a rank-4 LoRA adapter of the tiny model). A command that names an input nothing here stands for (``./my-phi3``) or a GPU
 this machine lacks runs with ``--help`` instead, and so do the sub-commands in :data:`HELP_ONLY`. A
 command that needs an optional extra passes when it says so in one line (exit 2, naming
 ``prunekit[...]``). Anything else that fails, fails the run."""
@@ -35,7 +35,7 @@ SMALL = {
 }
 REPLACED = {"--stride": "16", "--limit": "20"}  # any sub-command: replaced where given, not added
 STRUCTURED_RECEIPT = ["--option", "speed_runs=1", "--option", "speed_seqlen=32", "--option", "speed_decode=2"]
-INPUT_FLAGS = {"--model", "--base", "--finetuned", "--scores", "--selection", "--keep-file", "--text", "--calibration",
+INPUT_FLAGS = {"--model", "--base", "--finetuned", "--lora", "--scores", "--selection", "--keep-file", "--text", "--calibration",
                "--recipe"}
 NOT_INPUTS = {"data score": {"--scores"}}  # there a list of score names, elsewhere a score folder
 NOT_FILES = re.compile(r"brown(:[a-r-]+)?|fashion-mnist|mnist")  # sources that are names, not paths
@@ -86,8 +86,29 @@ def stand_ins(cwd: Path, tiny: Path) -> dict[str, str]:
             param.add_(0.01 * torch.randn_like(param))
     model.save_pretrained(cwd / "out" / "ft")
     AutoTokenizer.from_pretrained(tiny).save_pretrained(cwd / "out" / "ft")
+    lora_adapter(model, cwd / "out" / "adapter")
     # M: any model; out/smollm2-135m-wanda50: a Wanda 50% output, as out/gemma-wanda50 is by then
     return {"M": str(tiny), "out/smollm2-135m-wanda50": "out/gemma-wanda50"}
+
+
+def lora_adapter(model, folder: Path) -> None:
+    """A rank-4 PEFT LoRA adapter on every attention and MLP projection of ``model``, small random factors."""
+    import torch
+
+    from prunekit.delta.lora import LoraAdapter, write_adapter_files
+
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+             and name.rsplit(".", 1)[-1].endswith("_proj")]
+    gen = torch.Generator().manual_seed(2)
+    factors = {}
+    for name in names:
+        out, inp = model.get_submodule(name).weight.shape
+        factors[name] = (0.1 * torch.randn(4, inp, generator=gen), 0.1 * torch.randn(out, 4, generator=gen))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8,
+              "target_modules": sorted({n.rsplit(".", 1)[-1] for n in names}), "lora_dropout": 0.0,
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False}
+    folder.mkdir(parents=True)
+    write_adapter_files(folder, LoraAdapter(config=config, factors=factors))
 
 
 def command_of(argv: list[str]) -> str:
