@@ -100,3 +100,54 @@ def test_block_triangular_gram_equals_full_product(d):
     h = stats.full_hessian()
     torch.testing.assert_close(h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
     assert torch.equal(h, h.T)
+
+
+def consumed_stats(d: int, tokens: int, seed: int = 0) -> tuple[LayerStats, torch.Tensor]:
+    """Statistics whose Hessian the next reader consumes (as the two-pass runner marks the last reader)."""
+    torch.manual_seed(seed)
+    stats = LayerStats(d, want_hessian=True)
+    x = torch.randn(1, tokens, d)
+    stats.add(x, samples=1)
+    stats.last_reader = True
+    return stats, stats.full_hessian().clone()
+
+
+def test_consumed_hessian_is_factored_in_its_own_storage():
+    stats, hessian = consumed_stats(96, 400)
+    storage = stats.gram_upper.untyped_storage().data_ptr()
+    u = inverse_hessian_factor(stats, 0.01)
+    assert stats.gram_upper is None  # let go of by the statistics
+    assert u.untyped_storage().data_ptr() == storage  # the factor lives where X^T X was
+    torch.testing.assert_close(u, inverse_hessian_factor(hessian, 0.01), rtol=0, atol=0)
+    damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(96)
+    torch.testing.assert_close(u.T @ u, torch.linalg.inv(damped.double()).float(), rtol=1e-3, atol=1e-6)
+
+
+def test_consumed_hessian_that_fails_names_percdamp():
+    stats, _ = consumed_stats(8, 20)
+    stats.gram_upper.copy_(-torch.eye(8))
+    stats._mirrored = True
+    with pytest.raises(HessianNotPositiveDefinite, match="percdamp"):
+        inverse_hessian_factor(stats, 0.01, "model.layers.0.down_proj")
+
+
+def test_inverse_factor_needs_no_second_matrix():
+    """Peak RSS of a fresh process while a consumed 2048 x 2048 Hessian (16 MB) is factored: the
+    factorization, inversion and second factorization add less than half a matrix."""
+    import subprocess
+    import sys
+    code = """
+import resource, torch
+from prunekit.core.stats import LayerStats
+from prunekit.oneshot.sparsegpt import inverse_hessian_factor
+torch.set_num_threads(1)
+stats = LayerStats(2048, want_hessian=True)
+stats.add(torch.randn(1, 256, 2048), samples=1)
+stats.full_hessian(); stats.last_reader = True
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+u = inverse_hessian_factor(stats, 0.01)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, bool(torch.isfinite(u).all()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grown_mb, finite = float(out[0]), out[1] == "True"
+    assert finite and grown_mb < 8.0, grown_mb

@@ -31,34 +31,54 @@ def inverse_hessian_factor(hessian: torch.Tensor | LayerStats, percdamp: float, 
 
     When H is not positive definite (too few or degenerate calibration tokens) the damping is
     raised tenfold up to ``retries`` times before giving up with a clear error. A ``hessian`` tensor
-    is left as it is (besides it two n x n matrices live at once). Given the layer's statistics, their
-    X^T X is consumed when this layer is its last reader (:meth:`LayerStats.take_hessian`): damped in
-    place and let go once factored, so a wide layer (down_proj: 8960 inputs, 321 MB per matrix in
-    float32) needs two n x n matrices at a time, not three.
+    is left as it is. Given the layer's statistics, their X^T X is consumed when this layer is its
+    last reader (:meth:`LayerStats.take_hessian`) and then cannot be retried: a failure the first
+    damping cannot fix is an error naming ``percdamp``. The factor is computed in the one matrix
+    taken (see :func:`_factor_in_place`): a wide layer (down_proj: 8960 inputs, 321 MB per matrix
+    in float32) needs no second n x n matrix when its Hessian is consumed, one when it is copied.
     """
-    work = hessian.take_hessian() if isinstance(hessian, LayerStats) else hessian.clone()
+    stats = hessian if isinstance(hessian, LayerStats) else None
+    work = stats.take_hessian() if stats else hessian.clone()
+    consumed = stats is not None and stats.gram_upper is None  # the statistics let go of it: no retry
+    source = None if consumed else (stats.full_hessian() if stats else hessian)
     diagonal = work.diagonal()
-    diagonal[diagonal == 0] = 1.0
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
     mean_diag = diagonal.mean()
-    damp, applied = percdamp, 0.0
-    for _ in range(retries + 1):
-        diagonal.add_((damp - applied) * mean_diag)
-        applied = damp
-        chol, info = torch.linalg.cholesky_ex(work)
-        if info == 0:
-            del work, diagonal
-            inverse = torch.cholesky_inverse(chol)
-            del chol
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if info == 0:
-                return upper
-            break  # H + damp I factored but its inverse did not: a Hessian too ill-conditioned to use
-        damp *= 10
+    damp = percdamp
+    for attempt in range(retries + 1):
+        diagonal.add_(damp * mean_diag)
+        if _factor_in_place(work):
+            return work.mT  # the factor's values, in the matrix's own storage (column-major)
+        if consumed:
+            raise HessianNotPositiveDefinite(
+                f"{name}: Hessian of the calibration inputs is not positive definite with damping {damp:g} "
+                f"(percdamp); raise percdamp (e.g. --option percdamp={damp * 10:g}) or use more calibration "
+                f"samples")
+        if attempt < retries:
+            work.copy_(source)
+            diagonal[dead] = 1.0
+            damp *= 10
     raise HessianNotPositiveDefinite(
         f"{name}: Hessian of the calibration inputs is not positive definite even with damping "
-        f"{applied:g}; use more calibration samples or a larger percdamp"
+        f"{damp:g}; use more calibration samples or a larger percdamp"
     )
+
+
+def _factor_in_place(matrix: torch.Tensor) -> bool:
+    """Overwrite the symmetric positive definite ``matrix`` A with the upper Cholesky factor of A^-1,
+    stored transposed (``matrix.mT`` holds U): LAPACK works on column-major arrays, and the
+    column-major view of a symmetric row-major matrix is the matrix itself, so torch factors, inverts
+    and factors again in place instead of copying n x n matrices. False (and ``matrix`` overwritten)
+    when A or its inverse is not numerically positive definite."""
+    f = matrix.mT
+    info = torch.empty((), dtype=torch.int32, device=matrix.device)
+    torch.linalg.cholesky_ex(f, out=(f, info))  # f = L, lower, with A = L L^T
+    if info.item() != 0:
+        return False
+    torch.cholesky_inverse(f, out=f)  # f = A^-1
+    torch.linalg.cholesky_ex(f, upper=True, out=(f, info))  # f = U, upper, with A^-1 = U^T U
+    return info.item() == 0
 
 
 def block_quota(total_per_unit: float, start: int, stop: int) -> int:
@@ -87,7 +107,7 @@ class SparseGPT(Method):
             blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
         for i1 in range(0, cols, blocksize):
             i2 = min(i1 + blocksize, cols)
-            w_block, m_block, err = self._solve_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2], sparsity, pattern,
+            w_block, m_block, err = self._solve_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2].contiguous(), sparsity, pattern,
                                                       rows, i1, i2)
             w[:, i1:i2] = w_block
             mask[:, i1:i2] = m_block
