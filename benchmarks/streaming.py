@@ -9,6 +9,9 @@ whole process). Rows are interleaved round by round (``--repeats`` rounds; the t
                 ``model.model``, batches of 8, no lm_head): the reference of the pruning time
   stream/<c>    ``prunekit prune --model smollm2-135m`` (streaming, the default): the whole process,
                 from interpreter start to exit
+  dense/<c>     the same with ``--runner dense`` (one pass, every layer calibrated on the dense model's
+                activations, one chunk's activations in memory; earlier blocks' pruning errors are not
+                propagated, as llm-compressor's ``propagate_error=False``)
   lean/<c>      the same with ``--runner two-pass`` (calibrate each dense block, prune it, run it again:
                 one chunk's activations in memory instead of a block's for every window)
   memory/<c>    the same with ``--no-stream`` (load the model, prunekit.prune, save): the whole process
@@ -40,6 +43,7 @@ CONFIGS = {  # prunekit flags, llm-compressor (modifier, sparsity)
     "wanda-50": (["--method", "wanda", "--sparsity", "0.5", "--pattern", "per-row"], ("wanda", 0.5)),
     "sparsegpt-50": (["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "unstructured"], ("sparsegpt", 0.5)),
 }
+RUNNER_OF = {"stream": "lockstep", "lean": "two-pass", "dense": "dense"}  # streamed prunekit rows
 NSAMPLES, SEQLEN = 64, 512  # --nsamples/--seqlen change them for a quick check of the script
 PEER_VENV = "llm-compressor-0.14"
 PEER_PACKAGES = (["torch==2.13.0"], ["llmcompressor==0.14.*"])  # the pinned CPU torch first
@@ -181,7 +185,7 @@ def main() -> None:
     ap.add_argument("--memory-configs", default=None, help="configs that also get the in-memory row and the "
                     "quality evaluation (default: all)")
     ap.add_argument("--no-peer-ppl", action="store_true", help="skip llm-compressor's perplexity (32 forward passes)")
-    ap.add_argument("--modes", default="stream,lean,llmc,memory", help="which prunekit/peer rows run, in this order")
+    ap.add_argument("--modes", default="stream,dense,lean,llmc,memory", help="which prunekit/peer rows run, in this order")
     ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
     ap.add_argument("--child", default=None)
     ap.add_argument("--config", default=None)
@@ -190,9 +194,9 @@ def main() -> None:
     args = ap.parse_args()
     NSAMPLES, SEQLEN = args.nsamples, args.seqlen
     if args.child:
-        result = {"forward": lambda: child_forward(args.threads),
-                  "stream": lambda: child_prune(args.config, args.out, True, args.threads),
-                  "lean": lambda: child_prune(args.config, args.out, True, args.threads, "two-pass"),
+        children = {mode: (lambda runner=runner: child_prune(args.config, args.out, True, args.threads, runner))
+                    for mode, runner in RUNNER_OF.items()}
+        result = {**children, "forward": lambda: child_forward(args.threads),
                   "memory": lambda: child_prune(args.config, args.out, False, args.threads),
                   "eval": lambda: child_eval(args.out, args.other, args.threads)}[args.child]()
         print(json.dumps(result))
@@ -207,7 +211,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     raw_path = Path(args.results + ".json")
-    raw = {"threads": args.threads, "repeats": args.repeats, "cpus": os.cpu_count(), "nsamples": NSAMPLES,
+    raw = {"threads": args.threads, "repeats": args.repeats, "modes": args.modes, "cpus": os.cpu_count(), "nsamples": NSAMPLES,
            "seqlen": SEQLEN, "rows": []}
     configs = args.configs.split(",")
     peer = None
@@ -254,9 +258,10 @@ def main() -> None:
             if round_ == 0 and memory.is_dir():
                 out, _ = run(me("--child", "eval", "--out", memory, "--threads", args.threads))
                 record({"row": f"eval/memory/{config}", **out})
-            if round_ == 0 and (work / f"lean-{config}").is_dir():
-                out, _ = run(me("--child", "eval", "--out", work / f"lean-{config}", "--threads", args.threads))
-                record({"row": f"eval/lean/{config}", **out})
+            for mode in ("dense", "lean"):
+                if round_ == 0 and (work / f"{mode}-{config}").is_dir():
+                    out, _ = run(me("--child", "eval", "--out", work / f"{mode}-{config}", "--threads", args.threads))
+                    record({"row": f"eval/{mode}/{config}", **out})
             Path(args.results + ".md").write_text(table(raw, configs) + "\n")
     text = table(raw, configs)
     Path(args.results + ".md").write_text(text + "\n")
@@ -286,8 +291,9 @@ def table(raw: dict, configs: list[str]) -> str:
         f"average {min(loads):.1f}-{max(loads):.1f} during the rows), {raw['repeats']} round(s), each row a fresh "
         f"process; medians. Calibration {raw['nsamples']} x {raw['seqlen']} tokens of Brown b-r (seed 0); "
         "perplexity on Brown press "
-        "(32 x 512 tokens). Rows per config: streamed prunekit (stream: lock-step runner; lean: `--runner two-pass`), "
-        "in-memory prunekit, llm-compressor; they ran in the order stream, lean, llm-compressor, in-memory."
+        "(32 x 512 tokens). Rows per config: streamed prunekit (stream: lock-step runner; dense: `--runner dense`; "
+        "lean: `--runner two-pass`), in-memory prunekit, llm-compressor; they ran in the order "
+        f"{', '.join(raw.get('modes', 'stream,lean,llmc,memory').split(','))}."
         + (f" Peer: {raw['peer']} in its own virtual environment, on the very same calibration windows."
            if raw.get("peer") else ""),
         "",
@@ -298,7 +304,7 @@ def table(raw: dict, configs: list[str]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for config in configs:
-        for mode in ("stream", "lean", "memory", "llmc"):
+        for mode in ("stream", "dense", "lean", "memory", "llmc"):
             name = f"{mode}/{config}"
             if not pick(name, "wall_s"):
                 continue
@@ -309,33 +315,36 @@ def table(raw: dict, configs: list[str]) -> str:
             lines.append(f"| {name} | {fmt(whole)} | {fmt(call)} | {fmt(ratio, '.2f')} | {fmt(med(name, 'peak_rss_mb'))} "
                          f"| {load} |")
     lines += ["", "Quality and masks (outputs of the rows above):", "",
-              "| config | streamed ppl | in-memory ppl | streamed == in-memory tensors | lean (two-pass) ppl "
-              "| llm-compressor ppl |",
-              "|---|---:|---:|---|---:|---:|"]
+              "| config | streamed ppl | in-memory ppl | streamed == in-memory tensors | dense-runner ppl "
+              "| lean (two-pass) ppl | llm-compressor ppl |",
+              "|---|---:|---:|---|---:|---:|---:|"]
     for config in configs:
         same = pick(f"eval/stream/{config}", "identical_to_other")
         lines.append(f"| {config} | {fmt(med(f'eval/stream/{config}', 'perplexity'), '.2f')} "
                      f"| {fmt(med(f'eval/memory/{config}', 'perplexity'), '.2f')} | {same[0] if same else ''} "
+                     f"| {fmt(med(f'eval/dense/{config}', 'perplexity'), '.2f')} "
                      f"| {fmt(med(f'eval/lean/{config}', 'perplexity'), '.2f')} "
                      f"| {fmt(med(f'llmc/{config}', 'perplexity'), '.2f')} |")
     if any(r["row"].startswith("llmc/") for r in rows):
         lines += ["", "Ratios from this run only (prunekit's whole process against llm-compressor's oneshot call; "
                   "peak RSS of both whole processes):", "",
-                  "| config | time: stream / llm-compressor | time: lean / llm-compressor "
-                  "| time: in-memory / llm-compressor | peak RSS: stream / llm-compressor "
-                  "| peak RSS: lean / llm-compressor |", "|---|---:|---:|---:|---:|---:|"]
+                  "| config | time: stream / llm-compressor | time: dense / llm-compressor "
+                  "| time: lean / llm-compressor | time: in-memory / llm-compressor "
+                  "| peak RSS: stream / llm-compressor | peak RSS: dense / llm-compressor "
+                  "| peak RSS: lean / llm-compressor |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for config in configs:
             peer_t, peer_m = med(f"llmc/{config}", "oneshot_s"), med(f"llmc/{config}", "peak_rss_mb")
             if not peer_t:
                 continue
             st, mt, sm = med(f"stream/{config}", "wall_s"), med(f"memory/{config}", "wall_s"), med(f"stream/{config}", "peak_rss_mb")
             lt, lm = med(f"lean/{config}", "wall_s"), med(f"lean/{config}", "peak_rss_mb")
+            dt, dm = med(f"dense/{config}", "wall_s"), med(f"dense/{config}", "peak_rss_mb")
 
             def ratio(a, b):
                 return fmt(a / b if a and b else None, ".2f")
 
-            lines.append(f"| {config} | {ratio(st, peer_t)} | {ratio(lt, peer_t)} | {ratio(mt, peer_t)} "
-                         f"| {ratio(sm, peer_m)} | {ratio(lm, peer_m)} |")
+            lines.append(f"| {config} | {ratio(st, peer_t)} | {ratio(dt, peer_t)} | {ratio(lt, peer_t)} "
+                         f"| {ratio(mt, peer_t)} | {ratio(sm, peer_m)} | {ratio(dm, peer_m)} | {ratio(lm, peer_m)} |")
     lines += targets(raw, configs, med, forward)
     lines += ["", NOTES]
     return "\n".join(lines)
@@ -351,7 +360,7 @@ def targets(raw: dict, configs: list[str], med, forward: float | None) -> list[s
             ratio = st / peer
             lines.append(f"- {config}: streamed whole process / llm-compressor oneshot call = {ratio:.2f} "
                          f"(target <= 0.5: {'met' if ratio <= 0.5 else 'not met'})")
-    for mode in ("stream", "lean"):
+    for mode in ("stream", "dense", "lean"):
         st_m, st_p = med(f"{mode}/wanda-50", "peak_rss_mb"), med(f"{mode}/wanda-50", "prune_s")
         if st_m and st_p and forward:
             ok_m, ok_t = st_m <= 800, st_p / forward <= 1.5

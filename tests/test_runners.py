@@ -1,7 +1,8 @@
 """The block runner's three schedules (``core.calibration.RUNNERS``), each against an independent
-computation: ``observe`` gives the lock-step's statistics bit for bit; ``two-pass`` prunes every layer
-of a block on the *dense* block's inputs, which a plain forward with hooks reproduces; streamed and
-in-memory two-pass prunes agree; a two-pass block never holds more than one chunk's activations."""
+computation: ``dense`` gives the lock-step's statistics bit for bit, and prunes every layer on the
+inputs of one plain forward of the dense model; ``two-pass`` prunes every layer of a block on the
+*dense* block's inputs, which a plain forward with hooks reproduces; streamed and in-memory prunes
+agree; a two-pass or dense block never holds more than one chunk's activations."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def walk(model, runner, needs=NEEDS, chunk_size=4):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_observe_gives_the_lockstep_statistics_bit_for_bit(family):
+def test_dense_runner_gives_the_lockstep_statistics_bit_for_bit(family):
     model = tiny_model(family)
     lock, lock_order, lock_sims = walk(model, "lockstep")
-    seen, seen_order, seen_sims = walk(model, "observe")
+    seen, seen_order, seen_sims = walk(model, "dense")
     assert seen_order == lock_order  # execution order
     assert seen_sims == lock_sims
     for name, s in lock.items():
@@ -51,13 +52,19 @@ def test_observe_gives_the_lockstep_statistics_bit_for_bit(family):
         assert (s.tokens, s.samples) == (seen[name].tokens, seen[name].samples)
 
 
-def wanda_by_hand(model, sparsity):
+def wanda_by_hand(model, sparsity, whole_dense_model=False):
     """Wanda per row, every layer of block b scored on the inputs of the *dense* block b (blocks before
-    it already pruned): a plain forward with hooks, then |W| * ||X_j|| and the lowest half per row."""
+    it already pruned; with ``whole_dense_model``, on the inputs of the dense model, from one plain
+    forward before anything is pruned): a forward with hooks, then |W| * ||X_j||, the lowest half per
+    row."""
     adapter = adapter_for(model)
+    every = {}
+    for b in range(len(adapter.blocks)):
+        every.update(adapter.linears(b))
+    dense = dense_inputs(model, every, []) if whole_dense_model else None
     for b in range(len(adapter.blocks)):
         layers = adapter.linears(b)
-        seen = dense_inputs(model, layers, [])
+        seen = dense or dense_inputs(model, layers, [])
         with torch.no_grad():
             for name, m in layers.items():
                 x = seen[name].reshape(-1, seen[name].shape[-1])
@@ -85,11 +92,28 @@ def test_two_pass_wanda_equals_pruning_each_block_on_its_dense_inputs():
     assert not same_weights(lockstep, ours)
 
 
+def test_dense_runner_wanda_equals_pruning_every_layer_on_the_dense_model():
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5, pattern="per-row")],
+                 CalibrationConfig(nsamples=len(WINDOWS), seqlen=WINDOWS.shape[1], chunk_size=4, runner="dense"))
+    ours = tiny_model("llama")
+    prunekit.prune(ours, rec, calibration=WINDOWS, progress=False)
+    reference = wanda_by_hand(tiny_model("llama"), 0.5, whole_dense_model=True)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), reference.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # blocks after the first see other inputs than two-pass's (the earlier blocks' pruning is not propagated)
+    two_pass = tiny_model("llama")
+    prunekit.prune(two_pass, Recipe(rec.steps, CalibrationConfig(nsamples=6, seqlen=16, chunk_size=4,
+                                                                 runner="two-pass")), calibration=WINDOWS,
+                   progress=False)
+    assert not same_weights(two_pass, ours)
+
+
+@pytest.mark.parametrize("runner", ["two-pass", "dense"])
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_two_pass_streamed_and_in_memory_give_the_same_weights(method, tmp_path):
+def test_streamed_and_in_memory_give_the_same_weights(method, runner, tmp_path):
     folder = save_tiny(tmp_path / "tiny", shard="50KB")
     rec = Recipe([PruneStep(method=method, sparsity=0.6)],
-                 CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3, runner="two-pass"))
+                 CalibrationConfig(nsamples=8, seqlen=32, chunk_size=3, runner=runner))
     model = load(folder)
     prunekit.prune(model, rec, calibration=tiny_windows(), progress=False)
     prunekit.prune_pretrained(folder, tmp_path / "out", rec, calibration=tiny_windows(), tokenizer=_NoTokenizer(),
@@ -97,7 +121,7 @@ def test_two_pass_streamed_and_in_memory_give_the_same_weights(method, tmp_path)
     assert same_weights(model, load(tmp_path / "out"))
 
 
-def test_a_two_pass_block_holds_one_chunk_of_activations_at_a_time():
+def test_a_two_pass_or_dense_block_holds_one_chunk_of_activations_at_a_time():
     """Layer inputs still alive whenever a layer is entered: the lock-step parks every chunk inside the
     block (all their inputs alive at the last barrier); two-pass has one chunk in flight, whose
     distinct layer inputs are at most the block's four (q/k/v, o, gate/up, down)."""
@@ -115,7 +139,7 @@ def test_a_two_pass_block_holds_one_chunk_of_activations_at_a_time():
     handles = [m.register_forward_pre_hook(probe) for m in layers.values()]
     try:
         peaks = {}
-        for runner in ("lockstep", "two-pass"):
+        for runner in ("lockstep", "two-pass", "dense"):
             refs.clear()
             peak["now"] = 0
             run_block(adapter.blocks[0], [type(i)(i.hidden.clone(), i.args, i.kwargs) for i in inputs], layers,
@@ -124,13 +148,13 @@ def test_a_two_pass_block_holds_one_chunk_of_activations_at_a_time():
     finally:
         for h in handles:
             h.remove()
-    assert peaks["lockstep"] >= len(WINDOWS) and peaks["two-pass"] <= 4, peaks
+    assert peaks["lockstep"] >= len(WINDOWS) and peaks["two-pass"] <= 4 and peaks["dense"] <= 4, peaks
 
 
 def test_an_unknown_runner_is_refused_with_the_choices():
     with pytest.raises(PrunekitError, match="runner.*two-pass"):
         CalibrationConfig(runner="parallel")
-    with pytest.raises(ValueError, match="lockstep, two-pass, observe"):
+    with pytest.raises(ValueError, match="lockstep, two-pass, dense"):
         walk(tiny_model("llama"), "parallel")
 
 

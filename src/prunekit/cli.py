@@ -48,10 +48,12 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
     p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
-    p.add_argument("--runner", default=None, choices=("lockstep", "two-pass"),
+    p.add_argument("--runner", default=None, choices=("lockstep", "two-pass", "dense"),
                    help="lockstep (default): one pass, each layer calibrated on the pruned layers before it, holding "
                    "a block's activations for every window; two-pass: calibrate the dense block, prune, run it "
-                   "again: one chunk's activations, about twice the time (lowest memory)")
+                   "again: one chunk's activations, about twice the time; dense: one pass and one chunk's "
+                   "activations, every layer calibrated on the dense model (earlier blocks' pruning errors are not "
+                   "propagated)")
     p.add_argument("--compute-dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the activations and of each block while it is calibrated (the weights are saved "
                    "in --dtype); auto (default): float32 for SparseGPT on 16-bit weights, else --dtype")

@@ -35,9 +35,12 @@ activations for *all* calibration windows. The other runners of :data:`RUNNERS` 
   block's inputs. Every layer of a block is calibrated on the *dense* block's activations (the
   scheme of the Wanda and SparseGPT reference code and of llm-compressor), so masks differ from
   the lock-step's; two block forwards instead of one.
-* ``observe`` (for walks whose ``on_ready`` leaves the weights alone: structured statistics, OWL
-  scores): one pass without barriers, then ``on_ready`` for every layer; the same statistics as
-  the lock-step would give, bit for bit.
+* ``dense``: one pass per block without barriers, every layer's statistics taken on the way, then
+  ``on_ready`` for every layer, and the *dense* block's outputs go on to the next block. So every
+  layer is calibrated on the dense model's activations (errors of the pruned blocks before it are
+  not propagated: llm-compressor's ``propagate_error=False``): one block forward and one chunk's
+  activations. Walks whose ``on_ready`` leaves the weights alone (structured statistics, OWL
+  scores) use it too: the very statistics the lock-step would give, bit for bit.
 """
 
 from __future__ import annotations
@@ -266,7 +269,7 @@ def visiting(block: nn.Module, device: torch.device | str | None, dtype: torch.d
             block.to(home)
 
 
-RUNNERS = ("lockstep", "two-pass", "observe")
+RUNNERS = ("lockstep", "two-pass", "dense")
 
 
 def _forward(block: nn.Module, item: BlockInputs, device) -> torch.Tensor:
@@ -289,7 +292,8 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
 
     ``runner`` (:data:`RUNNERS`, see the module docstring): ``lockstep`` calibrates every layer on
     the pruned layers before it in one pass; ``two-pass`` calibrates the dense block, prunes, and
-    runs it again; ``observe`` is one pass for an ``on_ready`` that leaves the weights alone.
+    runs it again; ``dense`` calibrates and prunes every layer on the dense block and passes the dense
+    block's outputs on (one pass; also the runner of walks whose ``on_ready`` leaves the weights alone).
     ``on_output(chunk, block_input, block_output)``, if given, sees each chunk as it leaves the block.
     With ``consume=True`` each chunk's input is dropped as soon as its output exists, so a block
     never holds both all inputs and all outputs. With ``device`` set, the block runs there while
@@ -298,7 +302,7 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
         raise ValueError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
     if runner == "lockstep":
         return _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output)
-    observed = runner == "observe"
+    observed = runner == "dense"
     book = _StatsBook(frozenset(needs))
     outputs = _run_observed(block, inputs, layers, book, keep=observed, consume=consume and observed, device=device,
                             on_output=on_output if observed else None)

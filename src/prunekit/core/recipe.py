@@ -75,8 +75,10 @@ class CalibrationConfig:
     chunk_size: int = option(8, "windows per forward chunk in the block runner", min=1)
     runner: str = option("lockstep", "lockstep: one forward pass, each layer calibrated on the pruned layers before "
                          "it, holding a block's activations for every window | two-pass: calibrate the dense block, "
-                         "prune it, run it again (holds one chunk's activations; about twice the time)",
-                         choices=("lockstep", "two-pass"))
+                         "prune it, run it again (holds one chunk's activations; about twice the time) | dense: one "
+                         "pass, every layer calibrated on the dense model's activations (one chunk's activations; "
+                         "errors of earlier pruned blocks are not propagated)",
+                         choices=("lockstep", "two-pass", "dense"))
     compute_dtype: str = option("auto", "dtype of the activations and of each block while it is calibrated; the "
                                 "weights are saved in their own. auto: float32 for SparseGPT on 16-bit weights, "
                                 "else the weights' dtype", choices=("auto", "float32", "bfloat16", "float16"))

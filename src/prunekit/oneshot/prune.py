@@ -456,7 +456,7 @@ def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, str
 
     weights = None if stream is None else stream.blocks(adapter, write=False)
     walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, collect, needs={"norms"},
-                progress=progress, desc="owl scores", device=device, weights=weights, runner="observe",
+                progress=progress, desc="owl scores", device=device, weights=weights, runner="dense",
                 compute_dtype=compute)
     reduce_done(len(per_block))
     return outliers

@@ -184,7 +184,7 @@ def gather_statistics(adapter: Adapter, windows: torch.Tensor, needs: frozenset[
 
         walk_needs = todo & {"moments", "similarity"}
         similarity = walk_blocks(adapter.model, adapter.blocks, windows, chunk_size, consumers, keep,
-                                 needs=walk_needs, progress=progress, desc="statistics", runner="observe")
+                                 needs=walk_needs, progress=progress, desc="statistics", runner="dense")
         if "similarity" in walk_needs:
             stats.block_similarity = similarity
         stats.collected |= walk_needs
