@@ -199,7 +199,7 @@ def main() -> None:
         print(table(raw, missing))
         return
     names = args.only.split(",") if args.only else list(CONFIGS)
-    jobs = [(m, c, "auto") for m in args.models.split(",") for c in names]
+    jobs = [(m, c, "auto") for m in args.models.split(",") if m for c in names]
     if args.dtypes:
         jobs += [("smollm2-135m", c, d) for d in ("float32", "bfloat16") for c in DTYPE_CONFIGS if c in names]
     for model, config, dtype in jobs:

@@ -202,12 +202,13 @@ def test_cli_streams_by_default_and_no_stream_gives_the_same_weights(tmp_path, s
 
 
 @pytest.mark.slow
-def test_smollm2_streamed_and_in_memory_wanda_give_the_same_weights(smollm2_path, smollm2_tokenizer, tmp_path):
+@pytest.mark.parametrize("runner", ["lockstep", "dense"])
+def test_smollm2_streamed_and_in_memory_wanda_give_the_same_weights(smollm2_path, smollm2_tokenizer, tmp_path, runner):
     """The real SmolLM2-135M (tied embeddings, 30 blocks), Wanda 50% on a few windows: the streamed output
     holds exactly the in-memory prune's tensors and loads with plain from_pretrained."""
     from prunekit.models import load_model
 
-    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=128))
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=128, runner=runner))
     model = load_model(smollm2_path)
     memory = prunekit.prune(model, rec, tokenizer=smollm2_tokenizer, progress=False)
     streamed = prunekit.prune_pretrained(smollm2_path, tmp_path / "out", rec, tokenizer=smollm2_tokenizer,
