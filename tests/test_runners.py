@@ -184,3 +184,30 @@ def test_two_pass_sparsegpt_consumes_each_hessian_with_the_same_result(monkeypat
     copied = tiny_model("llama")
     prunekit.prune(copied, rec, calibration=WINDOWS, progress=False)
     assert same_weights(consumed, copied)
+
+
+def test_cli_runner_flag_reaches_the_recipe_and_the_output(tmp_path, smollm2_tokenizer):
+    """`prunekit prune --runner dense` runs the dense schedule (its prunekit.json says so) and gives the
+    weights of prunekit.prune with that runner on the same windows."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prunekit.cli import main
+    from prunekit.core.data_sources import calibration_windows
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    folder = tmp_path / "in"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    argv = ["prune", "--model", folder, "--method", "wanda", "--sparsity", "0.5", "--nsamples", "4", "--seqlen", "32",
+            "--calibration", "brown:r", "--runner", "dense", "--out", tmp_path / "out", "--quiet"]
+    assert main([str(a) for a in argv]) == 0
+    saved = json.loads((tmp_path / "out" / "prunekit.json").read_text())
+    assert saved["calibration"]["runner"] == "dense"
+    model = load(folder)
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=32, runner="dense"))
+    prunekit.prune(model, rec, calibration=calibration_windows("brown:r", smollm2_tokenizer, 4, 32, 0), progress=False)
+    assert same_weights(model, load(tmp_path / "out"))
