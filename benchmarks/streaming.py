@@ -176,6 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="rounds (each row once per round; medians)")
+    ap.add_argument("--append", action="store_true", help="add this run's rounds to the results file (same protocol); "
+                    "quality rows are not measured again")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--peer", choices=("llm-compressor",), default=None)
     ap.add_argument("--results", default=str(HERE / "results" / "streaming"))
@@ -203,9 +205,8 @@ def main() -> None:
         return
     if args.table:
         raw = json.loads(Path(args.results + ".json").read_text())
-        configs = [c for c in CONFIGS if any(r["row"].endswith("/" + c) for r in raw["rows"])]
-        Path(args.results + ".md").write_text(table(raw, configs) + "\n")
-        print(table(raw, configs))
+        Path(args.results + ".md").write_text(table(raw, measured(raw)) + "\n")
+        print(table(raw, measured(raw)))
         return
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -213,6 +214,13 @@ def main() -> None:
     raw_path = Path(args.results + ".json")
     raw = {"threads": args.threads, "repeats": args.repeats, "modes": args.modes, "cpus": os.cpu_count(), "nsamples": NSAMPLES,
            "seqlen": SEQLEN, "rows": []}
+    first_round = 0
+    if args.append:
+        raw = json.loads(raw_path.read_text())
+        if (raw["threads"], raw["nsamples"], raw["seqlen"]) != (args.threads, NSAMPLES, SEQLEN):
+            raise SystemExit(f"{raw_path} was measured with another protocol")
+        first_round = 1 + max(r.get("round", 0) for r in raw["rows"])
+        raw["repeats"] = first_round + args.repeats
     configs = args.configs.split(",")
     peer = None
     if args.peer:
@@ -228,7 +236,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         raw_path.write_text(json.dumps(raw, indent=1) + "\n")
 
-    for round_ in range(args.repeats):
+    for round_ in range(first_round, first_round + args.repeats):
         load = load_average()
         out, wall = run(me("--child", "forward", "--threads", args.threads))
         record({"row": "forward", "round": round_, "wall_s": wall, **out, "load_before": load, "load_after": load_average()})
@@ -262,10 +270,15 @@ def main() -> None:
                 if round_ == 0 and (work / f"{mode}-{config}").is_dir():
                     out, _ = run(me("--child", "eval", "--out", work / f"{mode}-{config}", "--threads", args.threads))
                     record({"row": f"eval/{mode}/{config}", **out})
-            Path(args.results + ".md").write_text(table(raw, configs) + "\n")
-    text = table(raw, configs)
+            Path(args.results + ".md").write_text(table(raw, measured(raw)) + "\n")
+    text = table(raw, measured(raw))
     Path(args.results + ".md").write_text(text + "\n")
     print(text)
+
+
+def measured(raw: dict) -> list[str]:
+    """The configs with rows in ``raw``, in :data:`CONFIGS` order."""
+    return [c for c in CONFIGS if any(r["row"].endswith("/" + c) for r in raw["rows"])]
 
 
 def table(raw: dict, configs: list[str]) -> str:
@@ -288,7 +301,8 @@ def table(raw: dict, configs: list[str]) -> str:
         if any(r["row"].startswith("llmc/") for r in rows) else "# Streaming one-shot pruning of SmolLM2-135M",
         "",
         f"SmolLM2-135M, fp32, CPU, {raw['threads']} torch thread(s) ({raw['cpus']} cores, shared: 1-minute load "
-        f"average {min(loads):.1f}-{max(loads):.1f} during the rows), {raw['repeats']} round(s), each row a fresh "
+        f"average {min(loads):.1f}-{max(loads):.1f} during the rows), up to {raw['repeats']} round(s) (runs per row in "
+        "the load column), each row a fresh "
         f"process; medians. Calibration {raw['nsamples']} x {raw['seqlen']} tokens of Brown b-r (seed 0); "
         "perplexity on Brown press "
         "(32 x 512 tokens). Rows per config: streamed prunekit (stream: lock-step runner; dense: `--runner dense`; "
