@@ -43,7 +43,7 @@ def child_prune(args) -> dict:
 
     argv = ["prune", "--model", MODEL, "--out", args.out, "--quiet", "--calibration", "brown", "--nsamples",
             str(args.nsamples), "--seqlen", str(args.seqlen), "--seed", "0", "--runner", args.runner,
-            *CONFIGS[args.config]]
+            "--chunk-size", str(args.chunk_size), *CONFIGS[args.config]]
     if cli(argv) != 0:
         raise SystemExit("prunekit prune failed")
     result = json.loads((Path(args.out) / "prunekit.json").read_text())["result"]
@@ -74,7 +74,7 @@ def load_average() -> float:
 def run(args, *extra) -> tuple[dict, float, float, float]:
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--nsamples", str(args.nsamples),
            "--seqlen", str(args.seqlen), "--eval-windows", str(args.eval_windows), "--eval-seqlen",
-           str(args.eval_seqlen), "--runner", args.runner, *map(str, extra)]
+           str(args.eval_seqlen), "--runner", args.runner, "--chunk-size", str(args.chunk_size), *map(str, extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(args.threads)}
     before, t0 = load_average(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -102,7 +102,7 @@ def table(raw: dict) -> str:
         "`prunekit prune` streams (the CLI default) and saves in the checkpoint's dtype (bf16), computing in it "
         "too except SparseGPT (`--compute-dtype auto`: float32 for a reconstruction on 16-bit weights)"
         + ("" if raw.get("compute") else "; this run predates the compute dtype: every row computed in bf16")
-        + f"; block runner `{raw.get('runner', 'lockstep')}`"
+        + f"; block runner `{raw.get('runner', 'lockstep')}`, {raw.get('chunk_size', 8)} windows per forward chunk"
         + (" (calibrate each dense block, prune it, run it again)" if raw.get("runner") == "two-pass" else "")
         + "; peak RSS is the pruning process's ru_maxrss (imports, pruning, saving).",
         "",
@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(CONFIGS))
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--runner", default="lockstep", choices=("lockstep", "two-pass"))
+    ap.add_argument("--runner", default="lockstep", choices=("lockstep", "two-pass", "dense"))
+    ap.add_argument("--chunk-size", type=int, default=8, help="calibration windows per forward chunk")
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--eval-seqlen", type=int, default=256)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
@@ -175,7 +176,7 @@ def main() -> None:
         with safe_open(str(f), "pt") as handle:
             parameters += sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys())
     raw = {"model": MODEL, "threads": args.threads, "cpus": os.cpu_count(), "nsamples": args.nsamples,
-           "seqlen": args.seqlen, "runner": args.runner, "compute": "auto", "eval_windows": args.eval_windows, "eval_seqlen": args.eval_seqlen,
+           "seqlen": args.seqlen, "runner": args.runner, "chunk_size": args.chunk_size, "compute": "auto", "eval_windows": args.eval_windows, "eval_seqlen": args.eval_seqlen,
            "checkpoint_mb": sum(f.stat().st_size for f in files) / 2**20, "parameters": parameters, "rows": []}
     if args.dense_from:
         earlier = json.loads(Path(args.dense_from).read_text())

@@ -47,6 +47,8 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None, help="brown | brown:<genres> | text file (default brown)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
+    p.add_argument("--chunk-size", type=int, default=None, help="calibration windows per forward chunk (default 8); "
+                   "fewer hold less activation memory at once (a wide MLP's intermediates)")
     p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
     p.add_argument("--runner", default=None, choices=("lockstep", "two-pass", "dense"),
                    help="lockstep (default): one pass, each layer calibrated on the pruned layers before it, holding "
@@ -188,7 +190,7 @@ def recipe_from_args(args, recipe=None):
             base.pop("sparsity", None)
         steps = [PruneStep(**{**base, **given}), *steps[1:]]
     calib = {k: v for k, v in vars(recipe.calibration).items()} if recipe else {}
-    for key in ("nsamples", "seqlen", "seed", "runner", "compute_dtype"):
+    for key in ("nsamples", "seqlen", "seed", "chunk_size", "runner", "compute_dtype"):
         value = getattr(args, key)
         if value is not None:
             calib[key] = value
