@@ -187,8 +187,8 @@ def test_two_pass_sparsegpt_consumes_each_hessian_with_the_same_result(monkeypat
 
 
 def test_cli_runner_flag_reaches_the_recipe_and_the_output(tmp_path, smollm2_tokenizer):
-    """`prunekit prune --runner dense` runs the dense schedule (its prunekit.json says so) and gives the
-    weights of prunekit.prune with that runner on the same windows."""
+    """`prunekit prune --runner dense --chunk-size 3` runs the dense schedule in chunks of 3 windows (its
+    prunekit.json says so) and gives the weights of prunekit.prune with that runner on the same windows."""
     import json
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -203,11 +203,11 @@ def test_cli_runner_flag_reaches_the_recipe_and_the_output(tmp_path, smollm2_tok
     LlamaForCausalLM(config).save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     argv = ["prune", "--model", folder, "--method", "wanda", "--sparsity", "0.5", "--nsamples", "4", "--seqlen", "32",
-            "--calibration", "brown:r", "--runner", "dense", "--out", tmp_path / "out", "--quiet"]
+            "--calibration", "brown:r", "--runner", "dense", "--chunk-size", "3", "--out", tmp_path / "out", "--quiet"]
     assert main([str(a) for a in argv]) == 0
     saved = json.loads((tmp_path / "out" / "prunekit.json").read_text())
-    assert saved["calibration"]["runner"] == "dense"
+    assert (saved["calibration"]["runner"], saved["calibration"]["chunk_size"]) == ("dense", 3)
     model = load(folder)
-    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=32, runner="dense"))
+    rec = Recipe([PruneStep(method="wanda", sparsity=0.5)], CalibrationConfig(nsamples=4, seqlen=32, runner="dense", chunk_size=3))
     prunekit.prune(model, rec, calibration=calibration_windows("brown:r", smollm2_tokenizer, 4, 32, 0), progress=False)
     assert same_weights(model, load(tmp_path / "out"))
