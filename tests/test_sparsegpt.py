@@ -118,8 +118,10 @@ def test_consumed_hessian_is_factored_in_its_own_storage():
     u = inverse_hessian_factor(stats, 0.01)
     assert stats.gram_upper is None  # let go of by the statistics
     assert u.untyped_storage().data_ptr() == storage  # the factor lives where X^T X was
-    torch.testing.assert_close(u, inverse_hessian_factor(hessian, 0.01), rtol=0, atol=0)
     damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(96)
+    torch_own = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    assert torch.equal(u, torch_own) and u.stride() == torch_own.stride()  # values and layout, bit for bit
+    torch.testing.assert_close(u, inverse_hessian_factor(hessian, 0.01), rtol=0, atol=0)
     torch.testing.assert_close(u.T @ u, torch.linalg.inv(damped.double()).float(), rtol=1e-3, atol=1e-6)
 
 

@@ -49,7 +49,7 @@ def inverse_hessian_factor(hessian: torch.Tensor | LayerStats, percdamp: float, 
     for attempt in range(retries + 1):
         diagonal.add_(damp * mean_diag)
         if _factor_in_place(work):
-            return work.mT  # the factor's values, in the matrix's own storage (column-major)
+            return work.mT  # U, column-major in the matrix's own storage (as torch's own factor comes)
         if consumed:
             raise HessianNotPositiveDefinite(
                 f"{name}: Hessian of the calibration inputs is not positive definite with damping {damp:g} "
@@ -69,7 +69,9 @@ def _factor_in_place(matrix: torch.Tensor) -> bool:
     """Overwrite the symmetric positive definite ``matrix`` A with the upper Cholesky factor of A^-1,
     stored transposed (``matrix.mT`` holds U): LAPACK works on column-major arrays, and the
     column-major view of a symmetric row-major matrix is the matrix itself, so torch factors, inverts
-    and factors again in place instead of copying n x n matrices. False (and ``matrix`` overwritten)
+    and factors again in place instead of copying n x n matrices. The factor's values and layout are
+    those of torch's own (column-major) result, bit for bit; the solve's rounding, and so SparseGPT's
+    masks, depend on that layout. False (and ``matrix`` overwritten)
     when A or its inverse is not numerically positive definite."""
     f = matrix.mT
     info = torch.empty((), dtype=torch.int32, device=matrix.device)
@@ -107,7 +109,7 @@ class SparseGPT(Method):
             blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
         for i1 in range(0, cols, blocksize):
             i2 = min(i1 + blocksize, cols)
-            w_block, m_block, err = self._solve_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2].contiguous(), sparsity, pattern,
+            w_block, m_block, err = self._solve_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2], sparsity, pattern,
                                                       rows, i1, i2)
             w[:, i1:i2] = w_block
             mask[:, i1:i2] = m_block
