@@ -4,8 +4,8 @@
 An embedded model is replaced by a tiny random Llama with SmolLM2's tokenizer and the settings are
 small (a few calibration windows, one epoch on a few hundred images). The README's placeholders get
 stand-ins (:func:`stand_ins`: ``M`` is the tiny model, ``out/ft`` a perturbed copy of it, ``notes.txt``
-the README's own text, ``out/adapter`` a rank-4 LoRA adapter of the tiny model). A command that names an input nothing here stands for (``./my-phi3``) or a GPU
-this machine lacks runs with ``--help`` instead, and so do the sub-commands in :data:`HELP_ONLY`. A
+the README's own text, ``out/adapter`` a rank-4 LoRA adapter of the tiny model). A command that names
+an input nothing here stands for (``./my-phi3``) or a GPU this machine lacks runs with ``--help`` instead, and so do the sub-commands in :data:`HELP_ONLY`. A
 command that needs an optional extra passes when it says so in one line (exit 2, naming
 ``prunekit[...]``). Anything else that fails, fails the run."""
 

@@ -33,6 +33,7 @@ STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--roun
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
+    from prunekit.core.recipe import COMPUTE_DTYPES, RUNNERS
     from prunekit.core.registry import CRITERIA, METHODS
 
     p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda); with "
@@ -50,13 +51,13 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="calibration windows per forward chunk (default 8); "
                    "fewer hold less activation memory at once (a wide MLP's intermediates)")
     p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
-    p.add_argument("--runner", default=None, choices=("lockstep", "two-pass", "dense"),
+    p.add_argument("--runner", default=None, choices=RUNNERS,
                    help="lockstep (default): one pass, each layer calibrated on the pruned layers before it, holding "
                    "a block's activations for every window; two-pass: calibrate the dense block, prune, run it "
                    "again: one chunk's activations, about twice the time; dense: one pass and one chunk's "
                    "activations, every layer calibrated on the dense model (earlier blocks' pruning errors are not "
                    "propagated)")
-    p.add_argument("--compute-dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+    p.add_argument("--compute-dtype", default=None, choices=COMPUTE_DTYPES,
                    help="dtype of the activations and of each block while it is calibrated (the weights are saved "
                    "in --dtype); auto (default): float32 for SparseGPT on 16-bit weights, else --dtype")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too override its first step")

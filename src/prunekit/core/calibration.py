@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit.core.recipe import COMPUTE_DTYPES, RUNNERS
 from prunekit.core.stats import LAYER_NEEDS, LayerStats
 
 
@@ -226,7 +227,6 @@ def to_device(value, device, dtype: torch.dtype | None = None):
     return value
 
 
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_compute_dtype(name: str, storage: torch.dtype, reconstructs: bool) -> torch.dtype | None:
@@ -269,7 +269,6 @@ def visiting(block: nn.Module, device: torch.device | str | None, dtype: torch.d
             block.to(home)
 
 
-RUNNERS = ("lockstep", "two-pass", "dense")
 
 
 def _forward(block: nn.Module, item: BlockInputs, device) -> torch.Tensor:

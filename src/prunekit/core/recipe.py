@@ -34,6 +34,9 @@ from typing import Any, ClassVar
 from prunekit.core.errors import PrunekitError, short_repr, unknown_choice
 from prunekit.core.registry import STEPS, check_fields, option
 
+RUNNERS = ("lockstep", "two-pass", "dense")  # block runner schedules (core.calibration)
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # calibration compute dtypes (core.calibration)
+
 # what an output's prunekit.json holds besides its recipe; ignored when it is read as a recipe
 PROVENANCE_KEYS = ("prunekit_version", "source_model", "result", "layer_shapes", "speed", "demo")
 MAX_BYTES = 1 << 20  # a recipe is a few lines; a larger file is a mistake
@@ -78,10 +81,10 @@ class CalibrationConfig:
                          "prune it, run it again (holds one chunk's activations; about twice the time) | dense: one "
                          "pass, every layer calibrated on the dense model's activations (one chunk's activations; "
                          "errors of earlier pruned blocks are not propagated)",
-                         choices=("lockstep", "two-pass", "dense"))
+                         choices=RUNNERS)
     compute_dtype: str = option("auto", "dtype of the activations and of each block while it is calibrated; the "
                                 "weights are saved in their own. auto: float32 for SparseGPT on 16-bit weights, "
-                                "else the weights' dtype", choices=("auto", "float32", "bfloat16", "float16"))
+                                "else the weights' dtype", choices=COMPUTE_DTYPES)
 
     def __post_init__(self) -> None:
         import torch

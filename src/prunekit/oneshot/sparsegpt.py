@@ -71,8 +71,8 @@ def _factor_in_place(matrix: torch.Tensor) -> bool:
     column-major view of a symmetric row-major matrix is the matrix itself, so torch factors, inverts
     and factors again in place instead of copying n x n matrices. The factor's values and layout are
     those of torch's own (column-major) result, bit for bit; the solve's rounding, and so SparseGPT's
-    masks, depend on that layout. False (and ``matrix`` overwritten)
-    when A or its inverse is not numerically positive definite."""
+    masks, depend on that layout. False (and ``matrix`` overwritten) when A or its inverse is not
+    numerically positive definite."""
     f = matrix.mT
     info = torch.empty((), dtype=torch.int32, device=matrix.device)
     torch.linalg.cholesky_ex(f, out=(f, info))  # f = L, lower, with A = L L^T
