@@ -99,9 +99,9 @@ def build(threads: int | None = None, log=print) -> Path:
                       "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
                       "inference_mode": True}
     adapter = LoraAdapter(adapter_config, factors)
-    from prunekit.core.io import atomic_folder
+    from prunekit.core.io import cache_entry
 
-    with atomic_folder(target) as tmp:
+    with cache_entry(target) as tmp:
         write_adapter_files(tmp, adapter)
         record = {"prunekit_version": __import__("prunekit").__version__, "source_model": SETTINGS["base"],
                   "finetune": {**{k: SETTINGS[k] for k in ("base", "genre", "held_out_tokens", "seqlen")}, **LORA,

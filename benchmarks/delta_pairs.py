@@ -145,9 +145,9 @@ def build(name: str, threads: int | None = None, log=print) -> Path:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    from prunekit.core.io import atomic_folder
+    from prunekit.core.io import cache_entry
 
-    with atomic_folder(target) as tmp:
+    with cache_entry(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         record = {"prunekit_version": __import__("prunekit").__version__, "source_model": settings["base"],

@@ -279,9 +279,16 @@ def _report(c: Ctx, *extra):
             *map(str, extra)]
 
 
-def _report_into_foreign_folder(c: Ctx):
+def _report_into_foreign_folder(c: Ctx, *extra):
     c.write("page/notes.txt", "my notes\n")
-    return _report(c)
+    return _report(c, *extra)
+
+
+def _report_over_a_look_alike(c: Ctx):
+    """A folder holding what a report holds (report.md, a plot) and a photo, no prunekit.json."""
+    c.write("page/report.md", "# my own report\n")
+    c.write("page/cat.png", b"\x89PNG not really")
+    return _report(c, "--overwrite")
 
 
 # id: (setup, exit code, fragment of the one line, fails before any weights load)
@@ -442,8 +449,12 @@ ROWS = {
     "report without matplotlib": (_without("matplotlib", _report), 2, "pip install 'prunekit[report]'", True),
     "prune --report without matplotlib": (_without("matplotlib", lambda c: c.prune("--report")), 2,
                                           "pip install 'prunekit[report]'", True),
-    "report into a foreign folder": (_report_into_foreign_folder, 2, "holds 'notes.txt', which a report does not write",
-                                     True),
+    "report into an existing folder": (_report_into_foreign_folder, 2, "already exists; pass --overwrite", True),
+    "report --overwrite of a foreign folder": (lambda c: _report_into_foreign_folder(c, "--overwrite"), 2,
+                                               "has no prunekit.json", True),
+    "report --overwrite of a look-alike folder": (_report_over_a_look_alike, 2, "has no prunekit.json", True),
+    "report --out the current directory": (lambda c: [*_report(c, "--overwrite")[:2], "--out", ".", "--quiet"], 2,
+                                           "current directory", True),
     "report of an lm-eval task": (lambda c: _report(c, "--tasks", "hellaswag"), 2, "the report scores prunekit's tasks",
                                   True),
 }
@@ -593,19 +604,30 @@ def _dead_pid() -> int:
 
 
 def test_a_killed_save_leaves_nothing_after_the_next_save(tiny_source, tmp_path, caplog, capsys):
-    """Temp folders of dead processes (named .NAME.tmp-PID-* / .NAME.old-PID-*) are removed, with a warning;
-    those of a live process are left alone."""
+    """Temporary folders prunekit made (marker inside naming the folder) for a dead process are removed,
+    with a warning; those of a live process, and every look-alike a user made, are left alone."""
+    from prunekit.core.io import MARKER, TEMP_PREFIX
+
     dead = _dead_pid()
-    stale = [tmp_path / f".old-run.tmp-{dead}-abcd1234", tmp_path / f".old-run.old-{dead}-efgh5678"]
-    live = tmp_path / f".busy.tmp-{os.getppid()}-ijkl9012"
-    for folder in [*stale, live]:
+    stale = [tmp_path / f"{TEMP_PREFIX}{dead}-abcd1234", tmp_path / f"{TEMP_PREFIX}{dead}-efgh5678"]
+    live = tmp_path / f"{TEMP_PREFIX}{os.getppid()}-ijkl9012"
+    kept = [live,
+            tmp_path / ".photos.old-2023-holidays",  # a user's folder of the old naming scheme's shape
+            tmp_path / f".run.tmp-{dead}-abcd1234",  # the old naming scheme: no marker, never removed now
+            tmp_path / f"{TEMP_PREFIX}{dead}-nomarker",  # our name, but no marker
+            tmp_path / f"{TEMP_PREFIX}{dead}-wrongmrk"]  # our name, a marker naming another folder
+    for folder in [*stale, *kept]:
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"half a model")
+    for folder in [*stale, live]:
+        (folder / MARKER).write_text(f"prunekit temporary folder {folder.name}\n")
+    (kept[-1] / MARKER).write_text(f"prunekit temporary folder {stale[0].name}\n")
     argv = ["prune", "--model", str(tiny_source), "--out", str(tmp_path / "out"), "--quiet", "--nsamples", "2",
             "--seqlen", "16", "--calibration", "brown:r", "--method", "magnitude"]
     with caplog.at_level("WARNING", logger="prunekit.core.io"):
         assert main(argv) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(k.name for k in kept), "out"])
+    assert all((k / "model.safetensors").read_bytes() == b"half a model" for k in kept)
     removed = [r.getMessage() for r in caplog.records if "no longer running" in r.getMessage()]
     assert len(removed) == 2 and all(str(dead) in m for m in removed)
 

@@ -203,10 +203,10 @@ OUTPUTS = [
     ("train", "readonly", "is not writable"),
     ("select", lambda t: _file(t) / "keep.npz", "is a file, not a folder"),
     ("select", lambda t: t / "keep.txt", "must end in .npz"),
-    ("select", lambda t: _file(t).rename(t / "keep.npz"), "is not a prunekit selection; not replacing it"),
-    ("select", lambda t: (t / "keep.json").write_text("mine") and t / "keep.npz", "keep.json' exists and is not"),
+    ("select", lambda t: _file(t).rename(t / "keep.npz"), "already exists; pass --overwrite"),
+    ("select", lambda t: (t / "keep.json").write_text("mine") and t / "keep.npz", "keep.json' already exists"),
     ("select", "readonly", "is not writable"),
-    ("report", lambda t: _file(t), "is not a prunekit score report"),
+    ("report", lambda t: _file(t), "already exists; pass --overwrite"),
     ("report", lambda t: _file(t) / "r.md", "is a file, not a folder"),
 ]
 
@@ -221,9 +221,7 @@ def test_unwritable_or_foreign_out_is_refused_before_the_work(tmp_path, capsys, 
         ro = tmp_path / "readonly"
         ro.mkdir()
         out = ro / ("keep.npz" if cmd == "select" else "out")
-        real_access = data_cli.os.access
-        monkeypatch.setattr(data_cli.os, "access", lambda p, mode, **kw: False if Path(p) == ro else
-                            real_access(p, mode, **kw))
+        read_only(monkeypatch, ro)
     else:
         out = make(tmp_path)
     loads.clear()
@@ -241,20 +239,36 @@ def test_unwritable_or_foreign_out_is_refused_before_the_work(tmp_path, capsys, 
     assert loads == []  # refused before any data was loaded
 
 
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` look read-only to prunekit's checks (the tests run as root, for whom chmod is no bar)."""
+    import prunekit.core.io as io
+    import prunekit.data.runs as runs
+
+    real_access, real_mkdtemp = runs.os.access, io.tempfile.mkdtemp
+    monkeypatch.setattr(runs.os, "access", lambda p, mode, **kw: False if Path(p) == folder else
+                        real_access(p, mode, **kw))
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(13, "Permission denied")
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(io.tempfile, "mkdtemp", mkdtemp)
+
+
 @pytest.mark.parametrize(("make", "named"), [
-    (lambda t: _file(t) / "model.pt", "existing folder"),
-    (lambda t: t, "does not exist yet"),
-    (lambda t: str(t / "new") + "/", "not a folder"),
-    ("readonly", "a folder you can write to"),
-], ids=["parent-is-a-file", "existing-folder", "trailing-slash", "readonly"])
+    (lambda t: _file(t) / "model.safetensors", "is a file, not a folder"),
+    (lambda t: (t / "dir.safetensors").mkdir() or t / "dir.safetensors", "already exists"),
+    (lambda t: str(t / "new") + "/", "must be a file path"),
+    (lambda t: t / "model.pt", "must end in .safetensors"),
+    ("readonly", "is not writable"),
+], ids=["parent-is-a-file", "existing-folder", "trailing-slash", "pickle-suffix", "readonly"])
 def test_train_output_is_checked_before_training(tmp_path, capsys, monkeypatch, make, named):
     from prunekit.training import cli as train_cli
 
     if make == "readonly":
-        out = tmp_path / "model.pt"
-        real_access = train_cli.os.access
-        monkeypatch.setattr(train_cli.os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else
-                            real_access(p, mode, **kw))
+        out = tmp_path / "model.safetensors"
+        read_only(monkeypatch, tmp_path)
     else:
         out = make(tmp_path)
     monkeypatch.setattr(train_cli, "train_and_prune", lambda c: pytest.fail("training started"))

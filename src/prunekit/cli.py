@@ -2,7 +2,7 @@
 
 Every bad input is a one-line error on stderr and exit code 2, with nothing written; checks that need
 no weights (flags, recipe, device, model config, text source, --out) run before the model loads.
-Ctrl-C is one line and exit code 130.
+Errors and signals map to exit codes in one place, :mod:`prunekit.core.exits`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-MAX_MESSAGE = 400  # characters of an error line
 DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
                   "schedules": "SCHEDULES", "scores": "SCORES", "selectors": "SELECTORS", "steps": "STEPS",
@@ -66,7 +63,11 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunekit", description="Prune neural networks and their data.")
+    from prunekit.core.exits import OneLineParser
+
+    parser = OneLineParser(prog="prunekit", description="Prune neural networks and their data.",
+                           epilog="--debug (anywhere, or PRUNEKIT_DEBUG=1): a bug's full traceback")
+    parser.add_argument("--version", action="version", version=f"prunekit {__import__('prunekit').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="one-shot pruning of a causal LM")
@@ -383,17 +384,18 @@ def prepare_process() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code follows :mod:`prunekit.core.exits` (the one place that maps
+    errors and signals: bad input 2, our bug 1, Ctrl-C 130, SIGTERM 143)."""
+    from prunekit.core.exits import run_command
+
     prepare_process()
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    debug = "--debug" in argv or os.environ.get("PRUNEKIT_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), "")
-    try:
-        return _main(argv)
-    except BrokenPipeError:  # `prunekit list | head`: the reader left; nothing to report
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        return 0
-    except KeyboardInterrupt:  # Ctrl-C anywhere: one line, no traceback (outputs are atomic: nothing half-written)
-        print(f"prunekit {command}: interrupted".replace("prunekit : ", "prunekit: "), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    if command == "data":  # its sub-command names the line: "prunekit data select: ..."
+        command = " ".join([command, *[a for a in argv[argv.index("data") + 1:] if not a.startswith("-")][:1]])
+    return run_command(command, lambda: _main(argv), debug)
 
 
 def _main(argv: list[str]) -> int:
@@ -403,16 +405,9 @@ def _main(argv: list[str]) -> int:
         args.quiet = True
     if getattr(args, "quiet", False):
         _silence_transformers()
-    try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        return args.run(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        line = (str(message).strip().splitlines() or [type(err).__name__])[0]
-        line = line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."  # a huge value stays short
-        print(f"prunekit {args.command}: error: {line}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -378,8 +378,15 @@ def _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_ou
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(inputs))]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as err:  # Ctrl-C or SIGTERM in the main thread: stop the workers, then leave
+            with step.cond:  # a worker computing holds the lock until its next gate, where it sees the error
+                step.fail(err)
+            for t in threads:
+                t.join()  # no thread may outlive the block (it would abort the interpreter at exit)
+            raise
     finally:
         for h in handles:
             h.remove()

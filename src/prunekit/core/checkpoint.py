@@ -72,11 +72,10 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
 
 def save_state_atomic(path: str | Path, state: Mapping[str, Any]) -> None:
     """:func:`save_state` to ``path`` through a temporary file beside it: a crash leaves the old file or the new."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_state(tmp, state)
-    tmp.replace(path)
+    from prunekit.core.io import replace_file
+
+    with replace_file(path) as tmp:
+        save_state(tmp, state)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

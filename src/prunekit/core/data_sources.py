@@ -23,10 +23,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -203,22 +201,14 @@ def _keep_stream(key: str | None, stream: torch.Tensor) -> None:
         return
     from safetensors.torch import save_file
 
-    target = _stream_file(key)
+    from prunekit.core.io import replace_file
+
     small = stream.numel() == 0 or int(stream.max()) < 2**31
-    temporary = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{key[:16]}-", suffix=".safetensors")
-        os.close(handle)
-        temporary = Path(name)
-        save_file({"ids": stream.to(torch.int32 if small else torch.long)}, name)
-        os.replace(temporary, target)
-        temporary = None
-    except OSError:
+        with replace_file(_stream_file(key)) as tmp:
+            save_file({"ids": stream.to(torch.int32 if small else torch.long)}, str(tmp))
+    except (OSError, PrunekitError):
         pass  # a read-only or full cache: the run goes on without it
-    finally:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
 
 
 def bos_prefix(tokenizer) -> list[int]:

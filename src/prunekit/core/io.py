@@ -1,19 +1,28 @@
-"""Saving and loading pruned models: a ``save_pretrained`` folder (safetensors) + ``prunekit.json``.
+"""Saving and loading pruned models, and the one writer every prunekit output goes through.
 
-Outputs are written atomically: everything goes to a temporary folder beside the target, which is
-renamed into place only when complete. The rules for ``--out`` (:func:`check_output`):
+Every output (a model folder, a report folder, a selection file, a checkpoint) is written into a
+temporary folder beside its target and moved into place only when complete (:func:`atomic_output`
+for folders, :func:`atomic_file` for files). The rules for ``--out`` (:func:`check_output`) hold
+both before any work starts and again at the moment of the move:
 
 * never the input model folder, a folder inside it, or a folder that contains it;
 * never prunekit's cache (``$PRUNEKIT_CACHE``), a folder inside it or one that contains it;
 * never the current directory, the home directory or a folder that contains either;
-* an existing folder is replaced only with ``overwrite=True`` and only when prunekit wrote it: it
-  holds a ``prunekit.json`` manifest and nothing but the files a saved model, its tokenizer and
-  the manifest consist of (:data:`OWN_FILES`);
-* the parent must be writable, checked before any work starts.
+* an existing target is replaced only with ``overwrite=True`` and only when prunekit wrote it: a
+  folder holds a ``prunekit.json`` manifest and nothing but the files a saved model, its tokenizer,
+  an adapter or a report consist of (:data:`OWN_FILES`); a file passes the ``owned`` check of the
+  command that writes it (a selection, a sparse delta, a score report ...);
+* a name must fit the filesystem, and the parent must be writable.
 
-Temporary folders are named ``.NAME.tmp-PID-XXXXXXXX`` (and ``.NAME.old-PID-XXXXXXXX`` while a
-replaced output is moved aside). A save removes those left in the same parent by processes that
-are no longer running (a killed run), and says so in a warning.
+A target that appears while the work runs (a second run, or a user creating the folder) is never
+swapped out: the move re-checks the rules and claims the name without replacing (``mkdir`` or
+``link``, which fail when the name exists), so a refused move leaves the other folder as it is and
+reports the output as not written.
+
+Temporary folders are named ``.prunekit-tmp-PID-XXXXXXXX`` and hold a marker file
+(:data:`MARKER`) that names the folder itself. A later save removes such folders in the same parent
+when their process is no longer running *and* the marker is there and names them: a folder
+prunekit did not make is never removed, whatever its name.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,12 +57,17 @@ OWN_FILES = re.compile(
     r"|vocab\.json|vocab\.txt|merges\.txt|tokenizer\.model|spiece\.model|sentencepiece\.bpe\.model"
     r"|chat_template\.jinja|chat_template\.json"
     r"|adapter_config\.json|adapter_model\.safetensors"  # a pruned LoRA adapter (prunekit delta --lora)
+    r"|report\.(md|html|json)|(layers|quality|speed)\.png"  # prunekit report --out
 )
 OWN_FOLDERS = {"additional_chat_templates": re.compile(r"[^/\\]+\.jinja"),
-               "report": re.compile(r"report\.(md|html|json)|[a-z0-9_-]+\.png")}  # prunekit report / prune --report
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d{1,10})-[a-z0-9_]{8}")
+               "report": re.compile(r"prunekit\.json|report\.(md|html|json)|(layers|quality|speed)\.png")}  # prunekit report / prune --report
+TEMP_PREFIX = ".prunekit-tmp-"
+TEMP_NAME = re.compile(r"\.prunekit-tmp-(?P<pid>\d{1,10})-[a-z0-9_]{8}")
+MARKER = ".prunekit-temporary"  # inside every temporary folder; its text names the folder
 
 log = logging.getLogger("prunekit.core.io")
+
+Owned = Callable[[Path], "str | None"]  # why an existing file is not prunekit's to replace (None: it is)
 
 
 class OutputExistsError(PrunekitError):
@@ -96,63 +112,107 @@ def foreign_content(folder: Path) -> str | None:
     return None
 
 
-def _check_writable(out: Path, shown: str) -> None:
+def _resolve(out: str | Path, flag: str) -> Path:
+    """``out`` made absolute with its links resolved; a link loop or an over-long name is a one-line error."""
+    shown = str(out)
+    if not shown.strip():
+        raise OutputExistsError(f"{flag} is empty; give a path")
+    try:
+        path = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        why = getattr(err, "strerror", None) or "it is a loop of symbolic links"
+        raise OutputExistsError(f"{flag} {shown!r} cannot be resolved: {why}; give another path") from None
+    for part in path.parts[1:]:
+        if len(os.fsencode(part)) > _name_max(path):
+            raise OutputExistsError(f"{flag} {shown!r} has a name of {len(os.fsencode(part))} bytes "
+                                    f"({part[:24]}...); this filesystem allows {_name_max(path)}")
+    return path
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (bytes) the filesystem of ``path``'s nearest existing ancestor allows."""
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return int(os.pathconf(place if place.is_dir() else place.parent, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _check_writable(out: Path, shown: str, flag: str) -> None:
     """Create and remove a probe folder where the output will go (its nearest existing ancestor)."""
     place = out.parent
     while not place.exists() and place != place.parent:
         place = place.parent
     if not place.is_dir():
-        raise OutputExistsError(f"--out {shown!r} cannot be created: {str(place)!r} is a file, not a folder")
+        raise OutputExistsError(f"{flag} {shown!r} cannot be created: {str(place)!r} is a file, not a folder")
     try:
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=place)
+        probe = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=place)
         os.rmdir(probe)
     except OSError as err:
-        raise OutputExistsError(f"--out {shown!r} is not writable: cannot create a folder in {str(place)!r} "
+        raise OutputExistsError(f"{flag} {shown!r} is not writable: cannot create a folder in {str(place)!r} "
                                 f"({err.strerror or describe_error(err)}); choose a writable place") from None
 
 
-def check_output(out: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
-    """Validate an output folder before any work is done (the rules are in the module docstring)."""
+def check_output(out: str | Path, overwrite: bool = False, inputs: tuple = (), owned: Owned | None = None,
+                 flag: str = "--out", probe: bool = True) -> Path:
+    """Validate an output (a folder, or a file when ``owned`` is given) before any work is done, and
+    again at the move (the rules are in the module docstring); returns the resolved path."""
     from prunekit.assets import cache_dir
 
     shown = str(out)
-    out = Path(out).expanduser().resolve()
+    out = _resolve(out, flag)
     for source in inputs:
         if not source or not Path(str(source)).expanduser().exists():
             continue
         src = Path(str(source)).expanduser().resolve()
         if out == src:
-            raise OutputExistsError(f"--out {shown!r} is the input model folder; choose another folder")
+            raise OutputExistsError(f"{flag} {shown!r} is the input model folder; choose another folder")
         if _within(out, src):
-            raise OutputExistsError(f"--out {shown!r} is inside the input model folder {str(src)!r}; "
+            raise OutputExistsError(f"{flag} {shown!r} is inside the input model folder {str(src)!r}; "
                                     "choose a folder outside it")
         if _within(src, out):
-            raise OutputExistsError(f"--out {shown!r} contains the input model folder {str(src)!r}; "
+            raise OutputExistsError(f"{flag} {shown!r} contains the input model folder {str(src)!r}; "
                                     "choose a folder that does not")
     cache = cache_dir().expanduser().resolve()
     if _within(out, cache) or _within(cache, out):
-        raise OutputExistsError(f"--out {shown!r} is, contains or lies inside prunekit's cache {str(cache)!r} "
+        raise OutputExistsError(f"{flag} {shown!r} is, contains or lies inside prunekit's cache {str(cache)!r} "
                                 "(PRUNEKIT_CACHE); choose a folder outside it")
     for what, place in (("current directory", Path.cwd()), ("home directory", Path.home())):
         place = place.resolve()
         if _within(place, out):
-            raise OutputExistsError(f"--out {shown!r} is or contains the {what} {str(place)!r}; "
+            raise OutputExistsError(f"{flag} {shown!r} is or contains the {what} {str(place)!r}; "
                                     "choose a new folder for the output")
     if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(f"--out {shown!r} already exists; pass --overwrite to replace it "
-                                    "(only a folder prunekit wrote is replaced)")
-        if not out.is_dir():
-            raise OutputExistsError(f"--out {shown!r} exists and is not a folder; --overwrite replaces only "
-                                    "a folder prunekit wrote")
-        problem = foreign_content(out)
-        if problem:
-            raise OutputExistsError(f"--overwrite refused: --out {shown!r} {problem}; it replaces only a "
-                                    f"folder prunekit wrote ({MANIFEST} + model and tokenizer files)")
-    _check_writable(out, shown)
+        _check_replaceable(out, shown, overwrite, owned, flag)
+    if probe:
+        _check_writable(out, shown, flag)
     return out
 
 
+def _check_replaceable(out: Path, shown: str, overwrite: bool, owned: Owned | None, flag: str) -> None:
+    """An existing ``out`` may be replaced: ``overwrite`` is given and prunekit wrote it."""
+    kind = "folder" if owned is None else "file"
+    if not overwrite:
+        raise OutputExistsError(f"{flag} {shown!r} already exists; pass --overwrite to replace it "
+                                f"(only a {kind} prunekit wrote is replaced)")
+    if owned is None:
+        if out.is_symlink() or not out.is_dir():
+            raise OutputExistsError(f"{flag} {shown!r} exists and is not a folder; --overwrite replaces only "
+                                    "a folder prunekit wrote")
+        problem = foreign_content(out)
+        if problem:
+            raise OutputExistsError(f"--overwrite refused: {flag} {shown!r} {problem}; it replaces only a "
+                                    f"folder prunekit wrote ({MANIFEST} + model and tokenizer files)")
+        return
+    problem = "is a link" if out.is_symlink() else ("is not a file" if not out.is_file() else owned(out))
+    if problem:
+        raise OutputExistsError(f"--overwrite refused: {flag} {shown!r} {problem}; it replaces only a file "
+                                "prunekit wrote")
+
+
+# ------------------------------------------------------------------------------ temporary folders
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -163,8 +223,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _marked(folder: Path) -> bool:
+    """Whether ``folder`` holds prunekit's marker naming it (so prunekit made it)."""
+    marker = folder / MARKER
+    try:
+        return (not marker.is_symlink() and marker.is_file() and marker.stat().st_size < 512
+                and marker.read_text(encoding="utf-8") == _marker_text(folder.name))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _marker_text(name: str) -> str:
+    return f"prunekit temporary folder {name}\n"
+
+
 def remove_stale_temporaries(parent: str | Path) -> list[Path]:
-    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` folders in ``parent`` whose process is dead."""
+    """Remove the temporary folders in ``parent`` that prunekit made (marker inside, naming the folder)
+    for a process that is no longer running; anything else is left alone, whatever its name."""
     removed = []
     try:
         entries = sorted(Path(parent).iterdir())
@@ -172,7 +247,7 @@ def remove_stale_temporaries(parent: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = TEMP_NAME.fullmatch(entry.name)
-        if not match or entry.is_symlink() or not entry.is_dir():
+        if not match or entry.is_symlink() or not entry.is_dir() or not _marked(entry):
             continue
         pid = int(match["pid"])
         if pid == os.getpid() or _alive(pid):
@@ -185,56 +260,264 @@ def remove_stale_temporaries(parent: str | Path) -> list[Path]:
     return removed
 
 
-@contextmanager
-def atomic_output(out: str | Path, overwrite: bool = False, source: str | None = None) -> Iterator[Path]:
-    """A temporary folder beside ``out`` to write into; it becomes ``out`` when the ``with`` block ends
-    without error (the rules of :func:`check_output` apply; see :func:`atomic_folder`)."""
-    with atomic_folder(check_output(out, overwrite, inputs=(source,))) as tmp:
-        yield tmp
+def _temporary(parent: Path) -> Path:
+    """A new marked temporary folder in ``parent`` (``.prunekit-tmp-PID-XXXXXXXX``)."""
+    for _ in range(100):
+        folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        (folder / MARKER).write_text(_marker_text(folder.name), encoding="utf-8")
+        return folder
+    raise PrunekitError(f"cannot create a temporary folder in {str(parent)!r}")
 
 
 @contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` (already checked by the caller) that becomes ``out`` when the
-    ``with`` block ends without error, with the usual permissions (not mkdtemp's 0700).
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (the few renames of a move are not cut in half)."""
+    import threading
 
-    A failure while writing (disk full, permissions, Ctrl-C) leaves nothing behind: the temporary
-    folder is removed and a replaced output is put back; OS errors become one-line PrunekitErrors."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught[:1]:
+            signal.raise_signal(signum)
+
+
+# ------------------------------------------------------------------------------ the writer
+@contextmanager
+def _staged(targets: list[Path], recheck: Callable[[], None], where: Path) -> Iterator[Path]:
+    """A marked temporary folder in ``where``; at the end of the ``with`` block every entry written
+    into it must be named after one of ``targets``, which it then becomes (rules re-checked first).
+
+    A failure while writing (disk full, permissions, Ctrl-C, SIGTERM) leaves nothing behind: the
+    temporary folder is removed and a replaced output is put back; OS errors become one-line errors."""
     tmp = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out.parent)
-        tmp = output_temporary(out)
+        where.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(where)
+        tmp = _temporary(where)
         yield tmp
-        _move_into_place(tmp, out)
+        names = {t.name for t in targets}
+        extra = sorted(p.name for p in tmp.iterdir() if p.name != MARKER and p.name not in names)
+        if extra:
+            raise RuntimeError(f"the writer of {str(targets[0])!r} left {extra} beside its outputs")
+        with _signals_deferred():
+            recheck()
+            _move_all(tmp, [t for t in targets if (tmp / t.name).exists() or (tmp / t.name).is_symlink()])
     except (OSError, SafetensorError) as err:  # safetensors reports its I/O failures (disk full) as its own error
-        full = getattr(err, "errno", None) == errno.ENOSPC or f"os error {errno.ENOSPC})" in str(err)
-        why = "the disk is full" if full else (getattr(err, "strerror", None) or describe_error(err))
-        raise PrunekitError(f"could not save to {str(out)!r}: {why}; nothing was written") from None
+        raise PrunekitError(f"could not save to {str(targets[0])!r}: {_io_reason(err)}; nothing was written") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def output_temporary(out: Path) -> Path:
-    """A new temporary folder beside ``out`` (``.NAME.tmp-PID-XXXXXXXX``) that will be renamed to ``out``:
-    it gets the usual permissions of a new folder (0755 at umask 022), not the 0700 mkdtemp gives."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    tmp.chmod(0o777 & ~_umask())
-    return tmp
+def _io_reason(err: BaseException) -> str:
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"os error {errno.ENOSPC})" in str(err) \
+        or "No space left" in str(err)
+    return "the disk is full" if full else (getattr(err, "strerror", None) or describe_error(err))
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _move_all(tmp: Path, targets: list[Path]) -> None:
+    """Move ``tmp/<name>`` to each target; if one move fails, the ones before are undone."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for i, target in enumerate(targets):
+            done.append((target, _move_into_place(tmp / target.name, target, tmp / f".old-{i}")))
+    except BaseException:
+        for target, old in reversed(done):
+            _undo(target, old)
+        raise
+    for _, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def _claim(staged: Path, target: Path) -> None:
+    """Rename ``staged`` to ``target`` only if ``target`` does not exist: a folder by creating the
+    name first (``mkdir`` fails on an existing name; rename then replaces that empty folder), a file
+    by a hard link (fails on an existing name). FileExistsError when someone else holds the name."""
+    if staged.is_dir() and not staged.is_symlink():
+        target.mkdir()
+        try:
+            staged.rename(target)
+        except OSError:
+            target.rmdir()
+            raise
+    else:
+        os.link(staged, target, follow_symlinks=False)
+        staged.unlink()
+
+
+def _move_into_place(staged: Path, target: Path, aside: Path) -> Path | None:
+    """Put ``staged`` at ``target``; an existing target (checked replaceable) is first moved to
+    ``aside`` and returned, so that it can be removed once every move succeeded, or put back."""
+    old = None
+    if target.exists() or target.is_symlink():
+        old = aside
+        target.rename(old)
+    try:
+        _claim(staged, target)
+    except FileExistsError:
+        if old is not None:
+            _restore_beside(old, target)
+        raise OutputExistsError(f"--out {str(target)!r} was created by someone else while prunekit worked; "
+                                "it was left as it is and nothing was written") from None
+    except BaseException:
+        if old is not None:
+            _restore_beside(old, target)
+        raise
+    return old
+
+
+def _restore_beside(old: Path, target: Path) -> None:
+    try:
+        _claim(old, target) if old.is_dir() else old.rename(target)
+    except OSError:
+        log.warning("prunekit: the previous %s is kept at %s (its name was taken meanwhile)", target, old)
+
+
+def _undo(target: Path, old: Path | None) -> None:
+    """Take a moved output away again and put back what it replaced."""
+    shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else \
+        target.unlink(missing_ok=True)
+    if old is not None:
+        _restore_beside(old, target)
+
+
+@contextmanager
+def atomic_output(out: str | Path, overwrite: bool = False, source: str | None = None, *, inputs: tuple = (),
+                  flag: str = "--out") -> Iterator[Path]:
+    """A new folder to write into (inside a temporary folder beside ``out``); it becomes ``out`` when
+    the ``with`` block ends without error. The rules of :func:`check_output` hold at the start and
+    again at the move; ``source`` and ``inputs`` are the input folders ``out`` must stay clear of."""
+    inputs = (source, *inputs)
+    target = check_output(out, overwrite, inputs=inputs, flag=flag)
+    with _staged([target], lambda: check_output(out, overwrite, inputs=inputs, flag=flag, probe=False),
+                 target.parent) as tmp:
+        payload = tmp / target.name
+        payload.mkdir()
+        yield payload
+
+
+@contextmanager
+def atomic_file(out: str | Path, owned: Owned, overwrite: bool = False, *, also: Iterable[str] = (),
+                inputs: tuple = (), flag: str = "--out") -> Iterator[Path]:
+    """A temporary path to write the file ``out`` at (and its companions named in ``also``, beside it:
+    ``path.with_name(name)``); they replace the targets when the ``with`` block ends without error.
+    ``owned(path)`` says why an existing target is not prunekit's (None: it is, and ``overwrite``
+    replaces it); the rules of :func:`check_output` hold at the start and again at the move."""
+    target = check_output(out, overwrite, inputs=inputs, owned=owned, flag=flag)
+    companions = [target.with_name(name) for name in also]
+    for c in companions:
+        check_output(c, overwrite, inputs=inputs, owned=owned, flag=flag, probe=False)
+
+    def recheck() -> None:
+        for path in (target, *companions):
+            check_output(path, overwrite, inputs=inputs, owned=owned, flag=flag, probe=False)
+
+    with _staged([target, *companions], recheck, target.parent) as tmp:
+        yield tmp / target.name
+
+
+@contextmanager
+def cache_entry(target: str | Path) -> Iterator[Path]:
+    """A new folder for an entry of prunekit's cache (a converted model, a benchmark's fine-tuned
+    pair); it becomes ``target`` when the ``with`` block ends without error. The cache is prunekit's
+    own, so the ``--out`` rules do not apply; an entry that another process finished meanwhile is
+    kept and this one dropped."""
+    target = Path(target).expanduser().absolute()
+
+    def recheck() -> None:
+        if target.exists() or target.is_symlink():
+            raise _Taken
+
+    try:
+        with _staged([target], recheck, target.parent) as tmp:
+            payload = tmp / target.name
+            payload.mkdir()
+            yield payload
+    except _Taken:
+        log.warning("prunekit: %s was made by another process meanwhile; keeping that one", target)
+
+
+class _Taken(Exception):
+    """A cache entry that exists already (made by another process)."""
+
+
+@contextmanager
+def replace_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path for a file that replaces ``path`` whatever it holds, for the files prunekit
+    keeps inside a folder it made and owns (a run folder's checkpoints, a cache entry): a crash
+    leaves the old file or the new one, never half of one."""
+    target = Path(path).absolute()
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent)
+        tmp = _temporary(target.parent)
+        yield tmp / target.name
+        with _signals_deferred():
+            os.replace(tmp / target.name, target)
+    except (OSError, SafetensorError) as err:
+        raise PrunekitError(f"could not save {str(target)!r}: {_io_reason(err)}") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def scratch_folder(prefix: str = "prunekit-", where: str | Path | None = None) -> Iterator[Path]:
+    """A private temporary folder for work files, removed at the end; never an output. In the
+    system's temp space, or a marked temporary folder in ``where`` (for files too large for it)."""
+    if where is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    where = Path(where)
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(where)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``: a path inside a folder the writer gave (staging, scratch)."""
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data, indent: int | None = 2) -> None:
+    """Write ``data`` as strict JSON (non-finite floats as null) to a path the writer gave."""
+    write_text(path, json.dumps(finite_json(data), indent=indent, default=str, allow_nan=False) + "\n")
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by None (so ``json.dumps`` stays valid JSON)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def write_manifest(folder: str | Path, manifest: dict | None = None, source: str | None = None) -> None:
     """``prunekit.json`` in ``folder``: prunekit's version, the source model and ``manifest``."""
     data = {"prunekit_version": __version__, "source_model": source, **(manifest or {})}
-    (Path(folder) / MANIFEST).write_text(json.dumps(data, indent=2, default=str))
+    write_json(Path(folder) / MANIFEST, data)
 
 
 def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | None = None,
@@ -247,21 +530,6 @@ def save_pretrained(model, out: str | Path, tokenizer=None, manifest: dict | Non
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp, manifest, source)
     return Path(out).expanduser().resolve()
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
-    out.rename(old / out.name)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        (old / out.name).rename(out)  # put the previous output back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_small_text(path: str | Path, what: str, limit: int, hint: str = "") -> str:

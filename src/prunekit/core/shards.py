@@ -379,7 +379,9 @@ class ShardWriter:
             raise RuntimeError(f"shards not written: {sorted(set(self.files) - written)}")
         if len(self.files) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
-            (self.folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            from prunekit.core.io import write_json
+
+            write_json(self.folder / INDEX, index)
 
 
 def pack(names: list[str], sizes: dict[str, int], limit: int) -> list[list[str]]:

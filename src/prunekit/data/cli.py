@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ from typing import Any
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.recipe import parse_value
 from prunekit.core.registry import SCORES, SELECTORS, check_value
-from prunekit.data.runs import check_run_folder, check_writable, fingerprint, open_run
+from prunekit.data.runs import check_run_folder, fingerprint, open_run
 from prunekit.data.select import SEED_MAX
 from prunekit.data.table import AGGREGATES
 from prunekit.data.train import BUDGET_KINDS
@@ -44,13 +41,6 @@ COMMANDS = ("score", "select", "train", "report")
 RECIPE_KEYS = ("score", "aggregate", "steps", "calibration")  # calibration: a full recipe's, unused here
 
 
-def _one_line_error(self, message: str):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        _one_line_error(self, message)
 
 
 def _entries(registry, names=None) -> str:
@@ -73,8 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from prunekit.data.text import text_scores
 
     data = subparsers.add_parser("data", help="data pruning: score, select, train, report")
-    data.error = types.MethodType(_one_line_error, data)
-    sub = data.add_subparsers(dest="data_command", parser_class=_Parser, metavar="{score,select,train,report}")
+    sub = data.add_subparsers(dest="data_command", metavar="{score,select,train,report}")
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("score", help="score every training example (resumable)", formatter_class=raw,
@@ -110,6 +99,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--aggregate", default="mean", help=f"over seeds/checkpoints: {', '.join(AGGREGATES)}")
     p.add_argument("--seed", default="0")
     p.add_argument("--out", required=True, help="output .npz (indices, mask) plus a .json summary")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and its summary) if select wrote them")
 
     p = sub.add_parser("train", help="train the reference CNN on a selection, optionally with KD")
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(VISION_DATASETS)}")
@@ -125,7 +115,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="summary and seed-stability report of a score table")
     p.add_argument("--scores", required=True, help="folder written by 'score'")
-    p.add_argument("--out", default=None, help="write the markdown report here too")
+    p.add_argument("--out", default=None, help="write the markdown report here too (a new file, or one "
+                   "'report' wrote with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a report prunekit wrote")
     return data
 
 
@@ -285,36 +277,22 @@ def step_from_flags(args):
     return SelectionStep(**step, options=options)
 
 
-def _check_select_out(path: str) -> Path:
-    """``--out`` of ``select``: a new ``.npz`` (or one ``select`` wrote) in a writable place; nothing else is replaced."""
-    from prunekit.data.select import Selection
+def _check_select_out(path: str, overwrite: bool) -> Path:
+    """``--out`` of ``select``: a ``.npz`` (and its ``.json`` summary beside it), new, or files ``select``
+    wrote with ``--overwrite``; the rules of :func:`prunekit.core.io.check_output`."""
+    from prunekit.core.io import check_output
+    from prunekit.data.select import not_a_selection
 
-    out = Path(path)
-    if out.suffix != ".npz":
+    if Path(path).suffix != ".npz":
         raise PrunekitError(f"--out {path!r} must end in .npz (the selection; a .json summary is written beside it)")
-    check_writable(out)
-    summary = out.with_suffix(".json")
-    if out.exists():
-        if not out.is_file():
-            raise PrunekitError(f"--out {path!r} exists and is not a file")
-        try:
-            Selection.load(out)
-        except PrunekitError:
-            raise PrunekitError(f"--out {path!r} exists and is not a prunekit selection; not replacing it") from None
-    if summary.exists():
-        try:
-            data = json.loads(summary.read_text())
-            ours = isinstance(data, dict) and {"kept", "steps", "n_total"} <= set(data)
-        except (OSError, ValueError, RecursionError):
-            ours = False
-        if not ours:
-            raise PrunekitError(f"--out {path!r}: {str(summary)!r} exists and is not a prunekit selection summary; "
-                           "not replacing it")
+    out = check_output(path, overwrite, owned=not_a_selection)
+    check_output(out.with_suffix(".json"), overwrite, owned=not_a_selection, probe=False)
     return out
 
 
 def cmd_select(args) -> int:
-    from prunekit.data.select import apply_recipe
+    from prunekit.core.io import atomic_file, write_json
+    from prunekit.data.select import apply_recipe, not_a_selection
     from prunekit.data.table import ScoreTable
 
     folder = _scores_dir(args.scores)
@@ -331,7 +309,7 @@ def cmd_select(args) -> int:
         recipe, steps = read_select_recipe(args.recipe)
     else:
         recipe, steps = {}, [step_from_flags(args)]
-    out = _check_select_out(args.out)
+    out = _check_select_out(args.out, args.overwrite)
     table = ScoreTable.load(folder)
     score = args.score or recipe.get("score") or table.score_names[0]
     _choice("score column", score, table.score_names)
@@ -342,13 +320,12 @@ def cmd_select(args) -> int:
     if needs_labels and (labels < 0).any():
         raise PrunekitError("class_balanced needs labels, but this score table has none")
     sel = apply_recipe(values, steps, labels=labels if needs_labels else None, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")  # written beside, then renamed: never half a file
-    sel.save(tmp)
-    tmp.replace(out)
     summary = {"scores": str(folder), "score": score, "aggregate": aggregate, "steps": [s.to_dict() for s in steps],
                "seed": seed, "kept": len(sel), "n_total": sel.n_total, "fraction_removed": sel.fraction_removed}
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary_name = out.with_suffix(".json").name
+    with atomic_file(out, not_a_selection, args.overwrite, also=[summary_name]) as tmp:  # both files or neither
+        sel.write(tmp)
+        write_json(tmp.with_name(summary_name), summary)
     print(f"kept {len(sel)} of {sel.n_total} ({100 * sel.fraction_removed:.1f}% removed) -> {out}")
     return 0
 
@@ -371,6 +348,7 @@ def cmd_train(args) -> int:
     import torch
 
     from prunekit.core.checkpoint import save_state
+    from prunekit.core.io import replace_file, write_json
     from prunekit.core.train import accuracy
     from prunekit.data.scores._common import batched_logits
     from prunekit.data.select import Selection
@@ -417,9 +395,8 @@ def cmd_train(args) -> int:
             fit(teacher, x, y, steps=Budget("equal-epochs", epochs).steps(len(x), len(x), 128), seed=seed,
                 checkpoint_path=out / "teacher.ckpt", progress=not args.no_progress)
             teacher_logits = batched_logits(teacher, x)
-            tmp = cache.with_name(cache.name + ".tmp")
-            save_state(tmp, {"logits": teacher_logits})
-            tmp.replace(cache)
+            with replace_file(cache) as tmp:
+                save_state(tmp, {"logits": teacher_logits})
     torch.manual_seed(seed)
     model = SmallCNN()
     steps = budget.steps(len(sel), len(x), 128)
@@ -429,7 +406,8 @@ def cmd_train(args) -> int:
     result = {"selection": args.selection, "kept": len(sel), "fraction_removed": sel.fraction_removed,
               "budget": args.budget, "epochs": epochs, "steps": steps, "kd": kd or None, "seed": seed,
               "test_accuracy": acc, "threads": torch.get_num_threads()}
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    with replace_file(out / "result.json") as tmp:
+        write_json(tmp, result)
     print(f"test accuracy {100 * acc:.2f}% ({len(sel)} examples, {steps} steps) -> {out / 'result.json'}")
     return 0
 
@@ -461,65 +439,46 @@ def report_markdown(folder: str | Path) -> str:
 REPORT_TITLE = "# Score report:"
 
 
+def _not_a_report(path: Path) -> str | None:
+    """Why the existing ``path`` is not a score report ``data report`` wrote (None when it is)."""
+    try:
+        with path.open("rb") as f:
+            ours = f.read(len(REPORT_TITLE)).decode("utf-8", "replace") == REPORT_TITLE
+    except OSError:
+        ours = False
+    return None if ours else "is not a prunekit score report"
+
+
 def cmd_report(args) -> int:
+    from prunekit.core.io import atomic_file, check_output, write_text
+
     folder = _scores_dir(args.scores)
     if args.out:
-        out = Path(args.out)
-        check_writable(out)
-        if out.exists():
-            try:
-                ours = out.is_file() and out.read_text(errors="replace").startswith(REPORT_TITLE)
-            except OSError:
-                ours = False
-            if not ours:
-                raise PrunekitError(f"--out {args.out!r} exists and is not a prunekit score report; not replacing it")
+        check_output(args.out, args.overwrite, inputs=(str(folder),), owned=_not_a_report)
     text = report_markdown(folder)
     if args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        with atomic_file(args.out, _not_a_report, args.overwrite, inputs=(str(folder),)) as tmp:
+            write_text(tmp, text)
     print(text, end="")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch a parsed ``prunekit data ...`` command; returns the exit code.
-
-    Every bad value, refused output or unreadable file is one line on stderr and exit code 2;
-    Ctrl-C is one line and exit code 130 (rerunning a ``score``/``train`` command resumes it).
-    """
+    """Dispatch a parsed ``prunekit data ...`` command; returns the exit code. Errors and signals
+    reach :mod:`prunekit.core.exits` (one line; bad input 2, Ctrl-C 130, SIGTERM 143; rerunning an
+    interrupted ``score``/``train`` command resumes it)."""
     command = getattr(args, "data_command", None)
     handlers = {"score": cmd_score, "select": cmd_select, "train": cmd_train, "report": cmd_report}
     if command not in handlers:
-        print(f"prunekit data: error: command {command!r} is not one of: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    try:
-        return handlers[command](args)
-    except (ValueError, TypeError, KeyError) as e:  # PrunekitError is a ValueError
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"prunekit data {command}: error: {_one_line(msg)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permission denied, a file vanished: one line, not a traceback
-        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
-        print(f"prunekit data {command}: error: cannot read or write{where}: {e.strerror or _one_line(e)}",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = "; rerun the same command to resume" if command in ("score", "train") else ""
-        print(f"prunekit data {command}: interrupted{hint}", file=sys.stderr)
-        return 130
-
-
-def _one_line(message) -> str:
-    lines = str(message).strip().splitlines()
-    return lines[0] if lines else type(message).__name__
+        raise PrunekitError(f"command {command!r} is not one of: {', '.join(COMMANDS)}")
+    return handlers[command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="prunekit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    return run(args)
+    """``python -m prunekit.data.cli ...``: the same as ``prunekit data ...``."""
+    from prunekit.cli import main as prunekit_main
+
+    return prunekit_main(["data", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

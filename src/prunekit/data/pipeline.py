@@ -144,9 +144,10 @@ def score_classifier(
 
 def _save_scores(path: Path, values: dict[str, np.ndarray]) -> None:
     """One checkpoint's scores, written beside and renamed: never half a file."""
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **values)
-    tmp.replace(path)
+    from prunekit.core.io import replace_file
+
+    with replace_file(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **values)
 
 
 def _load_snapshot(model: nn.Module, path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from prunekit.core.checkpoint import compare_config, first_line
 from prunekit.core.errors import PrunekitError
+from prunekit.core.io import TEMP_NAME
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -95,7 +96,7 @@ def check_run_folder(folder: str | Path, command: str, flag: str = "--out") -> P
         raise PrunekitError(f"{flag} {shown!r} exists and is not a folder; give a new or empty folder")
     run = read_run(p, flag)
     if run is None:
-        if any(not f.name.startswith(f".{RUN_FILE}.tmp-") for f in p.iterdir()):  # a killed first write is ours
+        if any(not TEMP_NAME.fullmatch(f.name) for f in p.iterdir()):  # a killed first write is ours
             raise PrunekitError(f"{flag} {shown!r} is not empty and is not a prunekit '{command}' run folder "
                                 f"(no {RUN_FILE}); give a new or empty folder")
         return p
@@ -121,8 +122,9 @@ def open_run(folder: str | Path, command: str, config: Mapping[str, Any], flag: 
                                 f"command has {key}={new!r}; rerun with the same settings to resume, "
                                 "or give another folder")
         return p
-    p.mkdir(parents=True, exist_ok=True)
-    tmp = p / f".{RUN_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"command": command, "format": RUN_FORMAT, "config": config}, indent=2) + "\n")
-    tmp.replace(p / RUN_FILE)
+    from prunekit.core.io import atomic_file, write_json
+
+    # claimed, never replaced: a run started meanwhile in the same folder keeps its run.json
+    with atomic_file(p / RUN_FILE, lambda path: "belongs to another run", flag=flag) as tmp:
+        write_json(tmp, {"command": command, "format": RUN_FORMAT, "config": config})
     return p

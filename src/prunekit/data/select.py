@@ -32,8 +32,10 @@ also be written flat in the step (``{method: ccs, keep: 0.3, bins: 50}``).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -387,9 +389,19 @@ class Selection:
             raise ValueError(f"dataset has {len(dataset)} rows, selection was made on {self.n_total}")
         return dataset.filter(self.filter_fn(), with_indices=True, **kwargs)
 
-    def save(self, path) -> None:
-        """``.npz`` with ``indices``, ``mask`` and ``n_total``."""
-        np.savez(path, indices=self.indices, mask=self.mask, n_total=np.int64(self.n_total))
+    def save(self, path, overwrite: bool = False) -> Path:
+        """``.npz`` with ``indices``, ``mask`` and ``n_total``, through the one writer: a new file, or
+        with ``overwrite`` one that is a selection already (:func:`prunekit.core.io.atomic_file`)."""
+        from prunekit.core.io import atomic_file
+
+        with atomic_file(path, not_a_selection, overwrite) as tmp:
+            self.write(tmp)
+        return Path(path).expanduser().resolve()
+
+    def write(self, path) -> None:
+        """The ``.npz`` at ``path``, a staging path of the writer (use :meth:`save` for an output)."""
+        with Path(path).open("wb") as f:
+            np.savez(f, indices=self.indices, mask=self.mask, n_total=np.int64(self.n_total))
 
     @classmethod
     def load(cls, path) -> Selection:
@@ -414,3 +426,21 @@ class Selection:
                                  or not np.array_equal(np.flatnonzero(mask), sel.indices)):
             raise PrunekitError(f"selection {shown!r}: its mask does not match its indices")
         return sel
+
+
+def not_a_selection(path: Path) -> str | None:
+    """Why the existing ``path`` is not a file ``select`` wrote: the ``.npz`` selection or its ``.json``
+    summary (None when it is)."""
+    if path.suffix == ".npz":
+        try:
+            Selection.load(path)
+        except PrunekitError:
+            return "is not a prunekit selection"
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and {"kept", "steps", "n_total"} <= set(data):
+        return None
+    return "is not a prunekit selection summary"

@@ -135,21 +135,20 @@ class ScoreTable:
         """Write ``scores.parquet`` or ``scores.npz`` and ``manifest.json`` into ``folder``."""
         if fmt not in ("parquet", "npz"):
             raise ValueError(f"format {fmt!r} is not one of parquet, npz")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        a = self._arrays()
-        if fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        from prunekit.core.io import replace_file, write_json
 
-            path = folder / "scores.parquet"
-            tmp = path.with_suffix(".parquet.tmp")
-            pq.write_table(pa.table({c: a[c] for c in COLUMNS}), tmp)
-        else:
-            path = folder / "scores.npz"
-            tmp = folder / "scores.tmp.npz"
-            np.savez(tmp, **{c: a[c] for c in COLUMNS})
-        tmp.replace(path)
+        folder = Path(folder)
+        a = self._arrays()
+        path = folder / f"scores.{fmt}"
+        with replace_file(path) as tmp:
+            if fmt == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({c: a[c] for c in COLUMNS}), tmp)
+            else:
+                with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a path
+                    np.savez(f, **{c: a[c] for c in COLUMNS})
         manifest = {
             **self.manifest,
             "format": fmt,
@@ -159,7 +158,8 @@ class ScoreTable:
             "n_examples": self.n_examples(),
             "n_rows": len(self),
         }
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with replace_file(folder / "manifest.json") as tmp:
+            write_json(tmp, manifest)
         return path
 
     @classmethod

@@ -228,11 +228,11 @@ def run_lora(args, recipe, fmt: str) -> int:
 def save_merged(args, fmt, base, finetuned, tokenizer, manifest, inputs, source) -> object:
     """The merged model (a standard folder) or, with ``--format sparse``, its sparse delta file."""
     from prunekit.core.io import save_pretrained
-    from prunekit.delta.sparse import check_delta_file_out, save_sparse_delta
+    from prunekit.delta.sparse import save_sparse_delta
 
     if fmt == "sparse":
-        return save_sparse_delta(check_delta_file_out(args.out, args.overwrite, inputs), base, finetuned,
-                                 {"source_model": source, **manifest})
+        return save_sparse_delta(args.out, base, finetuned, {"source_model": source, **manifest}, args.overwrite,
+                                 inputs)
     return save_pretrained(finetuned, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=source)
 
 

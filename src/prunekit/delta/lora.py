@@ -292,19 +292,20 @@ def write_adapter_files(folder: str | Path, adapter: LoraAdapter) -> None:
     """``adapter_config.json`` + ``adapter_model.safetensors`` into an existing (temporary) folder."""
     from safetensors.torch import save_file
 
+    from prunekit.core.io import write_json
+
     folder = Path(folder)
     save_file(adapter_tensors(adapter), str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter.config, indent=2))
+    write_json(folder / ADAPTER_CONFIG, adapter.config)
 
 
 def save_adapter(adapter: LoraAdapter, out: str | Path, overwrite: bool = False, manifest: dict | None = None,
                  inputs: tuple = (), source: str | None = None) -> Path:
     """Write the adapter folder atomically (the ``--out`` rules of :func:`prunekit.core.io.check_output`),
     with a ``prunekit.json`` manifest beside PEFT's two files."""
-    from prunekit.core.io import atomic_folder, check_output, write_manifest
+    from prunekit.core.io import atomic_output, write_manifest
 
-    target = check_output(out, overwrite, inputs=inputs)
-    with atomic_folder(target) as tmp:
+    with atomic_output(out, overwrite, inputs=inputs) as tmp:
         write_adapter_files(tmp, adapter)
         write_manifest(tmp, manifest, source)
-    return target
+    return Path(out).expanduser().resolve()

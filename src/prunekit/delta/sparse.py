@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -62,44 +61,37 @@ def sparse_delta(base: nn.Module, merged: nn.Module) -> tuple[dict[str, torch.Te
     return tensors, shapes
 
 
+def _not_a_delta(path: Path) -> str | None:
+    """Why the existing file ``path`` is not a sparse delta prunekit wrote (None when it is)."""
+    return None if read_header(path, quiet=True) is not None else "is not a sparse delta prunekit wrote"
+
+
 def check_delta_file_out(out: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:
     """``--out`` of a sparse delta: a ``.safetensors`` file path, new unless ``overwrite`` and it is a
-    sparse delta prunekit wrote; the folder rules of :func:`prunekit.core.io.check_output` otherwise."""
-    from prunekit.core.io import OutputExistsError, check_output
+    sparse delta prunekit wrote (the rules of :func:`prunekit.core.io.check_output`)."""
+    from prunekit.core.io import check_output
 
-    path = Path(out).expanduser().resolve()
-    if path.suffix != ".safetensors":
+    if Path(out).suffix != ".safetensors":
         raise PrunekitError(f"--out {str(out)!r}: a sparse delta is one file ending in .safetensors")
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(f"--out {str(out)!r} already exists; pass --overwrite to replace it (only a "
-                                    "sparse delta prunekit wrote is replaced)")
-        if path.is_symlink() or not path.is_file() or read_header(path, quiet=True) is None:
-            raise OutputExistsError(f"--overwrite refused: --out {str(out)!r} is not a sparse delta prunekit wrote")
-    check_output(path.with_name(f".{path.name}.new"), False, inputs)  # input, cache, cwd/home, writable parent
-    return path
+    return check_output(out, overwrite, inputs, owned=_not_a_delta)
 
 
-def save_sparse_delta(path: str | Path, base: nn.Module, merged: nn.Module, manifest: dict | None = None) -> Path:
-    """Write the sparse delta of ``merged`` against ``base`` to ``path`` atomically (temp file + rename)."""
+def save_sparse_delta(path: str | Path, base: nn.Module, merged: nn.Module, manifest: dict | None = None,
+                      overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Write the sparse delta of ``merged`` against ``base`` to ``path`` through the one writer
+    (:func:`prunekit.core.io.atomic_file`: the ``--out`` rules hold again at the move)."""
     from safetensors.torch import save_file
 
     from prunekit import __version__
+    from prunekit.core.io import atomic_file
 
-    path = Path(path)
+    check_delta_file_out(path, overwrite, inputs)
     tensors, shapes = sparse_delta(base, merged)
     meta = {"format": FORMAT, "prunekit_version": __version__, "base_sha256": fingerprint(base), "shapes": shapes,
             **(manifest or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, _not_a_delta, overwrite, inputs=inputs) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta, default=str)})
-        tmp.replace(path)
-    except OSError as err:
-        raise PrunekitError(f"could not save to {str(path)!r}: {err.strerror or err}; nothing was written") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path).expanduser().resolve()
 
 
 def read_header(path: str | Path, quiet: bool = False) -> dict | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import tempfile
+from prunekit.core.io import scratch_folder
 
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.registry import TASKS
@@ -129,7 +129,7 @@ def run_eval(args) -> int:
             out["tasks"][task.name] = result.to_dict()
             say(result.summary())
     lm_tasks = list(theirs)
-    with tempfile.TemporaryDirectory(prefix="prunekit-lmeval-") as folder:
+    with scratch_folder("prunekit-lmeval-") as folder:
         if args.lmeval:
             from prunekit.evaluate.lmeval import export_tasks
 

@@ -58,19 +58,22 @@ def _yaml(task: Task, data: Path) -> str:
 def export_tasks(tasks: list[Task], folder: str | Path, limit: int | None = None) -> list[str]:
     """Write ``<name>.jsonl`` (the first ``limit`` items) and ``<name>.yaml`` for each task into
     ``folder``; returns the lm-eval task names (``--include_path folder`` makes lm-eval find them)."""
+    from prunekit.core.io import write_text
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for task in tasks:
         name = lm_eval_name(task)
         data = (folder / f"{name}.jsonl").resolve()
-        with open(data, "w", encoding="utf-8") as f:
-            for item in task.items(limit):
-                row = item.to_dict()
-                if task.kind == LAST_WORD:
-                    row["continuation"] = DELIMITER + item.target
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (folder / f"{name}.yaml").write_text(_yaml(task, data), encoding="utf-8")
+        rows = []
+        for item in task.items(limit):
+            row = item.to_dict()
+            if task.kind == LAST_WORD:
+                row["continuation"] = DELIMITER + item.target
+            rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+        write_text(data, "".join(rows))
+        write_text(folder / f"{name}.yaml", _yaml(task, data))
         names.append(name)
     return names
 

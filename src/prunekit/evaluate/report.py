@@ -20,7 +20,6 @@ from pathlib import Path
 from prunekit.core.errors import PrunekitError
 
 REPORT_DIR = "report"
-REPORT_FILES = re.compile(r"report\.(md|html|json)|[a-z0-9_-]+\.png")
 EXTRA = "pip install 'prunekit[report]'"
 DEFAULT_LIMIT = 100
 DEFAULT_NWINDOWS = 16
@@ -36,7 +35,8 @@ def add_parser(sub, add_task_args, add_output_args) -> None:
     r.add_argument("--baseline", default=None, help="the dense model to compare with (default: the source model "
                    "named in TARGET/prunekit.json when it can be found; 'none' for no baseline)")
     r.add_argument("--out", default=None, help="folder of the page and its plots (default: TARGET/report for a "
-                   "prunekit output, else ./NAME-report); replaced when it holds only a report")
+                   "prunekit output, else ./NAME-report); must not exist unless --overwrite")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it is a report prunekit wrote")
     r.add_argument("--format", choices=("md", "html"), default="md", help="Markdown (default) or HTML")
     r.add_argument("--text", default="brown:a", help="perplexity text (default brown:a)")
     r.add_argument("--nwindows", default=DEFAULT_NWINDOWS, help=f"perplexity windows of 512 tokens, or 'all' "
@@ -91,20 +91,17 @@ def default_baseline(target: str) -> str | None:
     return str(source) if Path(path).is_dir() else None
 
 
-def check_out(out: Path) -> None:
-    """A report folder is created or replaced, never a folder holding anything else."""
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise PrunekitError(f"report folder {str(out)!r} exists and is not a folder; choose another --out")
-        foreign = [p.name for p in out.iterdir() if not p.is_file() or not REPORT_FILES.fullmatch(p.name)]
-        if foreign:
-            raise PrunekitError(f"report folder {str(out)!r} holds {foreign[0]!r}, which a report does not write; "
-                                "choose another --out")
+def report_inputs(out: Path, *models: str | None) -> tuple:
+    """The folders a report reads, which its ``--out`` must stay clear of; a report in the ``report``
+    folder of the prunekit output it describes is the one place inside an input it may go."""
+    folders = tuple(str(m) for m in models if m)
+    return tuple(f for f in folders if out != Path(f).expanduser().resolve() / REPORT_DIR)
 
 
 def run_report(args) -> int:
-    from prunekit.evaluate.cli import parse_nwindows
     from prunekit.core.data_sources import check_count, check_source
+    from prunekit.core.io import check_output
+    from prunekit.evaluate.cli import parse_nwindows
     from prunekit.models.loading import load_config
 
     require_matplotlib()
@@ -121,11 +118,11 @@ def run_report(args) -> int:
         baseline = None
     if baseline:
         load_config(baseline)
-    out = Path(args.out).expanduser().resolve() if args.out else default_out(args.target).resolve()
-    check_out(out)
+    out = Path(args.out).expanduser() if args.out else default_out(args.target)
+    check_output(out, args.overwrite, inputs=report_inputs(out.resolve(), args.target, baseline))
     page = write_report(args.target, out, baseline=baseline, fmt=args.format, text=args.text,
                         nwindows=args.nwindows, perplexity_too=run_ppl, tasks=tasks, limit=args.limit,
-                        batch_tokens=args.batch_tokens, progress=not args.quiet)
+                        batch_tokens=args.batch_tokens, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
         print(json.dumps({"page": str(page), "folder": str(page.parent)}))
     elif not args.quiet:
@@ -458,16 +455,19 @@ def to_html(md: str) -> str:
 def write_report(target: str, out: str | Path, baseline: str | None = None, fmt: str = "md",
                  text: str = "brown:a", nwindows: int | None = DEFAULT_NWINDOWS, perplexity_too: bool = True,
                  tasks: list[str] | None = None, limit: int | None = DEFAULT_LIMIT, batch_tokens: int = 2048,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, overwrite: bool = False) -> Path:
     """Measure ``target`` (and ``baseline``), draw the plots and write the page into ``out``
-    atomically; returns the page's path. ``tasks`` None: every prunekit task."""
+    atomically (the ``--out`` rules of :func:`prunekit.core.io.check_output`, with a ``prunekit.json``
+    that marks the folder as a report prunekit wrote); returns the page's path. ``tasks`` None: every
+    prunekit task."""
     from prunekit import __version__
-    from prunekit.core.io import atomic_folder, read_manifest
+    from prunekit.core.io import atomic_output, check_output, read_manifest, write_json, write_manifest, write_text
     from prunekit.core.registry import TASKS
 
     require_matplotlib()
     out = Path(out).expanduser().resolve()
-    check_out(out)
+    inputs = report_inputs(out, target, baseline)
+    check_output(out, overwrite, inputs=inputs)
     tasks = TASKS.names() if tasks is None else tasks
     folder = Path(target).expanduser()
     data = {"version": __version__, "text": text, "limit": limit,
@@ -477,7 +477,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
     data["baseline"] = measure(baseline, text, nwindows, perplexity_too, tasks, limit, batch_tokens,
                                progress) if baseline else None
     data["seconds"] = time.perf_counter() - started
-    with atomic_folder(out) as tmp:
+    with atomic_output(out, overwrite, inputs=inputs) as tmp:
         plots = {"layers": "layers.png"}
         plot_layers(data["target"], data["baseline"], tmp / plots["layers"])
         if data["target"].get("quality"):
@@ -489,7 +489,7 @@ def write_report(target: str, out: str | Path, baseline: str | None = None, fmt:
             plot_speed(speed, tmp / plots["speed"])
         md = markdown(data, plots)
         page = tmp / f"report.{fmt}"
-        page.write_text(md + "\n" if fmt == "md" else to_html(md), encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps({k: v for k, v in data.items() if k != "manifest"}, indent=1,
-                                                    default=str), encoding="utf-8")
+        write_text(page, md + "\n" if fmt == "md" else to_html(md))
+        write_json(tmp / "report.json", {k: v for k, v in data.items() if k != "manifest"}, indent=1)
+        write_manifest(tmp, {"report": {"target": str(target), "baseline": baseline, "format": fmt}})
     return out / f"report.{fmt}"

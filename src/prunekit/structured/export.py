@@ -185,7 +185,7 @@ def export_decilm(model: nn.Module, out: str | Path, tokenizer=None, overwrite: 
                   source: str | None = None, manifest: dict | None = None) -> ExportResult:
     """Write ``model`` (a Llama, per-layer widths or not; left unchanged) to ``out`` in the DeciLM /
     Nemotron-NAS layout, atomically, with a tokenizer and ``prunekit.json``."""
-    from prunekit.core.io import atomic_output, write_manifest
+    from prunekit.core.io import atomic_output, write_json, write_manifest
 
     check_exportable(model, "decilm")
     padded = copy.deepcopy(model)
@@ -195,7 +195,7 @@ def export_decilm(model: nn.Module, out: str | Path, tokenizer=None, overwrite: 
     config = decilm_config(padded, result)
     with atomic_output(out, overwrite, source) as tmp:
         padded.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / "config.json", dict(sorted(config.items())))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp, {**(manifest or {}), "export": result.to_dict()}, source)

@@ -22,7 +22,8 @@ from typing import Any
 
 from prunekit.core.errors import PrunekitError
 
-RUNTIME: dict[str, Any] = {"threads": None, "output": None, "json": False, "quiet": False}  # not part of a recipe
+RUNTIME: dict[str, Any] = {"threads": None, "output": None, "overwrite": False, "json": False,
+                           "quiet": False}  # not part of a recipe
 
 
 def _step_fields() -> list:
@@ -46,16 +47,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         p.add_argument(*flags, dest=f.name, default=None, metavar="{" + "/".join(choices) + "}" if choices else None,
                        help=f"{f.metadata.get('help', '')} (default: {f.default})")
     p.add_argument("--threads", default=None, help="torch threads (default: all cores)")
-    p.add_argument("--output", default=None, help="save the pruned model and masks to this file (must not exist)")
+    p.add_argument("--output", default=None, help="save the pruned model, masks and settings to this .safetensors file "
+                   "(read back with prunekit.core.checkpoint.load_state; must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace --output if it is a file prunekit train wrote")
     p.add_argument("--json", action="store_true", default=None, help="print one JSON object")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
     p.set_defaults(func=run)
-
-    def one_line_error(message: str) -> None:
-        sys.stderr.write(f"prunekit train: error: {message}\n")
-        raise SystemExit(2)
-
-    p.error = one_line_error
     return p
 
 
@@ -89,7 +87,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     runtime = {key: getattr(args, key, None) if getattr(args, key, None) is not None else default
                for key, default in RUNTIME.items()}
     runtime["threads"] = _threads(runtime["threads"])
-    _check_output(runtime["output"])
+    _check_output(runtime["output"], runtime["overwrite"])
     config = dataclasses.asdict(step)
     return {**config, **runtime}
 
@@ -103,21 +101,30 @@ def _threads(value: Any) -> int | None:
     return check_value(parse_value(value) if isinstance(value, str) else value, int, {"min": 1}, "--threads")
 
 
-def _check_output(output: Any) -> None:
-    """``--output`` is checked before training: an hour of work must not end in a refusal."""
+def _not_a_training_output(path) -> str | None:
+    """Why the existing ``path`` is not a file ``prunekit train --output`` wrote (None when it is)."""
+    from prunekit.core.checkpoint import load_state
+
+    try:
+        state = load_state(path)
+    except PrunekitError:
+        return "is not a file prunekit train wrote"
+    return None if isinstance(state, dict) and {"model", "masks", "config"} <= set(state) else \
+        "is not a file prunekit train wrote"
+
+
+def _check_output(output: Any, overwrite: bool = False) -> None:
+    """``--output`` is checked before training (an hour of work must not end in a refusal), and again
+    when it is written (:func:`prunekit.core.io.atomic_file`)."""
+    from prunekit.core.io import check_output
+
     if output is None:
         return
-
-    def need(ok: bool, rule: str) -> None:
-        if not ok:
-            raise PrunekitError(f"--output must be {rule}, got {output!r}")
-
-    need(isinstance(output, str) and output.strip() != "", "a file path")
-    out = os.path.abspath(output)
-    need(not os.path.lexists(out), "a path that does not exist yet (nothing is overwritten)")
-    need(not output.endswith(("/", os.sep)), "a file path, not a folder")
-    need(os.path.isdir(os.path.dirname(out)), "in an existing folder")
-    need(os.access(os.path.dirname(out), os.W_OK | os.X_OK), "in a folder you can write to")
+    if not isinstance(output, str) or not output.strip() or output.endswith(("/", os.sep)):
+        raise PrunekitError(f"--output must be a file path, got {output!r}")
+    if not output.endswith(".safetensors"):
+        raise PrunekitError(f"--output {output!r} must end in .safetensors (prunekit writes safetensors only)")
+    check_output(output, overwrite, owned=_not_a_training_output, flag="--output")
 
 
 def _build_model(c: dict[str, Any]):
@@ -205,32 +212,20 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     result["accuracy"] = accuracy(model, xt, yt)
     result["sparsity"] = pruner.sparsity() if pruner is not None else 0.0
     if c["output"]:
+        from prunekit.core.checkpoint import save_state
+        from prunekit.core.io import atomic_file
+
         state = {"model": model.state_dict(), "masks": pruner.masks if pruner else {}, "config": c}
-        out = os.path.abspath(c["output"])
-        tmp = f"{out}.tmp-{os.getpid()}"  # written beside the target, then renamed: never half a file
-        try:
-            torch.save(state, tmp)  # a dict of tensors and plain values: readable with weights_only=True
-            os.replace(tmp, out)
-        except OSError as exc:  # disk full, folder removed meanwhile: one line, and no half-written file left
-            raise PrunekitError(f"cannot write --output {c['output']!r}: {exc.strerror or exc}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(c["output"], _not_a_training_output, c["overwrite"], flag="--output") as tmp:
+            save_state(tmp, state)  # safetensors + JSON: reading it back never runs code
         result["output"] = c["output"]
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``prunekit train``; returns the exit code (2 for a bad setting)."""
-    try:
-        config = resolve_config(args)
-        result = train_and_prune(config)
-    except PrunekitError as exc:
-        print(f"prunekit train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prunekit train: interrupted; nothing was saved", file=sys.stderr)
-        return 130
+    """Entry point of ``prunekit train``; errors and signals reach :mod:`prunekit.core.exits`."""
+    config = resolve_config(args)
+    result = train_and_prune(config)
     if config["json"]:
         print(json.dumps(result, indent=1))
     else:
@@ -239,12 +234,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone ``python -m prunekit.training.cli``: the ``train`` sub-command only."""
-    parser = argparse.ArgumentParser(prog="prunekit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
-    return run(args)
+    """Standalone ``python -m prunekit.training.cli``: the same as ``prunekit train ...``."""
+    from prunekit.cli import main as prunekit_main
+
+    return prunekit_main(["train", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

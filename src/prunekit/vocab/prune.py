@@ -14,7 +14,7 @@ The tokenizer side (which ids must stay for in-domain text to tokenize the same,
 from __future__ import annotations
 
 import json
-import tempfile
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, short_repr
+from prunekit.core.io import scratch_folder, write_text
 from prunekit.vocab.tokenizer import TokenizerSpec, base_ids, bpe_closure, parse_tokenizer, rewrite, top_ids
 
 MAX_KEEP_FILE = 16 << 20  # a keep file lists token ids: 16 MB is far more than any vocabulary
@@ -198,9 +199,9 @@ def rewrite_tokenizer(tokenizer, kept_ids: list[int]):
     spec = tokenizer_spec(tokenizer)
     data = rewrite(spec, kept_ids)
     old_to_new = {old: new for new, old in enumerate(kept_ids)}
-    with tempfile.TemporaryDirectory(prefix="prunekit-vocab-") as tmp:
+    with scratch_folder("prunekit-vocab-") as tmp:
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        write_text(tmp / "tokenizer.json", json.dumps(data, ensure_ascii=False))
         config_file = Path(tmp) / "tokenizer_config.json"
         if config_file.is_file():
             config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -208,7 +209,7 @@ def rewrite_tokenizer(tokenizer, kept_ids: list[int]):
             if isinstance(decoder, dict):
                 config["added_tokens_decoder"] = {str(old_to_new[int(k)]): v for k, v in decoder.items()
                                                   if int(k) in old_to_new}
-            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+            write_text(config_file, json.dumps(config, indent=2, ensure_ascii=False))
         for stale in ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model"):
             (Path(tmp) / stale).unlink(missing_ok=True)  # the slow files would disagree with tokenizer.json
         new = AutoTokenizer.from_pretrained(tmp)

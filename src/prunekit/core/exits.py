@@ -1,0 +1,116 @@
+"""The one place that turns errors and signals into exit codes and one-line messages.
+
+* :class:`~prunekit.core.errors.PrunekitError` is the user's mistake (a bad value, a refused
+  output): ``prunekit CMD: error: <one line>``, exit code 2. So are the environment's refusals
+  that no code can fix (disk full, permission denied, out of memory), said as such.
+* Anything else is a bug in prunekit: one line saying so, exit code 1; ``--debug`` (anywhere on
+  the command line) or ``PRUNEKIT_DEBUG=1`` prints the traceback too.
+* Ctrl-C (SIGINT) exits 130 and SIGTERM (``timeout``, Slurm, ``docker stop``) exits 143, with one
+  line. SIGTERM is raised in the main thread as :class:`Terminated`, a ``KeyboardInterrupt``, so
+  every ``finally`` runs: the one writer (:mod:`prunekit.core.io`) removes its temporary folder
+  and nothing is left behind.
+* Argument errors (argparse) are one line too: :class:`OneLineParser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+
+from prunekit.core.errors import PrunekitError
+
+EXIT_OK, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+MAX_MESSAGE = 400  # characters of an error line
+# errors of the machine, not of prunekit: said in one line, exit 2
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                      errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOMEM}
+RESUMABLE = {"data score", "data train"}  # an interrupted run of these resumes when rerun
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prunekit CMD: error: <message> (see prunekit CMD --help)``."""
+
+    def error(self, message: str):
+        first = (message.strip().splitlines() or ["bad arguments"])[0]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_cut(first)} (see {self.prog} --help)\n")
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (a KeyError's key without its quotes), cut short."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return _cut((str(message).strip().splitlines() or [type(err).__name__])[0])
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def run_command(command: str, body: Callable[[], int], debug: bool = False) -> int:
+    """Run ``body`` (a command) and return its exit code, mapping every error and signal to a code
+    and at most one line on stderr (plus the traceback of a bug with ``debug``)."""
+    name = f"prunekit {command}".rstrip()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return body()
+    except SystemExit as exit_:  # argparse (--help, one-line errors) and sys.exit in a command
+        return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
+    except BrokenPipeError:  # `prunekit list | head`: the reader left; nothing to report
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_OK
+    except Terminated:
+        _say(f"{name}: terminated (SIGTERM); nothing was written")
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to resume" if command in RESUMABLE else "; nothing was written"
+        _say(f"{name}: interrupted{hint}")
+        return EXIT_INTERRUPTED
+    except PrunekitError as err:
+        _say(f"{name}: error: {one_line(err)}")
+        return EXIT_USAGE
+    except MemoryError:
+        _say(f"{name}: error: out of memory; lower the sizes of the run (--nsamples, --seqlen, --chunk-size, "
+             "--batch-size) or use a machine with more memory")
+        return EXIT_USAGE
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            return _bug(name, err, debug)
+        where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+        _say(f"{name}: error: cannot read or write{where}: {err.strerror or one_line(err)}")
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - whatever else it is, it is ours to fix
+        return _bug(name, err, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _bug(name: str, err: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+        _say(f"{name}: internal error (a bug in prunekit; please report it with the traceback above)")
+    else:
+        _say(f"{name}: internal error, a bug in prunekit: {type(err).__name__}: {one_line(err)} "
+             "(rerun with --debug for the traceback, and please report it)")
+    return EXIT_BUG
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
