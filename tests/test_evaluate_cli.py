@@ -148,7 +148,7 @@ def test_report_html_of_a_folder_without_manifest(tiny, tmp_path, capsys):
     assert "<img alt='per-layer kept fraction' src='layers.png'>" in page
     assert "No prunekit.json" in page and "What was run" not in page and "Quality" not in page
     _png_ok(out / "layers.png")
-    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "report.html", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "prunekit.json", "report.html", "report.json"]
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # a folder's usual permissions, not mkdtemp's 0700

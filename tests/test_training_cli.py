@@ -38,15 +38,20 @@ def test_bad_flag_values_exit_2_with_one_line_naming_the_value(argv, named, caps
     assert named in err and err.startswith("prunekit train: error:")
 
 
-def test_existing_output_or_missing_folder_is_refused_before_training(tmp_path, capsys):
-    existing = tmp_path / "model.pt"
+def test_existing_output_or_a_file_as_folder_is_refused_before_training(tmp_path, capsys):
+    existing = tmp_path / "model.safetensors"
     existing.write_bytes(b"keep me")
     code, out, err = run_cli(["--output", str(existing)], capsys)
     assert code == 2 and out == "" and str(existing) in err and len(err.strip().splitlines()) == 1
+    assert "already exists" in err
+    code, out, err = run_cli(["--output", str(existing), "--overwrite"], capsys)  # not a file prunekit wrote
+    assert code == 2 and "is not a file prunekit train wrote" in err
     assert existing.read_bytes() == b"keep me"
-    code, _, err = run_cli(["--output", str(tmp_path / "no" / "model.pt")], capsys)
-    assert code == 2 and "existing folder" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    code, _, err = run_cli(["--output", str(existing / "model.safetensors")], capsys)
+    assert code == 2 and "is a file, not a folder" in err
+    code, _, err = run_cli(["--output", str(tmp_path / "model.pt")], capsys)
+    assert code == 2 and "must end in .safetensors" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
 def test_bad_recipes_exit_2(tmp_path, capsys):
@@ -77,7 +82,7 @@ def test_recipe_plus_flag_override_trains_and_prunes_real_fashion_mnist(tmp_path
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("method: gradual\nschedule: cubic\nsparsity: 0.5\nscope: global\nfloor: 0.05\n"
                       "epochs: 1\nbatch-size: 64\nlimit: 1024\nfrequency: 2\n")
-    out_file = tmp_path / "model.pt"
+    out_file = tmp_path / "model.safetensors"
     code, out, _ = run_cli(["--recipe", str(recipe), "--sparsity", "0.8", "--quiet", "--json", "--threads", "1",
                             "--output", str(out_file)], capsys)
     assert code == 0
@@ -85,7 +90,11 @@ def test_recipe_plus_flag_override_trains_and_prunes_real_fashion_mnist(tmp_path
     assert result["method"] == "gradual"
     assert result["sparsity"] == pytest.approx(0.8, abs=1e-3)  # the flag won over the recipe
     assert result["accuracy"] > 0.3  # 16 steps on 1k real images: well above chance (0.1)
-    saved = torch.load(out_file, weights_only=True)
+    from prunekit.core.checkpoint import load_state
+
+    assert out_file.read_bytes()[8:9] == b"{"  # a safetensors header, not a torch zip holding data.pkl
+    saved = load_state(out_file)
+    assert saved["config"]["sparsity"] == pytest.approx(0.8)
     for name, mask in saved["masks"].items():
         weight = saved["model"][f"{name}.weight"]
         assert torch.all(weight[mask] == 0)  # True = pruned

@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from prunekit.core.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -75,15 +76,6 @@ EMBEDDED: tuple[EmbeddedModel, ...] = (
                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", dtype="bfloat16", large=True),
 )
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {m.name: m for m in EMBEDDED}
-
-
-def cache_dir() -> Path:
-    """Root of prunekit's user cache (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``)."""
-    env = os.environ.get("PRUNEKIT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "prunekit"
 
 
 def npm_package_dir(name: str) -> Path:

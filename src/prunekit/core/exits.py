@@ -9,7 +9,8 @@
   line. SIGTERM is raised in the main thread as :class:`Terminated`, a ``KeyboardInterrupt``, so
   every ``finally`` runs: the one writer (:mod:`prunekit.core.io`) removes its temporary folder
   and nothing is left behind.
-* Argument errors (argparse) are one line too: :class:`OneLineParser`.
+* Argument errors (argparse) are one line too (:class:`OneLineParser`); they leave as
+  ``SystemExit(2)``, as ``--help`` and ``--version`` leave with ``SystemExit(0)``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,6 @@ def run_command(command: str, body: Callable[[], int], debug: bool = False) -> i
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body()
-    except SystemExit as exit_:  # argparse (--help, one-line errors) and sys.exit in a command
-        return exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
     except BrokenPipeError:  # `prunekit list | head`: the reader left; nothing to report
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_OK

@@ -159,7 +159,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: tuple = (), o
                  flag: str = "--out", probe: bool = True) -> Path:
     """Validate an output (a folder, or a file when ``owned`` is given) before any work is done, and
     again at the move (the rules are in the module docstring); returns the resolved path."""
-    from prunekit.assets import cache_dir
+    from prunekit.core.paths import cache_dir
 
     shown = str(out)
     out = _resolve(out, flag)

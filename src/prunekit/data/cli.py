@@ -475,10 +475,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m prunekit.data.cli ...``: the same as ``prunekit data ...``."""
+    """``python -m prunekit.data.cli data ...``: the same as ``prunekit data ...``."""
     from prunekit.cli import main as prunekit_main
 
-    return prunekit_main(["data", *(sys.argv[1:] if argv is None else argv)])
+    return prunekit_main(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
