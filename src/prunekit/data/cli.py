@@ -413,23 +413,25 @@ def cmd_train(args) -> int:
 
 
 def report_markdown(folder: str | Path) -> str:
-    """Per-score summary and pairwise seed stability (Spearman, Kendall) as markdown."""
+    """Per-score summary and pairwise seed stability (Spearman, Kendall) as markdown; the folder, score
+    names and directions come from files, so they are escaped (``core.markup.md_escape``)."""
     import numpy as np
 
+    from prunekit.core.markup import md_escape
     from prunekit.data.table import ScoreTable, stability_report
 
     table = ScoreTable.load(folder)
-    lines = [f"# Score report: {folder}", "", f"{table.n_examples()} examples, {len(table)} rows.", "",
+    lines = [f"{REPORT_TITLE} {md_escape(folder)}", "", f"{table.n_examples()} examples, {len(table)} rows.", "",
              "| score | direction | runs (seed, checkpoint) | mean | std | min | max |", "|---|---|---|---|---|---|---|"]
     for s in table.score_names:
         v = table.vector(s)
-        lines.append(f"| {s} | {table.direction(s)} | {table.runs(s)} | {np.nanmean(v):.4g} | {np.nanstd(v):.4g} "
+        lines.append(f"| {md_escape(s)} | {md_escape(table.direction(s))} | {table.runs(s)} | {np.nanmean(v):.4g} | {np.nanstd(v):.4g} "
                      f"| {np.nanmin(v):.4g} | {np.nanmax(v):.4g} |")
     stab = stability_report(table)
     lines += ["", "## Stability between seeds", ""]
     if stab:
         lines += ["| score | seeds | Spearman | Kendall |", "|---|---|---|---|"]
-        lines += [f"| {r['score']} | {r['seed_a']} vs {r['seed_b']} | {r['spearman']:.3f} | {r['kendall']:.3f} |"
+        lines += [f"| {md_escape(r['score'])} | {r['seed_a']} vs {r['seed_b']} | {r['spearman']:.3f} | {r['kendall']:.3f} |"
                   for r in stab]
     else:
         lines.append("Only one seed per score: nothing to compare.")

@@ -11,13 +11,13 @@ destination and renamed into place (``OUT/report`` by default for a prunekit out
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import time
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.markup import inline_html, md_escape, plot_text, split_cells
 
 REPORT_DIR = "report"
 EXTRA = "pip install 'prunekit[report]'"
@@ -212,7 +212,7 @@ def plot_layers(target: dict, baseline: dict | None, path: Path) -> None:
     for kind in kinds:
         xs = [i for i, r in enumerate(rows) if r["name"].rsplit(".", 1)[-1] == kind]
         ys = [rows[i]["kept"] / base.get(rows[i]["name"], rows[i]["numel"]) for i in xs]
-        ax.bar(xs, ys, width=1.0, color=colours[kind], label=kind)
+        ax.bar(xs, ys, width=1.0, color=colours[kind], label=plot_text(kind))
     ax.set_ylim(0, 1.05)
     ax.set_xlim(-1, len(rows))
     starts = _block_starts([r["name"] for r in rows])
@@ -294,7 +294,8 @@ def plot_speed(speed: dict, path: Path) -> None:
                     bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
     ax.set_xlabel("ratio (dashed: dense)")
     threads = speed.get("threads", "?")
-    ax.set_title(f"Speed receipt (median of {speed.get('runs', '?')} runs, {threads} thread{'' if threads == 1 else 's'})")
+    ax.set_title(f"Speed receipt (median of {plot_text(speed.get('runs', '?'))} runs, {plot_text(threads)} "
+                 f"thread{'' if threads == 1 else 's'})")
     fig.savefig(path)
 
 
@@ -317,19 +318,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(data: dict, plots: dict[str, str]) -> str:
     t, b, manifest = data["target"], data.get("baseline"), data.get("manifest") or {}
-    lines = [f"# prunekit report: {t['name']}", ""]
-    lines.append(f"Baseline: {b['name'] if b else 'none'}. prunekit {data['version']}.")
+    lines = [f"# prunekit report: {md_escape(t['name'])}", ""]
+    lines.append(f"Baseline: {md_escape(b['name']) if b else 'none'}. prunekit {md_escape(data['version'])}.")
     lines.append("")
     steps = manifest.get("steps") if isinstance(manifest, dict) else None
     if steps:
         lines += ["## What was run", ""]
         for step in steps:
             keys = ("kind", "method", "sparsity", "pattern", "allocation", "structure")
-            shown = ", ".join(f"{k} {step[k]}" for k in keys if isinstance(step, dict) and step.get(k) is not None)
+            shown = ", ".join(f"{k} {md_escape(step[k])}" for k in keys
+                              if isinstance(step, dict) and step.get(k) is not None)
             lines.append(f"- {shown}")
         calib = manifest.get("calibration") or {}
-        if calib:
-            lines.append(f"- calibration: {', '.join(f'{k} {v}' for k, v in calib.items())}")
+        if isinstance(calib, dict) and calib:
+            lines.append(f"- calibration: {', '.join(f'{md_escape(k)} {md_escape(v)}' for k, v in calib.items())}")
         outcome = _outcome(manifest.get("result"))
         if outcome:
             lines.append(f"- result: {outcome}")
@@ -358,7 +360,7 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
         if "perplexity" in quality:
             p = quality["perplexity"]
             base = bq.get("perplexity", {}).get("perplexity")
-            rows.append([f"perplexity ({p['windows']} x {p['seqlen']} tokens of {data['text']}, "
+            rows.append([f"perplexity ({p['windows']} x {p['seqlen']} tokens of {md_escape(data['text'])}, "
                          f"{p['scored']:,} scored)", f"{base:.2f}" if base else "-", f"{p['perplexity']:.2f}",
                          f"{p['perplexity'] / base:.2f}x" if base else "-"])
         for name, r in quality["tasks"].items():
@@ -369,8 +371,8 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
                 cell = f"{r[metric]:.3f} ± {r[metric + '_stderr']:.3f}"
                 base = f"{br[metric]:.3f} ± {br[metric + '_stderr']:.3f}" if br else "-"
                 delta = f"{r[metric] - br[metric]:+.3f}" if br else "-"
-                rows.append([f"{name} v{r['version']} {metric} (n={r['n']}, chance {r['chance']:.2f})", base, cell,
-                             delta])
+                rows.append([f"{md_escape(name)} v{md_escape(r['version'])} {metric} (n={r['n']}, "
+                             f"chance {r['chance']:.2f})", base, cell, delta])
         lines += _table(["measure", "baseline", "target", "change"], rows) + [""]
         if "quality" in plots:
             lines += [f"![perplexity and accuracy]({plots['quality']})", ""]
@@ -386,9 +388,9 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
             ["parameters", f"{d['parameters']:,}", f"{p['parameters']:,}", f"{speed['parameter_ratio']:.3f}"],
             ["GFLOPs / token", f"{d['flops_per_token'] / 1e9:.3f}", f"{p['flops_per_token'] / 1e9:.3f}",
              f"{speed['flops_ratio']:.3f}"],
-            [f"prefill 1x{speed['seq_len']} (ms)", f"{d['prefill_s'] * 1e3:.0f}", f"{p['prefill_s'] * 1e3:.0f}",
+            [f"prefill 1x{md_escape(speed['seq_len'])} (ms)", f"{d['prefill_s'] * 1e3:.0f}", f"{p['prefill_s'] * 1e3:.0f}",
              f"{speed['prefill_speedup']:.2f}x speed-up"],
-            [f"decode {speed['decode_tokens']} tokens (tok/s)", f"{d['decode_tokens_per_s']:.1f}",
+            [f"decode {md_escape(speed['decode_tokens'])} tokens (tok/s)", f"{d['decode_tokens_per_s']:.1f}",
              f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x speed-up"],
         ]) + ["", f"![speed receipt]({plots['speed']})", ""]
     return "\n".join(lines)
@@ -411,12 +413,19 @@ def _outcome(result) -> str:
     if isinstance(result.get("peak_rss_mb"), number):
         parts.append(f"peak RSS {result['peak_rss_mb']:,.0f} MB")
     if result.get("dtype") and result.get("device"):
-        parts.append(f"{result['dtype']} on {result['device']}")
+        parts.append(f"{md_escape(result['dtype'])} on {md_escape(result['device'])}")
     return ", ".join(parts)
 
 
+_OWN_IMAGE = re.compile(r"!\[([^\\\]]*)\]\(([a-z0-9_-]+\.png)\)")  # a plot this report drew, by its file name
+
+
 def to_html(md: str) -> str:
-    """The Markdown page as simple HTML (headings, paragraphs, tables, images, lists)."""
+    """The Markdown page as simple HTML (headings, paragraphs, tables, images, lists).
+
+    Every text is HTML-escaped after its Markdown escapes are resolved (see :mod:`prunekit.core.markup`);
+    the only images are the report's own PNGs beside the page; there are no links, scripts, or
+    resources from elsewhere (the style sheet is inline)."""
     out = ["<!doctype html>", "<meta charset='utf-8'>", "<title>prunekit report</title>",
            "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style>"]
@@ -427,27 +436,27 @@ def to_html(md: str) -> str:
             out.append("<table>")
             for i, row in enumerate(table):
                 tag = "th" if i == 0 else "td"
-                out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>")
+                out.append("<tr>" + "".join(f"<{tag}>{inline_html(c)}</{tag}>" for c in row) + "</tr>")
             out.append("</table>")
             table.clear()
 
-    for line in md.splitlines():
+    for line in md.split("\n"):  # not splitlines(): a line is what Markdown calls one
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = split_cells(line)
             if not all(set(c) <= {"-"} for c in cells):
                 table.append(cells)
             continue
         flush()
-        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line)
+        image = _OWN_IMAGE.fullmatch(line)
         if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+            level = min(6, len(line) - len(line.lstrip("#")))
+            out.append(f"<h{level}>{inline_html(line.lstrip('#').strip())}</h{level}>")
         elif image:
-            out.append(f"<p><img alt='{html.escape(image.group(1))}' src='{html.escape(image.group(2))}'></p>")
+            out.append(f"<p><img alt='{inline_html(image.group(1))}' src='{image.group(2)}'></p>")
         elif line.startswith("- "):
-            out.append(f"<ul><li>{html.escape(line[2:])}</li></ul>")
+            out.append(f"<ul><li>{inline_html(line[2:])}</li></ul>")
         elif line:
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{inline_html(line)}</p>")
     flush()
     return "\n".join(out) + "\n"
 
