@@ -8,12 +8,12 @@ Errors and signals map to exit codes in one place, :mod:`prunekit.core.exits`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 
 DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
@@ -264,7 +264,7 @@ def _prune(args) -> int:
         out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
                               source=path)
     if args.json:
-        print(json.dumps({**result.to_dict(), "out": str(out)}, default=str))
+        print(dumps_json({**result.to_dict(), "out": str(out)}, default=str))
     elif not args.quiet:
         print(result.summary())
         print(f"saved to {out}")
@@ -289,7 +289,7 @@ def cmd_inspect(args) -> int:
 
     report = sparsity_report(load_model(args.model))
     report["folder"] = folder_kind(resolve_model_path(args.model))  # how the folder loads (issue 12)
-    print(json.dumps(report) if args.json else format_report(report) + FOLDER_NOTES.get(report["folder"], ""))
+    print(dumps_json(report) if args.json else format_report(report) + FOLDER_NOTES.get(report["folder"], ""))
     return 0
 
 
@@ -304,7 +304,7 @@ def cmd_list(args) -> int:
                           "options": [{"name": o.name, "type": o.type, "default": o.default, "help": o.help}
                                       for o in reg.options(name)]} for name, doc in reg.describe()]
     if args.json:
-        print(json.dumps(listing, default=str))
+        print(dumps_json(listing, default=str))
         return 0
     for kind, entries in listing.items():
         print(f"{kind}:")
@@ -354,7 +354,7 @@ def cmd_demo(args) -> int:
                             overwrite=overwrite, source="smollm2-135m")
     say(f"saved to {saved}  (try: prunekit eval --model {saved})")
     if args.json:
-        print(json.dumps({"dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
+        print(dumps_json({"dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
                           "sparsity": result.sparsity, "seconds": seconds, "peak_rss_mb": result.peak_rss_mb,
                           "out": str(saved)}))
     return 0

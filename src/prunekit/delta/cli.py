@@ -28,9 +28,9 @@ models' configs, --out) runs before the models load.
 from __future__ import annotations
 
 import argparse
-import json
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 
 FORMATS = ("merged", "sparse", "adapter")
 
@@ -242,7 +242,7 @@ def report(args, result, out, adapter=None) -> None:
         data.pop("layers")
         if adapter is not None:
             data["lora"] = adapter.describe()
-        print(json.dumps({**data, "out": str(out)}))
+        print(dumps_json({**data, "out": str(out)}))
     elif not args.quiet:
         if adapter is not None:
             print(f"LoRA adapter r={adapter.rank}, {len(adapter.factors)} modules: {adapter.nonzero():,} of "
@@ -267,7 +267,7 @@ def run_apply(args) -> int:
     manifest["result"] = {**(header.get("result") or {}), "sparse_delta": str(args.delta)}
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=base_path)
     if args.json:
-        print(json.dumps({"out": str(out), "tensors": len(header["shapes"])}))
+        print(dumps_json({"out": str(out), "tensors": len(header["shapes"])}))
     elif not args.quiet:
         print(f"applied {len(header['shapes'])} tensor deltas to {args.base}; saved to {out}")
     return 0

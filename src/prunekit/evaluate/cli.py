@@ -8,10 +8,10 @@ Every name and number is checked before the model loads: a task name is a prunek
 from __future__ import annotations
 
 import difflib
-import json
-from prunekit.core.io import scratch_folder
 
 from prunekit.core.errors import PrunekitError, unknown_choice
+from prunekit.core.io import scratch_folder
+from prunekit.core.jsonout import dumps_json
 from prunekit.core.registry import TASKS
 
 PERPLEXITY = "perplexity"
@@ -144,5 +144,5 @@ def run_eval(args) -> int:
                                   if isinstance(v, float) and "stderr" not in k)
                 say(f"lm-eval {name:<28} {shown}")
     if args.json:
-        print(json.dumps(out, default=str))
+        print(dumps_json(out, default=str))
     return 0

@@ -11,13 +11,13 @@ destination and renamed into place (``OUT/report`` by default for a prunekit out
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.markup import inline_html, md_escape, plot_text, split_cells
+from prunekit.core.jsonout import dumps_json
 
 REPORT_DIR = "report"
 EXTRA = "pip install 'prunekit[report]'"
@@ -124,7 +124,7 @@ def run_report(args) -> int:
                         nwindows=args.nwindows, perplexity_too=run_ppl, tasks=tasks, limit=args.limit,
                         batch_tokens=args.batch_tokens, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps({"page": str(page), "folder": str(page.parent)}))
+        print(dumps_json({"page": str(page), "folder": str(page.parent)}))
     elif not args.quiet:
         print(f"report written to {page}")
     return 0

@@ -10,9 +10,9 @@ MLP width).
 from __future__ import annotations
 
 import copy
-import json
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 from prunekit.core.recipe import parse_options
 from prunekit.structured.recipe import parse_structure
 
@@ -136,7 +136,7 @@ def run_prune(args, recipe=None) -> int:
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
     kind, how = describe_folder(out, bool(result.layer_shapes))
     if args.json:
-        print(json.dumps({**manifest, "out": str(out), "folder": kind, "load_with": how}, default=str))
+        print(dumps_json({**manifest, "out": str(out), "folder": kind, "load_with": how}, default=str))
     elif not args.quiet:
         print(result.summary())
         if receipt:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 from prunekit.core.families import adapter_for, set_weight, weight_view
 from prunekit.core.shapes import (CONFIG_KEY, DECILM_ARCHITECTURE, DECILM_FFN_MULTIPLE, DECILM_TYPE,
                                   decilm_block_widths, decilm_ffn_mult)
@@ -223,7 +224,7 @@ def run_export(args) -> int:
         tokenizer = None
     result = export_decilm(model, out, tokenizer, overwrite=args.overwrite, source=path)
     if args.json:
-        print(json.dumps({**result.to_dict(), "out": str(out)}))
+        print(dumps_json({**result.to_dict(), "out": str(out)}))
     elif not args.quiet:
         print(result.summary())
         print(f"saved to {out}: the DeciLM / Nemotron-NAS layout (model_type nemotron-nas, block_configs) for serving "

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 
 RUNTIME: dict[str, Any] = {"threads": None, "output": None, "overwrite": False, "json": False,
                            "quiet": False}  # not part of a recipe
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     result = train_and_prune(config)
     if config["json"]:
-        print(json.dumps(result, indent=1))
+        print(dumps_json(result, indent=1))
     else:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0

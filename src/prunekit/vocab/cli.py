@@ -17,12 +17,12 @@ only the tokenizer) runs before the model loads.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 
 MANIFEST_KEY = "vocab"  # result.vocab of prunekit.json
 
@@ -110,7 +110,7 @@ def run(args) -> int:
     manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}
     out = save_pretrained(model, args.out, new_tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
     if args.json:
-        print(json.dumps({k: v for k, v in {**data, "out": str(out)}.items() if k != "kept_ids"}))
+        print(dumps_json({k: v for k, v in {**data, "out": str(out)}.items() if k != "kept_ids"}))
     elif not args.quiet:
         print(result.summary())
         print(f"kept: {', '.join(f'{k} {v:,}' for k, v in result.counts.items())}")
