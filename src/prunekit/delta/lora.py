@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, short_repr
+from prunekit.core.finite import check_finite
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -97,11 +98,18 @@ class LoraAdapter:
                 "parameters": self.parameters(), "nonzero": self.nonzero(), "dtype": str(self.dtype), **self.extra}
 
 
-def _positive(config: dict, key: str, kind: type, where: str):
+MAX_RANK = 65_536  # no adapter has more; a larger r is a damaged config
+MAX_ALPHA = 1e6  # lora_alpha / r scales the delta: PEFT's usual alphas are 8..512; 1e308 made every weight inf
+
+
+def _positive(config: dict, key: str, kind: type, where: str, maximum: float):
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or (
-            kind is int and value != int(value)):
+            kind is int and math.isfinite(value) and value != int(value)):
         raise PrunekitError(f"{where}: {key} must be a positive {kind.__name__}, got {short_repr(value)}")
+    if not value <= maximum:  # inf too
+        raise PrunekitError(f"{where}: {key} {short_repr(value)} is beyond the sane bound {maximum:g} (the delta is "
+                            "lora_alpha / r times B@A); is the adapter config damaged?")
     return kind(value)
 
 
@@ -112,8 +120,8 @@ def check_config(config: object, where: str) -> dict:
     peft_type = config.get("peft_type", "LORA")
     if str(peft_type).upper() != "LORA":
         raise PrunekitError(f"{where}: peft_type {short_repr(peft_type)} is not a LoRA adapter (only LORA is read)")
-    _positive(config, "r", int, where)
-    _positive(config, "lora_alpha", float, where)
+    _positive(config, "r", int, where, MAX_RANK)
+    _positive(config, "lora_alpha", float, where, MAX_ALPHA)
     bias = config.get("bias", "none")
     if bias != "none":
         raise PrunekitError(f"{where}: bias {short_repr(bias)} is not supported (the adapter trains biases; only "
@@ -186,6 +194,8 @@ def read_adapter(path: str | Path) -> LoraAdapter:
                                 f"{list(b.shape)}; rank r = {r} needs A (r x in) and B (out x r)")
         if not (a.is_floating_point() and b.is_floating_point()):
             raise PrunekitError(f"{str(weights)!r}: module {name!r} has factors of dtype {a.dtype}/{b.dtype}")
+        for label, factor in (("lora_A", a), ("lora_B", b)):
+            check_finite(factor, f"{str(weights)!r}: module {name!r} {label}")
         factors[name] = (a.float(), b.float())
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     return LoraAdapter(config, factors, dtype, str(folder))
@@ -218,9 +228,14 @@ def merge_adapter(model: nn.Module, adapter: LoraAdapter) -> list[str]:
     from prunekit.core.families import weight_view
 
     check_adapter(adapter, model)
+    where = adapter.path or "the LoRA adapter"
     for name in adapter.factors:
         weight = weight_view(model.get_submodule(name))
-        weight.copy_((weight.float() + adapter.delta(name)).to(weight.dtype))
+        delta = adapter.delta(name)
+        check_finite(delta, f"{where}: the delta s*B@A of module {name!r}", f"s = {adapter.scale:g} times B@A "
+                     "overflows float32")
+        weight.copy_((weight.float() + delta).to(weight.dtype))
+        check_finite(weight, f"{where}: the merged weights of module {name!r}", f"base + delta overflows {weight.dtype}")
     return list(adapter.factors)
 
 
@@ -271,6 +286,7 @@ def prune_factors(adapter: LoraAdapter, step, model: nn.Module):
             key = f"{name}.{label}"
             ctx = DeltaContext(key, None, layer_generator(step.seed, key))
             new = method.prune(tensor, step.sparsity, ctx)
+            check_finite(new, f"the pruned factor {key!r}", "the rescaled entries overflow float32; lower the sparsity")
             pruned.append(new)
             result.layers.append(DeltaLayerReport(key, tuple(tensor.shape), int((tensor != 0).sum()),
                                                   int((new != 0).sum()), ctx.factor))

@@ -27,6 +27,7 @@ from prunekit.core.calibration import resolve_compute_dtype, walk_blocks
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.errors import PrunekitError
 from prunekit.core.families import adapter_for, weight_view
+from prunekit.core.finite import check_finite, check_finite_state
 from prunekit.core.recipe import CalibrationConfig
 from prunekit.core.stats import LayerStats
 from prunekit.core.targets import select_layers
@@ -99,6 +100,15 @@ def check_pair(base: nn.Module, finetuned: nn.Module) -> None:
                                 "the fine-tuned model; a delta needs two models of the same shapes")
 
 
+NONFINITE_INPUT = "a delta of NaN or inf gives a merged model of NaN or inf: give models whose weights are finite"
+
+
+def check_merged(weight: torch.Tensor, name: str) -> None:
+    """The merged weights of a layer (base + pruned, rescaled delta) are finite in their dtype."""
+    check_finite(weight, f"the merged weights of layer {name!r}", f"the rescaled delta overflows {weight.dtype}; "
+                 "lower the sparsity (DARE rescales the kept entries by 1/(1-p))")
+
+
 def changed_tensors(base: nn.Module, finetuned: nn.Module, skip: set[str]) -> list[str]:
     """Names of the tensors (outside ``skip``) whose values differ between the two models."""
     a, b = base.state_dict(), finetuned.state_dict()
@@ -124,6 +134,8 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
     tensor of token windows) is read only by methods that need data."""
     step = step if step is not None else DeltaStep(**step_fields)
     check_pair(base, finetuned)
+    check_finite_state(base, "the base model", NONFINITE_INPUT)
+    check_finite_state(finetuned, "the fine-tuned model", NONFINITE_INPUT)
     method = step.build()
     start = time.perf_counter()
     adapter = adapter_for(finetuned)
@@ -148,6 +160,7 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
         if method.global_factor:
             kept[name] = new
         weight.copy_((base_weight.float() + new).to(weight.dtype))
+        check_merged(weight, name)
         result.layers.append(DeltaLayerReport(name, tuple(weight.shape), int((delta != 0).sum()),
                                               int((new != 0).sum()), ctx.factor))
 
@@ -175,6 +188,7 @@ def _set_factor(model: nn.Module, base: nn.Module, kept: dict[str, torch.Tensor]
     for name, delta in kept.items():
         weight = weight_view(model.get_submodule(name))
         weight.copy_((weight_view(base.get_submodule(name)).float() + factor * delta).to(weight.dtype))
+        check_merged(weight, name)
 
 
 def _choose_factor(model, base, kept, grid, windows, chunk_size, progress) -> tuple[float, dict]:

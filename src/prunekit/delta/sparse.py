@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, short_repr
+from prunekit.core.finite import check_finite
 
 FORMAT = "prunekit-sparse-delta/1"
 META_KEY = "prunekit_delta"
@@ -57,6 +58,8 @@ def sparse_delta(base: nn.Module, merged: nn.Module) -> tuple[dict[str, torch.Te
         dtype = torch.int32 if b.numel() < 2**31 else torch.int64
         tensors[f"{name}.indices"] = index.to(dtype).contiguous()
         tensors[f"{name}.values"] = delta[index].contiguous()
+        check_finite(tensors[f"{name}.values"], f"the delta of tensor {name!r}",
+                     "the fine-tuned model and its base must have finite weights")
         shapes[name] = list(b.shape)
     return tensors, shapes
 
@@ -130,9 +133,38 @@ def apply_sparse_delta(base: nn.Module, path: str | Path) -> dict:
         for name, shape in meta["shapes"].items():
             if name not in state or list(state[name].shape) != shape or {f"{name}.indices", f"{name}.values"} - keys:
                 raise PrunekitError(f"the sparse delta {str(path)!r} does not fit tensor {name!r}")
-            index, values = f.get_tensor(f"{name}.indices").long(), f.get_tensor(f"{name}.values")
             flat = state[name].view(-1)
-            if len(index) != len(values) or (len(index) and (index.min() < 0 or index.max() >= flat.numel())):
-                raise PrunekitError(f"the sparse delta {str(path)!r} has bad indices for tensor {name!r}")
+            index, values = read_entries(f, name, flat.numel(), str(path))
             flat[index] = (flat[index].float() + values.float()).to(flat.dtype)
+            check_finite(flat[index], f"tensor {name!r} after adding the sparse delta {str(path)!r}",
+                         f"base + delta overflows {flat.dtype}")
     return meta
+
+
+def read_entries(f, name: str, numel: int, shown: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices as int64, values)`` of tensor ``name`` in an open sparse delta, checked: 1-D integer
+    indices, strictly increasing (each position once, as :func:`sparse_delta` writes them) and inside
+    the tensor's ``numel`` entries; as many finite floating-point values. Anything else would be applied
+    silently wrong (a repeated index: the last write wins; a float or bool index: truncated or read as 0/1)."""
+    index, values = f.get_tensor(f"{name}.indices"), f.get_tensor(f"{name}.values")
+
+    def bad(tensor: str, why: str) -> PrunekitError:
+        return PrunekitError(f"the sparse delta {shown!r}: tensor {tensor!r} {why}")
+
+    if index.dtype not in (torch.int32, torch.int64):
+        raise bad(f"{name}.indices", f"has dtype {str(index.dtype).removeprefix('torch.')}; indices are int32 or int64")
+    if index.dim() != 1:
+        raise bad(f"{name}.indices", f"has shape {list(index.shape)}; indices are one flat (1-D) list of positions")
+    if not values.is_floating_point() or values.dim() != 1:
+        raise bad(f"{name}.values", f"has dtype {str(values.dtype).removeprefix('torch.')} and shape "
+                  f"{list(values.shape)}; values are one flat (1-D) list of floats")
+    if len(index) != len(values):
+        raise bad(f"{name}.indices", f"holds {len(index)} positions but {name}.values {len(values)} values")
+    index = index.long()
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= numel):
+        raise bad(f"{name}.indices", f"holds positions {int(index.min())}..{int(index.max())}; the tensor has "
+                  f"{numel} entries (0..{numel - 1})")
+    if len(index) > 1 and not bool((index[1:] > index[:-1]).all()):
+        raise bad(f"{name}.indices", "is not strictly increasing (a repeated or out-of-order position)")
+    check_finite(values, f"the sparse delta {shown!r}: tensor {name + '.values'!r}")
+    return index, values

@@ -37,6 +37,7 @@ from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
 from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
 from prunekit.core.errors import PrunekitError
+from prunekit.core.finite import check_finite, check_finite_stats
 from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
 from prunekit.core.targets import select_layers
@@ -388,6 +389,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
 
     def prune_layer(name: str, module: nn.Module, stats: LayerStats | None) -> None:
         weight = weight_view(module)
+        check_layer_inputs(name, weight, stats)  # the one per-layer place of both paths (in memory, streamed)
         gen = torch.Generator().manual_seed(step.seed * 1_000_003 + zlib.crc32(name.encode()))
         grad = gradients[name].weight if name in gradients else None
         ctx = LayerContext(name, stats, grad, gen)
@@ -410,6 +412,13 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
                 for name, module in layers.items():
                     prune_layer(name, module, None)
     result.timings[f"{step.method}:prune_s"] = time.perf_counter() - t0
+
+
+def check_layer_inputs(name: str, weight: torch.Tensor, stats: LayerStats | None) -> None:
+    """A target layer's weights and calibration statistics are finite before it is pruned: a NaN or inf
+    among them makes every score of the layer meaningless (a chance-level mask, saved with exit 0)."""
+    check_finite(weight, f"the weights of layer {name!r}", "prune a checkpoint whose weights are finite")
+    check_finite_stats(stats, name)
 
 
 # ------------------------------------------------------------------ allocation
