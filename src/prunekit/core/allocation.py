@@ -160,20 +160,57 @@ def budget_counts(scores: Scores, costs: Mapping[Hashable, float], budget: float
 
 # ------------------------------------------------------------------ OWL
 
-def owl_ratios(outlier_ratios: Sequence[float], sparsity: float, lam: float = 0.08) -> list[float]:
+OWL_MAX = 0.99  # OWL prunes at most this fraction of a unit: every block keeps 1% of its weights
+
+
+def owl_ratios(outlier_ratios: Sequence[float], sparsity: float, lam: float = 0.08,
+               sizes: Sequence[float] | None = None) -> list[float]:
     """OWL (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity"): layers with more outliers keep more.
 
     Outlier ratios D_l are mapped linearly onto [s - lam, s + lam] (high D -> low sparsity) and
-    shifted so their mean is exactly the target ``sparsity``.
+    shifted so their mean, weighted by ``sizes`` (each unit's parameters; default: equal), is exactly
+    the target ``sparsity``. Where that band leaves [0, OWL_MAX] (sparsity 0.95 with lam 0.08) the
+    ratios are clipped and the shift is found again by bisection, so the clipped ratios still have the
+    target mean: units at the edge stay clipped, the others move by the same amount. A sparsity above
+    OWL_MAX is an error (no unit may be pruned beyond it).
     """
+    check_owl_sparsity(sparsity)
     d = torch.tensor(outlier_ratios, dtype=torch.float64)
     spread = d.max() - d.min()
     if spread <= 0:
         return [sparsity] * len(outlier_ratios)
+    weights = None if sizes is None else torch.tensor(sizes, dtype=torch.float64)
     scaled = (d - d.min()) / spread * (2 * lam)  # in [0, 2 lam]
     ratios = sparsity + lam - scaled
-    ratios = ratios - ratios.mean() + sparsity
-    return [float(min(max(r, 0.0), 0.99)) for r in ratios]
+    ratios = ratios - _weighted_mean(ratios, weights) + sparsity
+    if ratios.min() < 0.0 or ratios.max() > OWL_MAX:
+        ratios = (ratios + _clipped_shift(ratios, weights, sparsity)).clamp(0.0, OWL_MAX)
+    return [float(r) for r in ratios]
+
+
+def check_owl_sparsity(sparsity: float) -> float:
+    """OWL reaches any sparsity up to OWL_MAX; above it, a one-line error (checked when a recipe is read)."""
+    if sparsity > OWL_MAX:
+        raise PrunekitError(f"allocation owl prunes at most {OWL_MAX:g} of every block, so it cannot reach sparsity "
+                            f"{sparsity:g}; use allocation uniform or global for it")
+    return sparsity
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return values.mean() if weights is None else (values * weights).sum() / weights.sum()
+
+
+def _clipped_shift(ratios: torch.Tensor, weights: torch.Tensor | None, target: float) -> float:
+    """The shift t with mean(clamp(ratios + t, 0, OWL_MAX)) = target, by bisection: that mean grows
+    with t, from 0 (every ratio clipped at 0) to OWL_MAX (every ratio clipped at OWL_MAX)."""
+    lo, hi = -float(ratios.max()), OWL_MAX - float(ratios.min())
+    for _ in range(200):  # float64: the interval stops shrinking long before
+        mid = (lo + hi) / 2
+        if _weighted_mean((ratios + mid).clamp(0.0, OWL_MAX), weights) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def outlier_ratio(scores: torch.Tensor, m: float = 5.0) -> float:
@@ -264,16 +301,22 @@ class Owl(Allocation):
     m: float = option(5.0, "an outlier is a score above m x the mean score of its layer", above=0)
 
     def ratios(self, scores: Scores, sparsity: float, **context) -> dict[Hashable, float]:
-        """``scores``: one tensor per allocation unit (one-shot pools each block's Wanda scores)."""
-        return self.ratios_from_outliers({name: self.outliers(s) for name, s in scores.items()}, sparsity)
+        """``scores``: one tensor per allocation unit (one-shot pools each block's Wanda scores); the
+        ratios' mean weighted by the units' entries is ``sparsity``."""
+        return self.ratios_from_outliers({name: self.outliers(s) for name, s in scores.items()}, sparsity,
+                                         {name: s.numel() for name, s in scores.items()})
 
     def outliers(self, scores: torch.Tensor) -> float:
         """One unit's outlier ratio: all :meth:`ratios_from_outliers` needs of its scores (so a driver
         can reduce each unit's scores as soon as they are complete)."""
         return outlier_ratio(scores, self.m)
 
-    def ratios_from_outliers(self, outliers: Mapping[Hashable, float], sparsity: float) -> dict[Hashable, float]:
-        return dict(zip(outliers, owl_ratios(list(outliers.values()), sparsity, self.lam)))
+    def ratios_from_outliers(self, outliers: Mapping[Hashable, float], sparsity: float,
+                             sizes: Mapping[Hashable, float] | None = None) -> dict[Hashable, float]:
+        """Per-unit sparsities from the units' outlier ratios; ``sizes`` (parameters of each unit) weigh
+        the mean that equals ``sparsity`` (default: every unit the same)."""
+        weights = None if sizes is None else [sizes[name] for name in outliers]
+        return dict(zip(outliers, owl_ratios(list(outliers.values()), sparsity, self.lam, weights)))
 
 
 @ALLOCATIONS.register("blocks")

@@ -443,7 +443,8 @@ def _allocate(adapter, step, per_block, windows, calib, progress, device=None, s
         return {name: counts[name] / sizes[name] for name in modules}
     owl = ALLOCATIONS.build("owl", {"lam": step.owl_lambda, "m": step.owl_m})
     outliers = _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream, compute)
-    block_ratio = owl.ratios_from_outliers(outliers, step.sparsity)
+    sizes = {i: sum(weight_view(m).numel() for m in layers.values()) for i, layers in enumerate(per_block)}
+    block_ratio = owl.ratios_from_outliers(outliers, step.sparsity, sizes)
     return {name: block_ratio[i] for i, layers in enumerate(per_block) for name in layers}
 
 

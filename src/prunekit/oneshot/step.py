@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prunekit.core.allocation import check_owl_sparsity
 from prunekit.core.errors import PrunekitError, short_repr, unknown_choice
 from prunekit.core.masks import check_sparsity, parse_pattern
 from prunekit.core.recipe import Step
@@ -47,6 +48,8 @@ class PruneStep(Step):
             raise unknown_choice("allocation", self.allocation, ALLOCATIONS)
         if self.allocation != "uniform" and pattern.kind == "n:m":
             raise PrunekitError(f"allocation {self.allocation!r} needs per-layer ratios; it cannot be used with N:M")
+        if self.allocation == "owl":
+            check_owl_sparsity(self.sparsity)
         if not self.targets or not all(self.targets):
             raise PrunekitError(f"targets is empty or has an empty name ({short_repr(self.targets)}), so no layer "
                                 "would be pruned; give class names such as 'Linear' or 're:<regex>'")
