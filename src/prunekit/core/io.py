@@ -45,6 +45,7 @@ from safetensors import SafetensorError
 
 from prunekit import __version__
 from prunekit.core.errors import PrunekitError
+from prunekit.core.jsonout import dumps_json
 
 MANIFEST = "prunekit.json"
 # Every file a prunekit output may hold: the manifest, what transformers' save_pretrained writes for
@@ -500,18 +501,7 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data, indent: int | None = 2) -> None:
     """Write ``data`` as strict JSON (non-finite floats as null) to a path the writer gave."""
-    write_text(path, json.dumps(finite_json(data), indent=indent, default=str, allow_nan=False) + "\n")
-
-
-def finite_json(value):
-    """``value`` with every NaN or infinite float replaced by None (so ``json.dumps`` stays valid JSON)."""
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
+    write_text(path, dumps_json(data, indent=indent, default=str) + "\n")
 
 
 def write_manifest(folder: str | Path, manifest: dict | None = None, source: str | None = None) -> None:

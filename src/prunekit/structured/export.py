@@ -25,7 +25,6 @@ llama.cpp here. :func:`prunekit.load_pretrained` reads it back as the Llama mode
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
