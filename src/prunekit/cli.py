@@ -244,7 +244,13 @@ def _prune(args) -> int:
     dtype = check_dtype(args.dtype)
     device = check_device(args.device)
     check_source(recipe.calibration.source)
-    check_seqlen(load_config(args.model), recipe.calibration.seqlen, "calibration seqlen")
+    config = load_config(args.model)
+    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
+    if any(step.build().needs_calibration or step.allocation == "owl" for step in recipe.steps):
+        from prunekit.core.budget import check_calibration
+        from prunekit.models.loading import resolve_dtype
+
+        check_calibration(config, recipe.calibration, resolve_dtype(dtype, config))
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     import prunekit
@@ -328,7 +334,9 @@ def cmd_demo(args) -> int:
     from prunekit.oneshot.prune import manifest
     from prunekit.oneshot.step import PruneStep
 
-    if args.threads:
+    from prunekit.core.budget import check_threads
+
+    if check_threads(args.threads):
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     overwrite = out.exists() and read_manifest(out).get("demo") is True

@@ -102,24 +102,51 @@ def describe_source(source) -> str:
     return str(source)
 
 
-def source_text(source) -> str:
-    """Resolve a string source to text (Brown spec, or file path)."""
+def source_text(source, max_bytes: int | None = None) -> str:
+    """Resolve a string source to text (Brown spec, or file path); of a file larger than ``max_bytes``
+    only its beginning (see :func:`read_text_file`)."""
+    return _source_text(source, max_bytes)[0]
+
+
+def _source_text(source, max_bytes: int | None) -> tuple[str, bool]:
+    """(text, whether it is the whole source)."""
     if isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
             raise TypeError("a list text source must contain only strings")
-        return "\n\n".join(source)
+        return "\n\n".join(source), True
     source = str(source)
     if source == "brown" or source.startswith("brown:"):
-        return brown_text(source.partition(":")[2])
+        return brown_text(source.partition(":")[2]), True
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"text source {source!r} is neither 'brown[:genres]' nor an existing text file"
         )
+    return read_text_file(path, source, max_bytes)
+
+
+def read_text_file(path: Path, shown: str, max_bytes: int | None = None) -> tuple[str, bool]:
+    """(text, whole): a UTF-8 file read whole (it must fit in memory while tokenized:
+    :func:`prunekit.core.budget.check_text_fits`), or with ``max_bytes`` only as far as that: its first
+    ``max_bytes`` bytes, cut at the last blank line (else line break) inside them, so a 2 GB file costs
+    what its beginning costs. A file of at most ``max_bytes`` is read whole, as before."""
+    from prunekit.core.budget import check_text_fits
+
+    size = path.stat().st_size
+    whole = max_bytes is None or size <= max_bytes
+    check_text_fits(size if whole else max_bytes, shown)
+    with open(path, "rb") as f:
+        data = f.read() if whole else f.read(max_bytes)
+    if not whole:
+        cut = data.rfind(b"\n\n")
+        cut = cut if cut > 0 else data.rfind(b"\n")
+        data = data[:cut] if cut > 0 else data
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8"), whole
     except UnicodeDecodeError as err:  # a binary file or another encoding: name the file, not only the codec
-        raise PrunekitError(f"text source {source!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+        if not whole and err.reason == "unexpected end of data":  # one endless line, a character cut by the limit
+            return data[: err.start].decode("utf-8"), whole
+        raise PrunekitError(f"text source {shown!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
                             "give a UTF-8 text file") from None
 
 
@@ -140,16 +167,30 @@ def _pieces(text: str, size: int = 200_000):
         start = stop
 
 
-def token_stream(source, tokenizer) -> torch.Tensor:
-    """All tokens of a source as one 1-D LongTensor (no special tokens added).
+def token_stream(source, tokenizer, max_tokens: int | None = None) -> torch.Tensor:
+    """All tokens of a source as one 1-D LongTensor (no special tokens added); with ``max_tokens``, a text
+    file is read only as far as that many tokens need (:func:`prunekit.core.budget.text_read_limit`,
+    generously: at least 64 MB, so most files are still read whole), further if that was not enough.
 
     A text's tokens are kept in the user cache (``<cache>/tokens``, safetensors), keyed by the SHA-256 of
     the text and of the tokenizer's serialized form, so the next run on the same text and tokenizer
     reads them instead of tokenizing again (Brown b-r: ~1.2M tokens, 5-10 s on one core). Tokenizers
     without a serialized form are not cached; a cache that cannot be written is skipped."""
+    from prunekit.core.budget import text_read_limit
+
     if isinstance(source, torch.Tensor):
         return source.reshape(-1).long()
-    text = source_text(source)
+    limit = text_read_limit(max_tokens)
+    while True:
+        text, whole = _source_text(source, limit)
+        stream = _tokens(text, tokenizer)
+        if whole or len(stream) >= max_tokens:
+            return stream
+        limit *= 4  # a text of unusually long tokens: read further
+
+
+def _tokens(text: str, tokenizer) -> torch.Tensor:
+    """The tokens of ``text``, from the token cache when it has them."""
     key = _stream_key(text, tokenizer)
     cached = _cached_stream(key)
     if cached is not None:
@@ -271,7 +312,10 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
     check_count(seqlen, "seqlen")
     if isinstance(source, torch.Tensor) and source.dim() == 2:  # already windows: used as given
         return source[:nsamples].long()
-    stream = token_stream(source, tokenizer)
+    from prunekit.core.budget import check_windows
+
+    check_windows(nsamples, seqlen)
+    stream = token_stream(source, tokenizer, nsamples * seqlen)
     prefix = bos_prefix(tokenizer) if not isinstance(source, torch.Tensor) else []
     prefix = prefix if len(prefix) < seqlen else []
     body = seqlen - len(prefix)
@@ -291,7 +335,7 @@ def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int
     check_count(seqlen, "seqlen", 2)
     if isinstance(source, torch.Tensor) and source.dim() == 2:
         return source[:nwindows].long()
-    stream = token_stream(source, tokenizer)
+    stream = token_stream(source, tokenizer, None if nwindows is None else nwindows * seqlen)
     prefix = bos_prefix(tokenizer) if not isinstance(source, torch.Tensor) else []
     prefix = prefix if len(prefix) < seqlen - 1 else []
     body = seqlen - len(prefix)

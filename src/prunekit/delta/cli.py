@@ -148,6 +148,7 @@ def output_format(args, step) -> str:
 def run(args) -> int:
     if getattr(args, "delta_command", None) == "apply":
         return run_apply(args)
+    from prunekit.core.budget import check_calibration
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output
     from prunekit.delta.prune import prune_delta
@@ -169,6 +170,7 @@ def run(args) -> int:
     if step.build().needs_calibration:
         check_source(recipe.calibration.source)
         check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")
+        check_calibration(ft_config, recipe.calibration)
     base_path, ft_path = resolve_model_path(args.base), resolve_model_path(args.finetuned)
     inputs = (args.base, base_path, args.finetuned, ft_path)
     if fmt == "sparse":
@@ -186,6 +188,7 @@ def run(args) -> int:
 
 def run_lora(args, recipe, fmt: str) -> int:
     """``prunekit delta --base B --lora ADAPTER``: the fine-tuned model is the base plus the adapter."""
+    from prunekit.core.budget import check_calibration
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output
     from prunekit.delta.lora import check_adapter, merged_model, prune_factors, read_adapter, save_adapter
@@ -199,6 +202,7 @@ def run_lora(args, recipe, fmt: str) -> int:
     if step.build().needs_calibration:
         check_source(recipe.calibration.source)
         check_seqlen(base_config, recipe.calibration.seqlen, "calibration seqlen")
+        check_calibration(base_config, recipe.calibration)
     base_path = resolve_model_path(args.base)
     inputs = (args.base, base_path, args.lora)
     if fmt == "sparse":

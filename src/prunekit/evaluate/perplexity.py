@@ -86,7 +86,7 @@ def perplexity(model, tokenizer=None, text=DEFAULT_EVALUATION, nwindows: int | N
             raise PrunekitError(f"stride {stride} is longer than the window ({seqlen}); use 1 to {seqlen}")
         if nwindows is not None:
             check_count(nwindows, "nwindows")
-        stream = token_stream(text, tokenizer)
+        stream = token_stream(text, tokenizer, None if nwindows is None else (nwindows - 1) * stride + seqlen)
         if len(stream) < seqlen:
             raise TextTooShortError(f"text {describe_source(text)!r} has {len(stream)} tokens, shorter than one "
                                     f"window of {seqlen}")

@@ -10,6 +10,7 @@ MLP width).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
@@ -97,8 +98,9 @@ def run_prune(args, recipe=None) -> int:
     """Load, prune structurally, print the speed receipt, save; returns the exit code (0)."""
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
+    from prunekit.core.budget import check_calibration
     from prunekit.models.loading import (check_dtype, check_family, check_seqlen, load_config, load_model,
-                                         load_tokenizer, resolve_model_path)
+                                         load_tokenizer, resolve_dtype, resolve_model_path)
     from prunekit.structured.prune import require_layout
 
     recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first
@@ -107,6 +109,7 @@ def run_prune(args, recipe=None) -> int:
     config = load_config(args.model)
     require_layout(check_family(config))
     check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
+    check_calibration(config, dataclasses.replace(recipe.calibration, runner="dense"), resolve_dtype(dtype, config))
     check_plain_folder(config, recipe)
     path = resolve_model_path(args.model)
     check_output(args.out, args.overwrite, inputs=(args.model, path))

@@ -89,7 +89,24 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     runtime["threads"] = _threads(runtime["threads"])
     _check_output(runtime["output"], runtime["overwrite"])
     config = dataclasses.asdict(step)
+    _check_model_fits(config)
     return {**config, **runtime}
+
+
+def _check_model_fits(c: dict[str, Any]) -> None:
+    """The model the settings build, with its gradients, optimizer state and a batch's activations, fits
+    in memory: counted from --width, --depth and --batch-size before anything is built."""
+    from prunekit.core.budget import check_fits, training_bytes
+    from prunekit.zoo.cnn import small_cnn_size
+    from prunekit.zoo.resnet import resnet_size
+
+    if c["model"] == "cnn":
+        parameters, activations = small_cnn_size(c["width"] or 32)
+    else:
+        parameters, activations = resnet_size(c["depth"], c["width"] or 16)
+    check_fits(training_bytes(parameters, activations, c["batch_size"]),
+               f"training the {c['model']} of {parameters:,} parameters in batches of {c['batch_size']}",
+               "--width" + (", --depth" if c["model"] != "cnn" else "") + " or --batch-size")
 
 
 def _threads(value: Any) -> int | None:
@@ -98,7 +115,10 @@ def _threads(value: Any) -> int | None:
 
     if value is None:
         return None
-    return check_value(parse_value(value) if isinstance(value, str) else value, int, {"min": 1}, "--threads")
+    from prunekit.core.budget import check_threads
+
+    return check_threads(check_value(parse_value(value) if isinstance(value, str) else value, int, {"min": 1},
+                                     "--threads"))
 
 
 def _not_a_training_output(path) -> str | None:

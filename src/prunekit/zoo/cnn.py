@@ -10,6 +10,15 @@ import torch
 from torch import nn
 
 
+def small_cnn_size(width: int = 32, hidden: int = 128, num_classes: int = 10) -> tuple[int, int]:
+    """(parameters, activation floats per 28x28 example) of ``SmallCNN(num_classes, width, hidden)``,
+    computed without building it (``prunekit train`` checks a width fits before allocating)."""
+    parameters = (9 * width + width) + (9 * width * 2 * width + 2 * width) + (2 * width * 49 * hidden + hidden) + (
+        hidden * num_classes + num_classes)
+    activations = 2 * width * 784 + width * 196 + 2 * 2 * width * 196 + 2 * width * 49 + 2 * hidden + num_classes
+    return parameters, activations
+
+
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 128):
         super().__init__()

@@ -32,6 +32,24 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def resnet_size(depth: int = 8, width: int = 16, num_classes: int = 10, in_channels: int = 1) -> tuple[int, int]:
+    """(parameters, activation floats per 28x28 example) of ``ResNet(depth, width, num_classes, in_channels)``,
+    computed without building it (a depth of 10^9 would take hours to build)."""
+    blocks = max((depth - 2) // 6, 0)
+    parameters = in_channels * width * 9 + 2 * width  # the stem: conv + batch norm
+    activations = 3 * width * 784
+    channels = width
+    for i, (out, side) in enumerate(((width, 28), (2 * width, 14), (4 * width, 7))):
+        shortcut = channels * out + 2 * out if i > 0 or channels != out else 0  # the first block's projection
+        per_block = 9 * out * out + 9 * out * out + 4 * out  # two convs and two batch norms
+        parameters += blocks * per_block + (9 * channels * out - 9 * out * out if blocks else 0) + (
+            shortcut if blocks else 0)
+        activations += blocks * 7 * out * side * side  # conv, bn, relu, conv, bn, sum, relu
+        channels = out if blocks else channels
+    parameters += channels * num_classes + num_classes
+    return parameters, activations + channels + num_classes
+
+
 class ResNet(nn.Module):
     """CIFAR-style ResNet of depth 6n + 2 (8, 14, 20, ...) for small grayscale images."""
 
