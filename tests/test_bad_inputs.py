@@ -291,6 +291,39 @@ def _report_over_a_look_alike(c: Ctx):
     return _report(c, "--overwrite")
 
 
+def _pickle_only(c: Ctx) -> Path:
+    """A copy of the tiny model whose weights are only ``pytorch_model.bin`` (a pickle, written by the test)."""
+    from safetensors.torch import load_file
+
+    folder = c.broken_model(model__safetensors=None)
+    torch.save(load_file(c.model / "model.safetensors"), folder / "pytorch_model.bin")
+    return folder
+
+
+def _manifest_names_an_uninstalled_model(c: Ctx):
+    """``report`` against a large embedded model that is not installed (here named by the flag; named
+    only by prunekit.json, the report goes on without a baseline: see the test after the table):
+    nothing is installed or converted, one line says how."""
+    from prunekit import assets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prunekit started an install because a file named a model")
+
+    c.monkeypatch.setattr(assets, "install", refuse)
+    c.monkeypatch.setattr(assets, "_package_dir", lambda package: None)  # its wheels are not installed
+    c.monkeypatch.setenv("PRUNEKIT_CACHE", str(c.tmp / "empty-cache"))
+    target = c.manifest_model(json.dumps({"prunekit_version": "0.1.0", "source_model": "qwen2.5-1.5b"}))
+    return ["report", str(target), "--out", str(c.tmp / "page"), "--quiet", "--limit", "1", "--nwindows", "1",
+            "--baseline", "qwen2.5-1.5b"]
+
+
+def _linked_file(c: Ctx, name: str = "tokenizer_config.json", command: str = "prune"):
+    """A copy of the model whose ``name`` is a symbolic link to a file outside the folder."""
+    secret = c.write("private/secret.json", (c.model / name).read_text() if (c.model / name).exists() else "{}")
+    folder = c.broken_model(**{name.replace(".", "__"): None})
+    (folder / name).symlink_to(secret)
+    return c.prune(model=folder) if command == "prune" else [command, "--model", str(folder)]
+
 # id: (setup, exit code, fragment of the one line, fails before any weights load)
 ROWS = {
     # --out / --overwrite never replace what is not prunekit's
@@ -307,6 +340,24 @@ ROWS = {
     "overwrite an output holding a foreign file": (_foreign_file_in_output, 2, "holds 'thesis.tex'", True),
     "out not writable": (_not_writable, 2, "is not writable", True),
     "out below a file": (_parent_is_file, 2, "is a file, not a folder", True),
+    # no file starts an install; pickles only with an explicit opt-in; no file comes in through a link
+    "prunekit.json names an uninstalled model": (_manifest_names_an_uninstalled_model, 2,
+                                                 "the embedded model 'qwen2.5-1.5b' is not installed here", True),
+    "embedded model not installed": (lambda c: (c.monkeypatch.setenv("PRUNEKIT_CACHE", str(c.tmp / "empty")),
+                                                c.monkeypatch.setattr("prunekit.assets._package_dir", lambda p: None),
+                                                c.prune(model="gemma3-270m"))[-1], 2,
+                                     "the embedded model 'gemma3-270m' is not installed here; install it with", True),
+    "pickle-only folder (prune)": (lambda c: c.prune(model=_pickle_only(c)), 2,
+                                   "holds only pickle weights (pytorch_model.bin): pass --trust-pickle-weights", True),
+    "pickle-only folder (eval)": (lambda c: _eval(c, model=_pickle_only(c)), 2, "--trust-pickle-weights", True),
+    "pickle-only folder (inspect)": (lambda c: ["inspect", "--model", str(_pickle_only(c))], 2,
+                                     "--trust-pickle-weights", True),
+    "pickle-only folder (structured)": (lambda c: c.prune("--structure", "mlp", "--sparsity", "0.2",
+                                                          model=_pickle_only(c)), 2, "--trust-pickle-weights", True),
+    "tokenizer config linked from outside (prune)": (_linked_file, 2, "'tokenizer_config.json' is a symbolic link to",
+                                                     True),
+    "tokenizer linked from outside (inspect)": (lambda c: _linked_file(c, "tokenizer.json", "inspect"), 2,
+                                                "outside the folder", True),
     # method options are typed and ranged, checked before the model loads
     "sparsegpt blocksize -5": (lambda c: c.prune("--method", "sparsegpt", "--option", "blocksize=-5"), 2,
                                "blocksize (method 'sparsegpt') must be >= 1, got -5", True),
@@ -638,3 +689,44 @@ def test_readme_lists_the_rules_of_out_and_overwrite():
     section = section[: section.index("\n## ", 1)]
     for needle in ("--overwrite", "prunekit.json", "cache", "current directory", "home directory", "inside"):
         assert needle in section, needle
+
+
+def test_pickle_weights_load_with_the_opt_in_and_the_output_is_safetensors(tiny_source, tmp_path):
+    """``--trust-pickle-weights`` reads a pickle-only folder (weights_only) to the same weights, and what
+    prunekit writes from it is safetensors only."""
+    from safetensors.torch import load_file
+
+    from prunekit.models import load_model
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_source, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    reference = load_model(tiny_source).state_dict()
+    loaded = load_model(folder, trust_pickle_weights=True).state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(folder), "--out", str(out), "--quiet", "--nsamples", "2", "--seqlen", "16",
+                 "--calibration", "brown:r", "--method", "magnitude", "--trust-pickle-weights"]) == 0
+    assert any(out.glob("*.safetensors")) and not [p for p in out.iterdir() if p.suffix in (".bin", ".pt", ".pkl")]
+
+
+def test_a_manifest_naming_an_uninstalled_model_installs_nothing(tiny_source, tmp_path, monkeypatch, capsys):
+    """A prunekit.json whose source_model is a large embedded model that is not installed: the report
+    is written without a baseline; no pip install and no conversion start (issue 18, class 4)."""
+    from prunekit import assets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prunekit started an install because a file named a model")
+
+    target = tmp_path / "target"
+    shutil.copytree(tiny_source, target)
+    (target / "prunekit.json").write_text(json.dumps({"prunekit_version": "0.1.0", "source_model": "qwen2.5-1.5b"}))
+    monkeypatch.setattr(assets, "install", refuse)
+    monkeypatch.setattr(assets, "join_chunks", refuse)
+    monkeypatch.setattr(assets, "_package_dir", lambda package: None)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["report", str(target), "--out", str(tmp_path / "page"), "--quiet", "--tasks", "none",
+                 "--nwindows", "1"]) == 0, capsys.readouterr().err
+    assert "Baseline: none" in (tmp_path / "page" / "report.md").read_text()
+    assert not (tmp_path / "empty-cache" / "models").exists()

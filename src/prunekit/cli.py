@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
+from prunekit.core.inputs import add_trust_pickle_arg
 
 DEMO_OUT = "out/smollm2-135m-wanda50"
 REGISTRY_KINDS = {"methods": "METHODS", "criteria": "CRITERIA", "allocations": "ALLOCATIONS",
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "prunekit.load_pretrained; uniform: every block the same widths, a folder plain from_pretrained loads")
     p.add_argument("--report", action="store_true", help="write a report with plots into OUT/report "
                    "(as prunekit report OUT --baseline MODEL)")
+    add_trust_pickle_arg(p)
     _add_output_args(p)
 
     e = sub.add_parser("eval", help="perplexity on a fixed protocol (default), zero-shot tasks, lm-eval-harness")
@@ -101,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, default=None, help="start a window every STRIDE tokens (overlapping "
                    "windows score only their new tokens; default: --seqlen, no overlap)")
     _add_task_args(e)
+    add_trust_pickle_arg(e)
     _add_output_args(e)
 
     i = sub.add_parser("inspect", help="sparsity report: per-layer zeros, N:M validity, parameters")
     i.add_argument("--model", required=True)
+    add_trust_pickle_arg(i)
     _add_output_args(i)
 
     from prunekit.evaluate.report import add_parser as add_report_parser
@@ -237,8 +241,8 @@ def _prune(args) -> int:
         return run_prune(args, recipe)
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
-    from prunekit.models.loading import (check_device, check_dtype, check_seqlen, load_config, load_model,
-                                         load_tokenizer, resolve_model_path)
+    from prunekit.models.loading import (check_device, check_dtype, check_seqlen, check_weights, load_config,
+                                         load_model, load_tokenizer)
 
     recipe = recipe_from_args(args, recipe)  # every check that needs no weights comes before the model loads
     dtype = check_dtype(args.dtype)
@@ -251,7 +255,7 @@ def _prune(args) -> int:
         from prunekit.models.loading import resolve_dtype
 
         check_calibration(config, recipe.calibration, resolve_dtype(dtype, config))
-    path = resolve_model_path(args.model)
+    path = check_weights(args.model, args.trust_pickle_weights)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     import prunekit
     from prunekit.oneshot.prune import manifest, stream_plan
@@ -265,7 +269,7 @@ def _prune(args) -> int:
         if why and not args.quiet:
             print(f"prunekit prune: {why}: loading the whole model (no streaming)", file=sys.stderr)
         tokenizer = load_tokenizer(args.model)
-        model = load_model(args.model, dtype=dtype)
+        model = load_model(args.model, dtype=dtype, trust_pickle_weights=args.trust_pickle_weights)
         result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
         out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
                               source=path)
@@ -293,7 +297,7 @@ def cmd_inspect(args) -> int:
     from prunekit.core.io import folder_kind
     from prunekit.models.loading import resolve_model_path
 
-    report = sparsity_report(load_model(args.model))
+    report = sparsity_report(load_model(args.model, trust_pickle_weights=args.trust_pickle_weights))
     report["folder"] = folder_kind(resolve_model_path(args.model))  # how the folder loads (issue 12)
     print(dumps_json(report) if args.json else format_report(report) + FOLDER_NOTES.get(report["folder"], ""))
     return 0

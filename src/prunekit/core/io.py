@@ -626,7 +626,7 @@ def size_mismatch_hint(path: str | Path, err: BaseException) -> PrunekitError | 
                          "under layer_shapes)")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, trust_pickle_weights: bool = False):
     """Load a folder written by prunekit with the stock transformers classes (no remote code).
 
     Folders with per-layer widths (``prunekit_layer_shapes`` in ``config.json``, or ``layer_shapes``
@@ -637,19 +637,24 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     error. Recorded shapes that do not match the tensors in the files are a one-line error. The
     loaded model's config carries the shapes, so its own ``save_pretrained`` writes a folder that
     loads here again. A DeciLM / Nemotron-NAS folder (``prunekit export --format decilm``) loads as
-    the Llama model it describes (:func:`prunekit.core.shapes.decilm_to_llama`).
+    the Llama model it describes (:func:`prunekit.core.shapes.decilm_to_llama`). Weights are read
+    from safetensors only, unless ``trust_pickle_weights`` (:mod:`prunekit.core.inputs`).
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
+    from prunekit.core.inputs import check_links, check_weight_files, from_pretrained_options
     from prunekit.core.shapes import set_config_shapes
 
+    check_links(path)
+    check_weight_files(path, trust_pickle_weights=trust_pickle_weights)
+    options = from_pretrained_options(trust_pickle_weights)
     config, shapes = read_decilm(path)
     if config is None:
         shapes = read_layer_shapes(path)
     if not shapes:
         try:
-            return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype).eval()
+            return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, **options).eval()
         except RuntimeError as err:
             hint = size_mismatch_hint(path, err)
             if hint is None:
@@ -676,7 +681,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     logging.set_verbosity_error()  # the mismatched blocks are expected: they are rebuilt below
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
-                                                     ignore_mismatched_sizes=True)
+                                                     ignore_mismatched_sizes=True, **options)
     finally:
         logging.set_verbosity(verbosity)
     try:

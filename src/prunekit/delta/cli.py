@@ -31,6 +31,7 @@ import argparse
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
+from prunekit.core.inputs import add_trust_pickle_arg
 
 FORMATS = ("merged", "sparse", "adapter")
 
@@ -73,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one delta step (an output's prunekit.json "
                    "repeats its run); flags given too override it")
+    add_trust_pickle_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     sub = p.add_subparsers(dest="delta_command", metavar="{apply}")
@@ -81,6 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a.add_argument("delta", help="the sparse delta file (.safetensors)")
     a.add_argument("--out", required=True, help="output folder of the merged model")
     a.add_argument("--overwrite", action="store_true")
+    add_trust_pickle_arg(a)
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--json", action="store_true")
     return p
@@ -153,7 +156,7 @@ def run(args) -> int:
     from prunekit.core.io import check_output
     from prunekit.delta.prune import prune_delta
     from prunekit.delta.sparse import check_delta_file_out
-    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_seqlen, check_weights, load_config, load_model, load_tokenizer
 
     missing = [flag for flag in ("base", "finetuned", "out") if not getattr(args, flag)
                and not (flag == "finetuned" and args.lora)]
@@ -171,14 +174,16 @@ def run(args) -> int:
         check_source(recipe.calibration.source)
         check_seqlen(ft_config, recipe.calibration.seqlen, "calibration seqlen")
         check_calibration(ft_config, recipe.calibration)
-    base_path, ft_path = resolve_model_path(args.base), resolve_model_path(args.finetuned)
+    trust = args.trust_pickle_weights
+    base_path, ft_path = check_weights(args.base, trust), check_weights(args.finetuned, trust)
     inputs = (args.base, base_path, args.finetuned, ft_path)
     if fmt == "sparse":
         check_delta_file_out(args.out, args.overwrite, inputs)
     else:
         check_output(args.out, args.overwrite, inputs=inputs)
     tokenizer = load_tokenizer(args.finetuned)
-    base, finetuned = load_model(args.base), load_model(args.finetuned)
+    base = load_model(args.base, trust_pickle_weights=trust)
+    finetuned = load_model(args.finetuned, trust_pickle_weights=trust)
     result = prune_delta(base, finetuned, step, recipe.calibration, tokenizer, progress=not args.quiet)
     manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "delta": result.to_dict()}}
     out = save_merged(args, fmt, base, finetuned, tokenizer, manifest, inputs, ft_path)
@@ -194,7 +199,7 @@ def run_lora(args, recipe, fmt: str) -> int:
     from prunekit.delta.lora import check_adapter, merged_model, prune_factors, read_adapter, save_adapter
     from prunekit.delta.prune import prune_delta
     from prunekit.delta.sparse import check_delta_file_out
-    from prunekit.models.loading import check_seqlen, load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_seqlen, check_weights, load_config, load_model, load_tokenizer
 
     step = recipe.steps[0]
     adapter = read_adapter(args.lora)  # small: read and checked before the base loads
@@ -203,13 +208,13 @@ def run_lora(args, recipe, fmt: str) -> int:
         check_source(recipe.calibration.source)
         check_seqlen(base_config, recipe.calibration.seqlen, "calibration seqlen")
         check_calibration(base_config, recipe.calibration)
-    base_path = resolve_model_path(args.base)
+    base_path = check_weights(args.base, args.trust_pickle_weights)
     inputs = (args.base, base_path, args.lora)
     if fmt == "sparse":
         check_delta_file_out(args.out, args.overwrite, inputs)
     else:
         check_output(args.out, args.overwrite, inputs=inputs)
-    tokenizer, base = load_tokenizer(args.base), load_model(args.base)
+    tokenizer, base = load_tokenizer(args.base), load_model(args.base, trust_pickle_weights=args.trust_pickle_weights)
     check_adapter(adapter, base)
     manifest = {**recipe.to_dict(), "result": {"base_model": str(base_path), "lora": adapter.describe()}}
     if step.lora_prune == "factors":
@@ -259,13 +264,14 @@ def run_apply(args) -> int:
     """``prunekit delta apply BASE DELTA --out O``: the merged model of a sparse delta and its base."""
     from prunekit.core.io import check_output, save_pretrained
     from prunekit.delta.sparse import apply_sparse_delta, read_header
-    from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_weights, load_config, load_model, load_tokenizer
 
     header = read_header(args.delta)  # checks that need no weights first
     load_config(args.base)
-    base_path = resolve_model_path(args.base)
+    base_path = check_weights(args.base, args.trust_pickle_weights)
     check_output(args.out, args.overwrite, inputs=(args.base, base_path))
-    tokenizer, model = load_tokenizer(args.base), load_model(args.base)
+    tokenizer = load_tokenizer(args.base)
+    model = load_model(args.base, trust_pickle_weights=args.trust_pickle_weights)
     apply_sparse_delta(model, args.delta)
     manifest = {k: header[k] for k in ("steps", "calibration") if k in header}
     manifest["result"] = {**(header.get("result") or {}), "sparse_delta": str(args.delta)}

@@ -145,6 +145,7 @@ def read_adapter(path: str | Path) -> LoraAdapter:
     """Read a PEFT LoRA adapter folder (safetensors only); every problem is a one-line PrunekitError."""
     from safetensors import safe_open
 
+    from prunekit.core.inputs import check_links
     from prunekit.core.io import describe_error, read_small_text
 
     shown = str(path)
@@ -152,6 +153,7 @@ def read_adapter(path: str | Path) -> LoraAdapter:
     if not folder.is_dir():
         raise PrunekitError(f"LoRA adapter {shown!r} is not a folder (give the folder PEFT's save_pretrained wrote: "
                             f"{ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+    check_links(folder, shown, "LoRA adapter")  # its files are copied into --format adapter outputs
     config_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     if not config_file.is_file():
         raise PrunekitError(f"LoRA adapter {shown!r} has no {ADAPTER_CONFIG}")

@@ -103,14 +103,16 @@ def check_eval_args(args) -> tuple[bool, list[str], list[str]]:
 def run_eval(args) -> int:
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.evaluate.scorer import score_items
-    from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_model, load_tokenizer
+    from prunekit.models.loading import (check_dtype, check_seqlen, check_weights, load_config, load_model,
+                                         load_tokenizer)
 
     dtype = check_dtype(args.dtype)
     run_ppl, ours, theirs = check_eval_args(args)
     if run_ppl:
         check_seqlen(load_config(args.model), args.seqlen)
+    check_weights(args.model, args.trust_pickle_weights)
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=dtype)
+    model = load_model(args.model, dtype=dtype, trust_pickle_weights=args.trust_pickle_weights)
     say = (lambda *a: None) if args.quiet else print
     out: dict = {}
     if run_ppl:

@@ -9,7 +9,10 @@ checked before any weight is read: their skeleton is built without weights (acce
 
 Every way a model can fail to load (a name that is neither embedded, a folder nor a reachable hub
 id; a garbage ``config.json``; a folder without weights; a truncated or garbage safetensors file;
-a tampered ``prunekit.json``) is a one-line :class:`~prunekit.core.errors.PrunekitError`.
+a tampered ``prunekit.json``) is a one-line :class:`~prunekit.core.errors.PrunekitError`. So are
+the inputs prunekit refuses (:mod:`prunekit.core.inputs`): an embedded model that is not prepared
+yet (nothing is installed or converted on the way: the error says how), a folder whose weights are
+only pickle files (unless ``trust_pickle_weights``), a symbolic link that leads out of the folder.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from prunekit.assets import EMBEDDED_MODELS, embedded_model_dir
+from prunekit.assets import EMBEDDED_MODELS, prepared_model_dir
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.families import Family, check_model_type, discover
+from prunekit.core.inputs import check_links, check_weight_files, from_pretrained_options
 
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _DISCOVERED: dict[str, Family] = {}  # families found by discovery, by config
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
@@ -38,16 +41,21 @@ def _describe(err: BaseException) -> str:
 
 
 def resolve_model_path(name_or_path: str | Path) -> str:
-    """Return a local folder or hub id for ``name_or_path``; embedded names are converted on first use."""
+    """Return a local folder or hub id for ``name_or_path``. An embedded name must be prepared already
+    (a one-line error says how: nothing is installed or converted here); a folder's symbolic links
+    must stay inside it (:func:`prunekit.core.inputs.check_links`)."""
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
-        return str(embedded_model_dir(name))
+        folder = prepared_model_dir(name)
+        check_links(folder, name)
+        return str(folder)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise PrunekitError(f"model path {name!r} is a file; give the model folder (config.json + weights)")
         if not (path / "config.json").is_file():
             raise PrunekitError(f"model folder {name!r} has no config.json")
+        check_links(path, name)
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
     if looks_like_path:
@@ -186,21 +194,24 @@ def check_device(device) -> str | None:
     return str(dev)
 
 
-def _check_weights(path: str) -> None:
-    folder = Path(path)
-    if folder.is_dir() and not any(any(folder.glob(p)) for p in WEIGHT_FILES):
-        raise PrunekitError(f"model folder {path!r} has no weights (no *.safetensors file)")
+def check_weights(name_or_path: str | Path, trust_pickle_weights: bool = False) -> str:
+    """The local folder or hub id of a model whose weights prunekit will read (safetensors, or pickle
+    files with ``trust_pickle_weights``), checked before any work; a one-line error otherwise."""
+    path = resolve_model_path(name_or_path)
+    check_weight_files(path, str(name_or_path), trust_pickle_weights)
+    return path
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, trust_pickle_weights: bool = False):
     """Load a decoder-only causal LM in eval mode.
 
     ``name_or_path`` is an embedded name (``"smollm2-135m"``, ``"gemma3-270m"``, ...), a local folder
     or a hub id; ``dtype`` is ``"auto"`` (the checkpoint's own), ``"bfloat16"``, ``"float16"``,
     ``"float32"`` or a torch dtype. Folders written by prunekit's structured pruning with per-layer
     widths load too. Weights the files lack (which transformers would initialize at random) are an
-    error.
+    error. Only safetensors weights are read, unless ``trust_pickle_weights`` (the CLI's
+    ``--trust-pickle-weights``) allows pickle files, read with ``torch.load(weights_only=True)``.
     """
     from transformers import AutoModelForCausalLM
 
@@ -208,16 +219,16 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", devi
 
     name = str(name_or_path)
     check_dtype(dtype)  # a bad dtype is an error before anything is read
-    path = resolve_model_path(name)
+    path = check_weights(name, trust_pickle_weights)
     dtype = resolve_dtype(dtype, load_config(name, trust_remote_code=trust_remote_code))
-    _check_weights(path)
     if Path(path).is_dir():
         read_manifest(path)  # a tampered prunekit.json is an error before any weight is read
     try:
         if folder_kind(path) != "plain":  # per-layer widths or the DeciLM layout
-            return load_pretrained(path, dtype=dtype).to(device)
+            return load_pretrained(path, dtype=dtype, trust_pickle_weights=trust_pickle_weights).to(device)
         model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                           output_loading_info=True)
+                                                           output_loading_info=True,
+                                                           **from_pretrained_options(trust_pickle_weights))
     except PrunekitError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated/garbage weights surface as many error types

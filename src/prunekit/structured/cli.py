@@ -99,8 +99,8 @@ def run_prune(args, recipe=None) -> int:
     from prunekit.core.data_sources import check_source
     from prunekit.core.io import check_output, save_pretrained
     from prunekit.core.budget import check_calibration
-    from prunekit.models.loading import (check_dtype, check_family, check_seqlen, load_config, load_model,
-                                         load_tokenizer, resolve_dtype, resolve_model_path)
+    from prunekit.models.loading import (check_dtype, check_family, check_seqlen, check_weights, load_config,
+                                         load_model, load_tokenizer, resolve_dtype)
     from prunekit.structured.prune import require_layout
 
     recipe, receipt_options = recipe_from_args(args, recipe)  # every check that needs no model comes first
@@ -111,11 +111,12 @@ def run_prune(args, recipe=None) -> int:
     check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
     check_calibration(config, dataclasses.replace(recipe.calibration, runner="dense"), resolve_dtype(dtype, config))
     check_plain_folder(config, recipe)
-    path = resolve_model_path(args.model)
+    trust_pickle = args.trust_pickle_weights
+    path = check_weights(args.model, trust_pickle)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     quiet = args.quiet or args.json
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=dtype)
+    model = load_model(args.model, dtype=dtype, trust_pickle_weights=trust_pickle)
     from prunekit.structured.recipe import apply_step
 
     for step in recipe.steps:

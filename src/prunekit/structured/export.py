@@ -33,6 +33,7 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
+from prunekit.core.inputs import add_trust_pickle_arg
 from prunekit.core.families import adapter_for, set_weight, weight_view
 from prunekit.core.shapes import (CONFIG_KEY, DECILM_ARCHITECTURE, DECILM_FFN_MULTIPLE, DECILM_TYPE,
                                   decilm_block_widths, decilm_ffn_mult)
@@ -205,7 +206,7 @@ def export_decilm(model: nn.Module, out: str | Path, tokenizer=None, overwrite: 
 def run_export(args) -> int:
     """``prunekit export --model IN --format decilm --out OUT``: load (any prunekit folder), export, say how."""
     from prunekit.core.io import check_output
-    from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_weights, load_config, load_model, load_tokenizer
 
     if args.format not in FORMATS:
         from prunekit.core.errors import unknown_choice
@@ -214,9 +215,9 @@ def run_export(args) -> int:
     config = load_config(args.model)  # checks that need no weights come first
     if config.model_type != "llama":
         raise PrunekitError(f"--format decilm writes Llama models; {args.model!r} is {config.model_type!r}")
-    path = resolve_model_path(args.model)
+    path = check_weights(args.model, args.trust_pickle_weights)
     out = check_output(args.out, args.overwrite, inputs=(args.model, path))
-    model = load_model(args.model, dtype=torch.float32)
+    model = load_model(args.model, dtype=torch.float32, trust_pickle_weights=args.trust_pickle_weights)
     try:
         tokenizer = load_tokenizer(args.model)
     except PrunekitError:
@@ -243,6 +244,7 @@ def add_parser(sub):
     p.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    add_trust_pickle_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
+from prunekit.core.inputs import add_trust_pickle_arg
 
 MANIFEST_KEY = "vocab"  # result.vocab of prunekit.json
 
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-file", default=None, help="also keep the token ids in this file (integers; # comments)")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one vocab step (an output's prunekit.json "
                    "repeats its run); flags given too override it")
+    add_trust_pickle_arg(p)
     p.add_argument("--quiet", action="store_true", help="no status lines or summary")
     p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p
@@ -85,13 +87,13 @@ def compose_ids(folder, kept_ids: list[int]) -> list[int]:
 
 def run(args) -> int:
     from prunekit.core.io import check_output, save_pretrained
-    from prunekit.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+    from prunekit.models.loading import check_weights, load_config, load_model, load_tokenizer
     from prunekit.vocab.prune import encode_ids, prune_vocab
     from prunekit.vocab.step import step_keep_set
 
     step = step_from_args(args)  # every check that needs no weights comes before the model loads
     config = load_config(args.model)
-    path = resolve_model_path(args.model)
+    path = check_weights(args.model, args.trust_pickle_weights)
     check_output(args.out, args.overwrite, inputs=(args.model, path))
     tokenizer = load_tokenizer(args.model)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -102,7 +104,7 @@ def run(args) -> int:
     keep = step_keep_set(tokenizer, step, getattr(text_config, "vocab_size", None))  # tokenizer only, no weights
     say(f"keep set: {len(keep.ids):,} of {keep.vocab_size:,} token ids ({time.perf_counter() - t0:.0f} s); "
         "loading the model")
-    model = load_model(args.model)
+    model = load_model(args.model, trust_pickle_weights=args.trust_pickle_weights)
     new_tokenizer, result = prune_vocab(model, tokenizer, keep)
     say(f"pruned the embedding and rewrote the tokenizer; saving to {args.out}")
     data = result.to_dict()
