@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core.checkpoint import load_state, save_state
+from prunekit.core.checkpoint import load_state, save_state_atomic
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.registry import SCORES
 from prunekit.data.dynamics import TrainingDynamics
@@ -125,7 +125,7 @@ def score_classifier(
             if not path.is_file():
                 _save_scores(path, _compute(at_epoch, ScoreContext(x=x, y=y, seed=seed, model=m)))
             if snapshots:
-                save_state(work / f"seed{seed}_epoch{ep}.safetensors", {"model": m.state_dict()})
+                save_state_atomic(work / f"seed{seed}_epoch{ep}.safetensors", {"model": m.state_dict()})
 
         steps = Budget("equal-epochs", epochs).steps(len(x), len(x), batch_size)
         fit(model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed, dynamics=dyn,
