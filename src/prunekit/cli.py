@@ -395,11 +395,14 @@ def prepare_process() -> None:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process: bool | None = None) -> int:
     """Run one command; the exit code follows :mod:`prunekit.core.exits` (the one place that maps
-    errors and signals: bad input 2, our bug 1, Ctrl-C 130, SIGTERM 143)."""
-    from prunekit.core.exits import run_command
+    errors and signals: bad input 2, our bug 1, Ctrl-C 130, SIGTERM 143). ``process`` (default: when
+    ``argv`` is None, i.e. the ``prunekit`` command itself) leaves an interrupted run at once with its
+    code (:func:`prunekit.core.exits.leave_interrupted`)."""
+    from prunekit.core.exits import leave_interrupted, run_command
 
+    process = argv is None if process is None else process
     prepare_process()
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     debug = "--debug" in argv or os.environ.get("PRUNEKIT_DEBUG") == "1"
@@ -407,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     if command == "data":  # its sub-command names the line: "prunekit data select: ..."
         command = " ".join([command, *[a for a in argv[argv.index("data") + 1:] if not a.startswith("-")][:1]])
-    return run_command(command, lambda: _main(argv), debug)
+    code = run_command(command, lambda: _main(argv), debug)
+    if process:
+        leave_interrupted(code)
+    return code
 
 
 def _main(argv: list[str]) -> int:

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import COMPUTE_DTYPES, RUNNERS
 from prunekit.core.stats import LAYER_NEEDS, LayerStats
 
@@ -238,7 +239,7 @@ def resolve_compute_dtype(name: str, storage: torch.dtype, reconstructs: bool) -
     +0.1% when computed in float32 and saved in bf16: ``benchmarks/results/families.md``); else the
     weights' own dtype."""
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute dtype {name!r} is unknown; choose from {', '.join(COMPUTE_DTYPES)}")
+        raise PrunekitError(f"compute dtype {name!r} is unknown; choose from {', '.join(COMPUTE_DTYPES)}")
     if name == "auto":
         return torch.float32 if reconstructs and storage in (torch.bfloat16, torch.float16) else None
     dtype = getattr(torch, name)
@@ -298,7 +299,7 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
     never holds both all inputs and all outputs. With ``device`` set, the block runs there while
     the activations between blocks stay where they were (e.g. on the CPU)."""
     if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
+        raise PrunekitError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
     if runner == "lockstep":
         return _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output)
     observed = runner == "dense"
@@ -436,7 +437,7 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
     :func:`run_block`). With ``compute_dtype`` (see :func:`resolve_compute_dtype`) the activations
     and each block for its turn are in that dtype; the weights are stored back in their own."""
     if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
+        raise PrunekitError(f"runner {runner!r} is unknown; choose from {', '.join(RUNNERS)}")
     weights = weights or BlockWeights()
     layer_needs = frozenset(needs) & LAYER_NEEDS
     want_similarity = "similarity" in needs

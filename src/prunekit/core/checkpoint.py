@@ -86,11 +86,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             meta = (f.metadata() or {}).get(_META_KEY)
             if meta is None:
-                raise ValueError("no prunekit state in its header")
+                raise PrunekitError("no prunekit state in its header")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safetensors handles are not iterable
         state = _decode(json.loads(meta), tensors)
         if not isinstance(state, dict):
-            raise ValueError("its state is not a mapping")
+            raise PrunekitError("its state is not a mapping")
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, the answer is one line
         raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint ({first_line(exc)}); "
                             "delete it to start that part of the run over") from None

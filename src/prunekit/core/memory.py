@@ -24,6 +24,8 @@ import resource
 
 import torch
 
+from prunekit.core.errors import PrunekitError
+
 _M_MMAP_THRESHOLD = -3  # mallopt parameters from glibc's <malloc.h>
 _M_ARENA_MAX = -8
 _applied = False
@@ -72,7 +74,7 @@ def lean_allocator(mmap_threshold: int | None = None) -> bool:
         try:
             mmap_threshold = int(float(setting) * (1 << 20))
         except ValueError:
-            raise ValueError(f"PRUNEKIT_MMAP_THRESHOLD_MB must be a number of MB, got {setting!r}") from None
+            raise PrunekitError(f"PRUNEKIT_MMAP_THRESHOLD_MB must be a number of MB, got {setting!r}") from None
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")

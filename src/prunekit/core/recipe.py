@@ -252,9 +252,9 @@ def _safe_yaml(text: str):
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
-            raise ValueError(f"YAML aliases (*{event.anchor}) are not allowed in a recipe")
+            raise PrunekitError(f"YAML aliases (*{event.anchor}) are not allowed in a recipe")
         if getattr(event, "tag", None) is not None:
-            raise ValueError(f"YAML tags such as {_cut(event.tag, 60)!r} are not allowed in a recipe")
+            raise PrunekitError(f"YAML tags such as {_cut(event.tag, 60)!r} are not allowed in a recipe")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:

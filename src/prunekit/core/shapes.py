@@ -241,7 +241,7 @@ def decilm_ffn_mult(width: int, hidden_size: int) -> float:
     ``width`` must be a multiple of 256."""
     mult = round(1.5 * width / hidden_size, 6)
     if decilm_ffn_width(mult, hidden_size) != width:
-        raise ValueError(f"no ffn_mult gives {width} channels at hidden size {hidden_size}")
+        raise PrunekitError(f"no ffn_mult gives {width} channels at hidden size {hidden_size}")
     return mult
 
 

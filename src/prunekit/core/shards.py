@@ -110,7 +110,7 @@ def open_checkpoint(folder: str | Path, shown: str | None = None) -> Checkpoint:
         try:
             listed = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
             if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
-                raise ValueError("weight_map is not an object of file names")
+                raise PrunekitError("weight_map is not an object of file names")
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
             raise PrunekitError(f"{what}: {INDEX} is not a valid shard index ({_describe(err)})") from None
         names = sorted(set(listed.values()))

@@ -10,6 +10,7 @@ import re
 
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.families import is_linear
 
 
@@ -22,12 +23,12 @@ def _matches(name: str, module: nn.Module, selector: str) -> bool:
 def validate_selectors(selectors: list[str], key: str) -> None:
     for sel in selectors:
         if not isinstance(sel, str) or not sel:
-            raise ValueError(f"{key} entries must be class names or 're:<regex>' strings, got {sel!r}")
+            raise PrunekitError(f"{key} entries must be class names or 're:<regex>' strings, got {sel!r}")
         if sel.startswith("re:"):
             try:
                 re.compile(sel[3:])
             except re.error as err:
-                raise ValueError(f"bad regex in {key}: {sel!r} ({err})") from None
+                raise PrunekitError(f"bad regex in {key}: {sel!r} ({err})") from None
 
 
 def select_layers(candidates: dict[str, nn.Module], targets: list[str], ignore: list[str]) -> dict[str, nn.Module]:

@@ -173,7 +173,7 @@ class TrainState:
         """Continue from a :meth:`state_dict` saved at the end of epoch ``state['epoch']``."""
         epoch, done = state["epoch"], state["done"]
         if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and 0 <= done <= self.total):
-            raise ValueError(f"epoch {epoch!r} / done {done!r} out of range")
+            raise PrunekitError(f"epoch {epoch!r} / done {done!r} out of range")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["opt"])
         self.generator.set_state(state["gen"])

@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m prunekit.data.cli data ...``: the same as ``prunekit data ...``."""
     from prunekit.cli import main as prunekit_main
 
-    return prunekit_main(sys.argv[1:] if argv is None else argv)
+    return prunekit_main(sys.argv[1:] if argv is None else argv, process=argv is None)
 
 
 if __name__ == "__main__":

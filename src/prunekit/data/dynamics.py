@@ -70,5 +70,5 @@ class TrainingDynamics(Callback):
         """Continue the records of a checkpoint (same number of examples)."""
         restored = TrainingDynamics.from_state_dict(state)
         if restored.n != self.n or len(restored.correct) != len(restored.margin):
-            raise ValueError(f"dynamics of {restored.n} examples, expected {self.n}")
+            raise PrunekitError(f"dynamics of {restored.n} examples, expected {self.n}")
         self.correct, self.margin = restored.correct, restored.margin

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from prunekit.core.errors import UnknownKey
+
 
 def content_hash(example: torch.Tensor | np.ndarray | bytes | str, label: int | None = None) -> str:
     """First 16 hex digits of the SHA-1 of the example's bytes (and label, when given)."""
@@ -55,7 +57,7 @@ def align(source_hashes: Sequence[str], values: np.ndarray, target_hashes: Seque
     for j, h in enumerate(target_hashes):
         rows = buckets.get(h)
         if not rows:
-            raise KeyError(f"example hash {h} (target position {j}) has no score")
+            raise UnknownKey(f"example hash {h} (target position {j}) has no score")
         k = cursor.get(h, 0)
         out[j] = values[rows[min(k, len(rows) - 1)]]
         cursor[h] = k + 1

@@ -166,7 +166,7 @@ def _read_scores(path: Path, n: int) -> dict[str, np.ndarray]:
             res = {name: np.asarray(f[name]) for name in f.files}
         for name, v in res.items():
             if v.shape != (n,) or v.dtype.kind not in "fiu":
-                raise ValueError(f"{name!r} has shape {v.shape} and dtype {v.dtype}, expected ({n},) numbers")
+                raise PrunekitError(f"{name!r} has shape {v.shape} and dtype {v.dtype}, expected ({n},) numbers")
     except Exception as exc:  # noqa: BLE001 - a broken or foreign file is one line, whatever broke
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PrunekitError(f"score file {str(path)!r} is not a prunekit score file ({first}); delete it to "

@@ -375,7 +375,7 @@ class Selection:
         import torch
 
         if len(dataset) != self.n_total:
-            raise ValueError(f"dataset has {len(dataset)} examples, selection was made on {self.n_total}")
+            raise PrunekitError(f"dataset has {len(dataset)} examples, selection was made on {self.n_total}")
         return torch.utils.data.Subset(dataset, self.indices.tolist())
 
     def filter_fn(self):
@@ -386,7 +386,7 @@ class Selection:
     def hf_filter(self, dataset, **kwargs):
         """Filter a Hugging Face ``datasets.Dataset`` (duck-typed: anything with ``.filter``)."""
         if len(dataset) != self.n_total:
-            raise ValueError(f"dataset has {len(dataset)} rows, selection was made on {self.n_total}")
+            raise PrunekitError(f"dataset has {len(dataset)} rows, selection was made on {self.n_total}")
         return dataset.filter(self.filter_fn(), with_indices=True, **kwargs)
 
     def save(self, path, overwrite: bool = False) -> Path:
@@ -410,7 +410,7 @@ class Selection:
         try:
             with np.load(path, allow_pickle=False) as f:
                 if not hasattr(f, "files") or not {"indices", "n_total"} <= set(f.files):
-                    raise ValueError("it has no 'indices' and 'n_total' arrays")
+                    raise PrunekitError("it has no 'indices' and 'n_total' arrays")
                 indices, n_total = np.asarray(f["indices"]), np.asarray(f["n_total"])
                 mask = np.asarray(f["mask"]) if "mask" in f.files else None
         except Exception as exc:  # noqa: BLE001 - not a zip, object arrays, truncated...: one line

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.core.errors import PrunekitError
+from prunekit.core.errors import PrunekitError, UnknownKey
 from prunekit.data.ids import align, make_id
 
 COLUMNS = ("id", "index", "hash", "label", "score", "value", "seed", "checkpoint", "direction")
@@ -50,7 +50,7 @@ class ScoreTable:
         """Append one score vector (one value per example, in dataset order unless ``indices``)."""
         values = np.asarray(values, dtype=np.float64)
         if len(values) != len(hashes):
-            raise ValueError(f"{len(values)} values but {len(hashes)} example hashes")
+            raise PrunekitError(f"{len(values)} values but {len(hashes)} example hashes")
         indices = np.arange(len(values)) if indices is None else np.asarray(indices)
         labels = [-1] * len(values) if labels is None else list(labels)
         self.rows["id"] += [make_id(i, h) for i, h in zip(indices, hashes)]
@@ -87,17 +87,17 @@ class ScoreTable:
                aggregate: str = "mean") -> np.ndarray:
         """Scores in dataset-index order, aggregated over the selected seeds/checkpoints."""
         if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+            raise PrunekitError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
         a = self._arrays()
         m = a["score"] == score
         if not m.any():
-            raise KeyError(f"score {score!r} not in table; available: {', '.join(self.score_names) or 'none'}")
+            raise UnknownKey(f"score {score!r} not in table; available: {', '.join(self.score_names) or 'none'}")
         if seed is not None:
             m &= a["seed"] == seed
         if checkpoint is not None:
             m &= a["checkpoint"] == checkpoint
         if not m.any():
-            raise KeyError(f"score {score!r} has no rows for seed={seed}, checkpoint={checkpoint}")
+            raise UnknownKey(f"score {score!r} has no rows for seed={seed}, checkpoint={checkpoint}")
         n = int(a["index"].max()) + 1
         idx, val = a["index"][m], a["value"][m].astype(np.float64)
         runs = list(zip(a["seed"][m].tolist(), a["checkpoint"][m].tolist()))
@@ -134,7 +134,7 @@ class ScoreTable:
     def save(self, folder: str | Path, fmt: str = "parquet") -> Path:
         """Write ``scores.parquet`` or ``scores.npz`` and ``manifest.json`` into ``folder``."""
         if fmt not in ("parquet", "npz"):
-            raise ValueError(f"format {fmt!r} is not one of parquet, npz")
+            raise PrunekitError(f"format {fmt!r} is not one of parquet, npz")
         from prunekit.core.io import replace_file, write_json
 
         folder = Path(folder)
@@ -169,10 +169,10 @@ class ScoreTable:
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
             if not isinstance(manifest, dict):
-                raise ValueError("manifest.json is not a mapping")
+                raise PrunekitError("manifest.json is not a mapping")
             fmt, name = manifest.get("format"), manifest.get("file")
             if fmt not in ("parquet", "npz") or name != f"scores.{fmt}":
-                raise ValueError(f"manifest.json names format {fmt!r} and file {name!r}; expected parquet or npz "
+                raise PrunekitError(f"manifest.json names format {fmt!r} and file {name!r}; expected parquet or npz "
                                  "and scores.<format>")
             path = folder / name
             if fmt == "parquet":
@@ -184,7 +184,7 @@ class ScoreTable:
                     cols = {c: f[c].tolist() for c in COLUMNS if c in f.files}
             missing = [c for c in COLUMNS if c not in cols]
             if missing:
-                raise ValueError(f"{name} lacks the column(s) {missing}")
+                raise PrunekitError(f"{name} lacks the column(s) {missing}")
             rows = {c: list(cols[c]) for c in COLUMNS}
             _check_rows(rows)
         except Exception as exc:  # noqa: BLE001 - whatever is broken, the answer is one line naming the folder
@@ -199,19 +199,19 @@ def _check_rows(rows: dict[str, list]) -> None:
     """Columns of one length, integer indices in [0, rows), numeric values, string names: no surprises later."""
     n = len(rows["id"])
     if n == 0:
-        raise ValueError("the table has no rows")
+        raise PrunekitError("the table has no rows")
     if any(len(v) != n for v in rows.values()):
-        raise ValueError("its columns have different lengths")
+        raise PrunekitError("its columns have different lengths")
     for c in ("index", "label", "seed", "checkpoint"):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in rows[c]):
-            raise ValueError(f"column {c!r} holds non-integers")
+            raise PrunekitError(f"column {c!r} holds non-integers")
     if min(rows["index"]) < 0 or max(rows["index"]) >= n:
-        raise ValueError(f"column 'index' is out of range [0, {n})")
+        raise PrunekitError(f"column 'index' is out of range [0, {n})")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rows["value"]):
-        raise ValueError("column 'value' holds non-numbers")
+        raise PrunekitError("column 'value' holds non-numbers")
     for c in ("id", "hash", "score", "direction"):
         if not all(isinstance(v, str) for v in rows[c]):
-            raise ValueError(f"column {c!r} holds non-strings")
+            raise PrunekitError(f"column {c!r} holds non-strings")
 
 
 def stability_report(table: ScoreTable, score: str | None = None) -> list[dict[str, Any]]:

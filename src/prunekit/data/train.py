@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.train import Callback, Checkpoint, Distillation, Hooks, Progress, TrainConfig, train
 from prunekit.data.dynamics import TrainingDynamics
 from prunekit.data.runs import fingerprint
@@ -48,9 +49,9 @@ class Budget:
 
     def __post_init__(self):
         if self.kind not in BUDGET_KINDS:
-            raise ValueError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+            raise PrunekitError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
         if self.epochs <= 0:
-            raise ValueError(f"budget epochs must be > 0, got {self.epochs}")
+            raise PrunekitError(f"budget epochs must be > 0, got {self.epochs}")
 
     def steps(self, n_subset: int, n_full: int, batch_size: int) -> int:
         """Optimizer steps for a subset of ``n_subset`` examples out of ``n_full``."""
@@ -61,7 +62,7 @@ class Budget:
 def kd_defaults(fraction_removed: float) -> dict[str, float]:
     """Default KD temperature and teacher weight for a pruning fraction (see module docstring)."""
     if not 0.0 <= fraction_removed < 1.0:
-        raise ValueError(f"fraction_removed must be in [0, 1), got {fraction_removed}")
+        raise PrunekitError(f"fraction_removed must be in [0, 1), got {fraction_removed}")
     return {"temperature": 2.0, "alpha": 0.5 + 0.3 * fraction_removed}
 
 

@@ -105,7 +105,7 @@ def read_header(path: str | Path, quiet: bool = False) -> dict | None:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})[META_KEY])
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("shapes"), dict):
-            raise ValueError(f"format {short_repr(meta.get('format') if isinstance(meta, dict) else meta)}")
+            raise PrunekitError(f"format {short_repr(meta.get('format') if isinstance(meta, dict) else meta)}")
     except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the answer is one line
         if quiet:
             return None

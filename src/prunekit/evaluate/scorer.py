@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.data_sources import check_count
 from prunekit.evaluate.tasks.base import LAST_WORD, Task, stderr_of_mean
 
@@ -77,7 +78,7 @@ def _prepare(tokenizer, requests, limit: int | None) -> tuple[list[list[int]], l
     for context, continuation in requests:
         head, tail = encode_pair(tokenizer, context, continuation)
         if not tail:
-            raise ValueError(f"continuation {continuation!r} has no tokens after context {context[-40:]!r}")
+            raise PrunekitError(f"continuation {continuation!r} has no tokens after context {context[-40:]!r}")
         ids = (head + tail)[-(limit + 1):] if limit else head + tail
         inputs.append(ids[:-1])
         tails.append(ids[-min(len(tail), len(ids) - 1):])

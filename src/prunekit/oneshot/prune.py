@@ -100,7 +100,7 @@ def as_recipe(recipe=None, **step_fields) -> Recipe:
     if recipe is None:
         return Recipe(steps=[PruneStep(**step_fields)])
     if step_fields:
-        raise TypeError("pass either a recipe or step fields such as method=..., not both")
+        raise PrunekitError("pass either a recipe or step fields such as method=..., not both")
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, PruneStep):
@@ -348,7 +348,7 @@ def _save_config(model: nn.Module, folder: str, out: Path) -> None:
 def _target_layers(adapter: Adapter, step: PruneStep) -> list[dict[str, nn.Module]]:
     per_block = [select_layers(adapter.linears(i), step.targets, step.ignore) for i in range(len(adapter.blocks))]
     if not any(per_block):
-        raise ValueError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
+        raise PrunekitError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
     return per_block
 
 

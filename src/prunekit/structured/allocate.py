@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.masks import top_k_indices
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.structured.groups import Group
@@ -60,13 +61,13 @@ def uniform(groups: list[Group], scores: list[torch.Tensor], ratio: float, round
             if g.kind == "heads":
                 kept = g.n_units - round(ratio * g.n_units)
                 if kept < 1:
-                    raise ValueError(f"ratio {ratio} would remove every attention head of block {block}; "
+                    raise PrunekitError(f"ratio {ratio} would remove every attention head of block {block}; "
                                      f"use a smaller ratio or allocation=global")
             else:
                 left = max(budget - removed, 0.0)
                 kept = round_kept(g, g.n_units - round(left / g.unit_cost), round_to)
                 if g.n_units - round(left / g.unit_cost) < 1:
-                    raise ValueError(f"ratio {ratio} would remove every MLP channel of block {block}; "
+                    raise PrunekitError(f"ratio {ratio} would remove every MLP channel of block {block}; "
                                      f"use a smaller ratio or allocation=global")
             removed += (g.n_units - kept) * g.unit_cost
             keeps.append((groups.index(g), top_k_indices(s, kept)))

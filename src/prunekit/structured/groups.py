@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.families import Adapter, AttentionLayout, weight_view
 
 KINDS = ("mlp", "heads")
@@ -115,7 +116,7 @@ def find_groups(adapter: Adapter, kinds: tuple[str, ...] = KINDS) -> list[Group]
     """All coupled groups of the requested kinds, block by block (heads before mlp in each block)."""
     for kind in kinds:
         if kind not in KINDS:
-            raise ValueError(f"structure {kind!r} has no channel groups; choose from {', '.join(KINDS)}")
+            raise PrunekitError(f"structure {kind!r} has no channel groups; choose from {', '.join(KINDS)}")
     groups = []
     for i in range(len(adapter.blocks)):
         if "heads" in kinds:

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone ``python -m prunekit.training.cli``: the same as ``prunekit train ...``."""
     from prunekit.cli import main as prunekit_main
 
-    return prunekit_main(["train", *(argv if argv is not None else sys.argv[1:])])
+    return prunekit_main(["train", *(argv if argv is not None else sys.argv[1:])], process=argv is None)
 
 
 if __name__ == "__main__":

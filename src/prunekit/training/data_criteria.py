@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.stats import LayerStats, collect_gradients
 
 DATA_CRITERIA = ("wanda", "gblm")
@@ -33,13 +34,13 @@ def _check_supported(name: str, module: nn.Module) -> None:
         return
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
-            raise ValueError(f"data-aware criteria need groups=1 convolutions; layer {name!r} has "
+            raise PrunekitError(f"data-aware criteria need groups=1 convolutions; layer {name!r} has "
                              f"groups={module.groups}")
         if module.padding_mode != "zeros" or isinstance(module.padding, str) and module.padding != "valid":
-            raise ValueError(f"data-aware criteria need explicit zero padding; layer {name!r} has "
+            raise PrunekitError(f"data-aware criteria need explicit zero padding; layer {name!r} has "
                              f"padding={module.padding!r}, padding_mode={module.padding_mode!r}")
         return
-    raise ValueError(f"data-aware criteria support Linear and Conv2d layers, not {type(module).__name__} "
+    raise PrunekitError(f"data-aware criteria support Linear and Conv2d layers, not {type(module).__name__} "
                      f"{name!r}")
 
 
@@ -56,7 +57,7 @@ def split_calibration(calibration) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``x`` or ``(x, y)`` → ``(x, y or None)``."""
     if isinstance(calibration, (tuple, list)):
         if len(calibration) != 2:
-            raise ValueError(f"calibration must be x or (x, y), got a sequence of {len(calibration)}")
+            raise PrunekitError(f"calibration must be x or (x, y), got a sequence of {len(calibration)}")
         return calibration[0], calibration[1]
     return calibration, None
 
@@ -99,7 +100,7 @@ def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str,
     from prunekit.oneshot.base import LayerContext
 
     if criterion not in DATA_CRITERIA:
-        raise ValueError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")
+        raise PrunekitError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")
     method = METHODS.build(criterion)
     x, y = split_calibration(calibration)
     device = next(iter(modules.values())).weight.device
@@ -108,7 +109,7 @@ def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str,
     grads = {}
     if "gradients" in method.needs:
         if y is None:
-            raise ValueError(f"criterion {criterion!r} needs labelled calibration data: calibration=(x, y)")
+            raise PrunekitError(f"criterion {criterion!r} needs labelled calibration data: calibration=(x, y)")
         loss_fn = loss_fn or nn.functional.cross_entropy
         grads = collect_gradients(model, (x, y.to(device)), modules, method.gradient_reduction,
                                   loss=lambda m, batch: loss_fn(m(batch[0]), batch[1]))

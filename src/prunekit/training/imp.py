@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.train import Batch, Callback, TrainState
 from prunekit.training.pruner import Pruner
 from prunekit.training.schedules import ConstantSparsity, imp_sparsities
@@ -52,10 +53,10 @@ class IterativeMagnitudePruning(Callback):
                  scope: str = "layer", floor: float = 0.0, sparsities: Sequence[float] | None = None,
                  **pruner_kwargs):
         if rewind_step < 0:
-            raise ValueError(f"rewind_step must be >= 0, got {rewind_step!r}")
+            raise PrunekitError(f"rewind_step must be >= 0, got {rewind_step!r}")
         self.sparsities = list(sparsities) if sparsities is not None else imp_sparsities(rounds, rate)
         if any(b <= a for a, b in zip(self.sparsities, self.sparsities[1:])):
-            raise ValueError(f"IMP sparsities must increase, got {self.sparsities!r}")
+            raise PrunekitError(f"IMP sparsities must increase, got {self.sparsities!r}")
         self.model = model
         self.rewind_step = rewind_step
         self.pruner = Pruner(model, ConstantSparsity(0.0), "magnitude", scope, floor, **pruner_kwargs)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError, UnknownKey
 from prunekit.core.train import Batch, Callback, TrainState
 from prunekit.training.criteria import CRITERIA, compute_masks
 from prunekit.training.data_criteria import DATA_CRITERIA, data_scores
@@ -64,21 +65,21 @@ class Pruner(Callback):
                  skip: Iterable[str] = (), seed: int = 0, calibration=None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+            raise PrunekitError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
         if criterion in DATA_CRITERIA and calibration is None:
-            raise ValueError(f"criterion {criterion!r} scores weights on data: pass calibration=x "
+            raise PrunekitError(f"criterion {criterion!r} scores weights on data: pass calibration=x "
                              f"(or (x, y) for 'gblm')")
         if criterion == "gblm" and not isinstance(calibration, (tuple, list)):
-            raise ValueError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
+            raise PrunekitError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
         weights = prunable_weights(model, skip)
         if targets is not None:
             targets = list(targets)
             missing = [t for t in targets if t not in weights]
             if missing:
-                raise ValueError(f"no prunable Linear/Conv layer named {missing[0]!r}")
+                raise PrunekitError(f"no prunable Linear/Conv layer named {missing[0]!r}")
             weights = {t: weights[t] for t in targets}
         if not weights:
-            raise ValueError(f"{type(model).__name__} has no Linear/Conv weight to prune")
+            raise PrunekitError(f"{type(model).__name__} has no Linear/Conv weight to prune")
         self.model = model
         self.schedule = schedule
         self.criterion = criterion
@@ -188,7 +189,7 @@ class Pruner(Callback):
         masks = state["masks"]
         unknown = set(masks) - set(self.weights)
         if unknown:
-            raise KeyError(f"mask for unknown layer {min(unknown)!r}")
+            raise UnknownKey(f"mask for unknown layer {min(unknown)!r}")
         self.masks = {n: masks[n].to(torch.bool) for n in self.weights}
         self.target = float(state["target"])
         self.apply_masks()

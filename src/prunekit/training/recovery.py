@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.train import Batch, Callback, TrainConfig, TrainState, train
 from prunekit.training.pruner import Pruner
 
@@ -40,9 +41,9 @@ class MaskedLoRA(nn.Module):
     def __init__(self, base: nn.Module, mask: torch.Tensor, rank: int = 4, alpha: float | None = None):
         super().__init__()
         if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank!r}")
+            raise PrunekitError(f"LoRA rank must be >= 1, got {rank!r}")
         if not isinstance(base, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            raise TypeError(f"MaskedLoRA wraps Linear/Conv layers, got {type(base).__name__}")
+            raise PrunekitError(f"MaskedLoRA wraps Linear/Conv layers, got {type(base).__name__}")
         self.base = base
         self.register_buffer("kept", (~mask.to(torch.bool)).to(base.weight.dtype))  # 1 = kept, 0 = pruned
         out_features, fan_in = base.weight.shape[0], base.weight[0].numel()
@@ -186,10 +187,10 @@ def label_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> tor
     from prunekit.evaluate.scorer import logits_at
 
     if labels.shape != ids.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} must have the shape of the ids {tuple(ids.shape)}")
+        raise PrunekitError(f"labels {tuple(labels.shape)} must have the shape of the ids {tuple(ids.shape)}")
     rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)  # cols + 1 is scored, predicted at cols
     if len(rows) == 0:
-        raise ValueError("no scored label (every label is IGNORE)")
+        raise PrunekitError("no scored label (every label is IGNORE)")
     positions = sorted(set(cols.tolist()))
     logits = logits_at(model, ids[:, : positions[-1] + 1], positions)  # later tokens change no scored logit
     column = torch.tensor([positions.index(c) for c in cols.tolist()], device=logits.device)
@@ -207,7 +208,7 @@ def answer_prompts(tokenizer, items) -> tuple[torch.Tensor, torch.Tensor]:
     from prunekit.evaluate.tasks.base import DELIMITER
 
     if not items:
-        raise ValueError("no items to train on")
+        raise PrunekitError("no items to train on")
     pairs = [encode_pair(tokenizer, item.context, DELIMITER + item.choices[item.label]) for item in items]
     width = max(len(head) + len(tail) for head, tail in pairs)
     pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

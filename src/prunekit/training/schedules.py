@@ -18,16 +18,16 @@ def _check_fraction(name: str, value: float, allow_one: bool = False) -> None:
     upper_ok = value <= 1.0 if allow_one else value < 1.0
     if not (0.0 <= value and upper_ok) or math.isnan(value):
         bound = "[0, 1]" if allow_one else "[0, 1)"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+        raise PrunekitError(f"{name} must be in {bound}, got {value!r}")
 
 
 def _check_window(start: int, end: int, frequency: int) -> None:
     if start < 0:
-        raise ValueError(f"start must be >= 0, got {start!r}")
+        raise PrunekitError(f"start must be >= 0, got {start!r}")
     if end <= start:
-        raise ValueError(f"end must be > start ({start}), got {end!r}")
+        raise PrunekitError(f"end must be > start ({start}), got {end!r}")
     if frequency < 1:
-        raise ValueError(f"frequency must be >= 1, got {frequency!r}")
+        raise PrunekitError(f"frequency must be >= 1, got {frequency!r}")
 
 
 def _quantize(step: int, start: int, end: int, frequency: int) -> int:
@@ -67,7 +67,7 @@ class OneShotSparsity:
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
         if self.at < 0:
-            raise ValueError(f"at must be >= 0, got {self.at!r}")
+            raise PrunekitError(f"at must be >= 0, got {self.at!r}")
 
     def __call__(self, step: int) -> float:
         return self.sparsity if step >= self.at else 0.0
@@ -139,9 +139,9 @@ def imp_sparsities(rounds: int, rate: float) -> list[float]:
     1 - (1 - rate)^k.
     """
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+        raise PrunekitError(f"rounds must be >= 1, got {rounds!r}")
     if not 0.0 < rate < 1.0:
-        raise ValueError(f"rate must be in (0, 1), got {rate!r}")
+        raise PrunekitError(f"rate must be in (0, 1), got {rate!r}")
     return [1.0 - (1.0 - rate) ** k for k in range(1, rounds + 1)]
 
 

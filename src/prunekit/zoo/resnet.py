@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
+
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the (projected) input, then ReLU."""
@@ -56,9 +58,9 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 8, width: int = 16, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
+            raise PrunekitError(f"ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
         if width < 1:
-            raise ValueError(f"width must be >= 1, got {width!r}")
+            raise PrunekitError(f"width must be >= 1, got {width!r}")
         blocks = (depth - 2) // 6
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU())

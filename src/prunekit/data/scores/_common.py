@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
+
 HIGHER_IS_HARDER = "higher=harder"
 
 
@@ -42,12 +44,12 @@ def last_linear(model: nn.Module) -> nn.Linear:
     """The model's final ``nn.Linear`` (the classifier head)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("model has no nn.Linear layer")
+        raise PrunekitError("model has no nn.Linear layer")
     return linears[-1]
 
 
 def average_over(models: Sequence[nn.Module], score_fn: Callable[[nn.Module], np.ndarray]) -> np.ndarray:
     """Mean of a per-example score over several models (seeds and/or checkpoints)."""
     if not models:
-        raise ValueError("need at least one model to average over")
+        raise PrunekitError("need at least one model to average over")
     return np.mean(np.stack([np.asarray(score_fn(m), dtype=np.float64) for m in models]), axis=0)

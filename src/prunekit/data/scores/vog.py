@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.registry import SCORES, option
 from prunekit.data.scores.base import Score
 
@@ -44,7 +45,7 @@ def vog_scores(
 ) -> np.ndarray:
     """VoG over ``checkpoints`` (at least two models from one or more training runs)."""
     if len(checkpoints) < 2:
-        raise ValueError("VoG needs at least two checkpoints")
+        raise PrunekitError("VoG needs at least two checkpoints")
     mean = torch.zeros_like(x)
     sq = torch.zeros_like(x)
     for model in checkpoints:  # running first/second moments, one checkpoint in memory at a time
