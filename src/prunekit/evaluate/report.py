@@ -98,6 +98,38 @@ def report_inputs(out: Path, *models: str | None) -> tuple:
     return tuple(f for f in folders if out != Path(f).expanduser().resolve() / REPORT_DIR)
 
 
+SPEED_SIDES = ("parameters", "flops_per_token", "prefill_s", "decode_tokens_per_s")
+SPEED_RATIOS = ("parameter_ratio", "flops_ratio", "prefill_speedup", "decode_speedup")
+
+
+def check_speed_receipt(target: str) -> None:
+    """The ``speed`` entry of the target's prunekit.json (structured pruning's receipt) has the numbers
+    the report shows: checked before anything is measured, so a tampered entry is one line at once."""
+    from prunekit.core.io import read_manifest
+
+    folder = Path(target).expanduser()
+    speed = read_manifest(folder).get("speed") if folder.is_dir() else None
+    if not speed:
+        return
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+    where = f"prunekit.json of {str(target)!r}: speed"
+    if not isinstance(speed, dict):
+        raise PrunekitError(f"{where} must be an object, got {type(speed).__name__}")
+    for side in ("dense", "pruned"):
+        entry = speed.get(side)
+        bad = [k for k in SPEED_SIDES if not isinstance(entry, dict) or not number(entry.get(k))]
+        if bad:
+            raise PrunekitError(f"{where}.{side}.{bad[0]} must be a number; the receipt was changed by hand "
+                                "(prune again, or delete the speed entry)")
+    bad = [k for k in SPEED_RATIOS if not number(speed.get(k))]
+    if bad:
+        raise PrunekitError(f"{where}.{bad[0]} must be a number; the receipt was changed by hand (prune again, or "
+                            "delete the speed entry)")
+
+
 def run_report(args) -> int:
     from prunekit.core.data_sources import check_count, check_source
     from prunekit.core.io import check_output
@@ -113,6 +145,7 @@ def run_report(args) -> int:
     if run_ppl:
         check_source(args.text)
     load_config(args.target)
+    check_speed_receipt(args.target)
     baseline = args.baseline if args.baseline is not None else default_baseline(args.target)
     if baseline and baseline.lower() == "none":
         baseline = None

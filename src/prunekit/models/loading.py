@@ -153,6 +153,10 @@ def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
             raise _unreachable(name, err) from None
         raise PrunekitError(f"model folder {name!r} has an unreadable config.json ({_describe(err)})") from None
     check_family(config, trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers < 1:
+        raise PrunekitError(f"model {name!r} has {layers} decoder layers (num_hidden_layers); there is nothing to prune")
     return config
 
 
@@ -199,7 +203,27 @@ def check_weights(name_or_path: str | Path, trust_pickle_weights: bool = False) 
     files with ``trust_pickle_weights``), checked before any work; a one-line error otherwise."""
     path = resolve_model_path(name_or_path)
     check_weight_files(path, str(name_or_path), trust_pickle_weights)
+    check_weight_dtypes(path, str(name_or_path))
     return path
+
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}  # safetensors' names of the dtypes prunekit prunes
+
+
+def check_weight_dtypes(path: str, shown: str) -> None:
+    """Every ``.weight`` tensor of a safetensors folder is floating point (read from the headers): an
+    int8 or other integer weight is a quantized checkpoint without its scales, which the streamed path
+    cannot build and the in-memory path would cast to float silently; both refuse it the same way."""
+    from prunekit.core.shards import has_safetensors, open_checkpoint
+
+    if not Path(path).is_dir() or not has_safetensors(path):
+        return
+    checkpoint = open_checkpoint(path, shown)
+    odd = sorted(n for n, d in checkpoint.dtypes.items() if n.endswith(".weight") and d not in FLOAT_DTYPES)
+    if odd:
+        raise PrunekitError(f"model {shown!r}: weight {odd[0]!r} has dtype {checkpoint.dtypes[odd[0]]}"
+                            f"{f' (and {len(odd) - 1} more)' if len(odd) > 1 else ''}; prunekit prunes floating-point "
+                            "checkpoints (dequantize a quantized one first)")
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
@@ -254,9 +278,25 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     # transformers does not know and the export's rope_scaling key for older readers each warn)
     config = read_decilm(path)[0] if Path(path).is_dir() else None
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                             **({"config": config} if config is not None else {}))
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **({"config": config} if config is not None else {}))
     except Exception as err:  # noqa: BLE001 - missing or garbage tokenizer files
         if not Path(path).is_dir():
             raise _unreachable(name, err) from None
         raise PrunekitError(f"could not load the tokenizer of model {name!r} ({_describe(err)})") from None
+    check_tokenizer_fits(tokenizer, name)
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer, name: str) -> None:
+    """The tokenizer's ids index the model's embedding table: a tokenizer with more tokens than the
+    table has rows would fail mid-run (an IndexError in the embedding), so it is refused before work."""
+    try:
+        config = load_config(name)
+    except PrunekitError:
+        return  # the model's own checks say what is wrong with it
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise PrunekitError(f"the tokenizer of model {name!r} has {len(tokenizer):,} tokens but its embedding table "
+                            f"has {rows:,} rows (vocab_size); give the tokenizer the model was trained with")
