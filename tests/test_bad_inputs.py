@@ -687,8 +687,18 @@ def test_readme_lists_the_rules_of_out_and_overwrite():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Bad input"):]
     section = section[: section.index("\n## ", 1)]
-    for needle in ("--overwrite", "prunekit.json", "cache", "current directory", "home directory", "inside"):
+    for needle in ("--overwrite", "prunekit.json", "cache", "current directory", "home directory", "inside",
+                   "--trust-pickle-weights", "symbolic link", "SIGINT", "SIGTERM", "130", "143", "--debug",
+                   "PRUNEKIT_DEBUG=1", "exit code 1", ".prunekit-temporary"):
         assert needle in section, needle
+    from prunekit.cli import build_parser
+
+    writing = {"prune", "demo", "export", "vocab", "delta", "report", "train"}  # every command with an output
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    assert writing <= commands
+    for command in writing:
+        assert f"`{command}" in section, command
+    assert "`data score|select|report|train`" in section
 
 
 def test_pickle_weights_load_with_the_opt_in_and_the_output_is_safetensors(tiny_source, tmp_path):
