@@ -146,5 +146,5 @@ def test_a_decilm_folder_gives_its_tokenizer_without_a_deprecation_warning(tmp_p
     with warnings.catch_warnings():  # AutoTokenizer reading the DeciLM config.json itself warns of rope_scaling
         warnings.simplefilter("error", FutureWarning)
         warnings.simplefilter("error", DeprecationWarning)
-        tokenizer = prunekit.load_tokenizer(tmp_path / "decilm")
+        tokenizer = prunekit.load_tokenizer(tmp_path / "decilm", check_fits=False)  # a toy model of 128 rows
     assert tokenizer("a DeciLM folder").input_ids == smollm2_tokenizer("a DeciLM folder").input_ids

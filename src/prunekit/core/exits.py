@@ -58,29 +58,60 @@ def one_line(err: BaseException) -> str:
     return _cut((str(message).strip().splitlines() or [type(err).__name__])[0])
 
 
+_RECEIVED: list[int] = []  # the signals that arrived during the current command
+
+
 def _on_sigterm(signum, frame):
+    _RECEIVED.append(signum)
     raise Terminated
+
+
+def _on_sigint(signum, frame):
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted(name: str, command: str, err: BaseException) -> int:
+    if isinstance(err, Terminated) or signal.SIGTERM in _RECEIVED:
+        _say(f"{name}: terminated (SIGTERM); nothing was written")
+        return EXIT_TERMINATED
+    hint = "; rerun the same command to resume" if command in RESUMABLE else "; nothing was written"
+    _say(f"{name}: interrupted{hint}")
+    return EXIT_INTERRUPTED
 
 
 def run_command(command: str, body: Callable[[], int], debug: bool = False) -> int:
     """Run ``body`` (a command) and return its exit code, mapping every error and signal to a code
     and at most one line on stderr (plus the traceback of a bug with ``debug``)."""
     name = f"prunekit {command}".rstrip()
-    previous = None
+    previous = previous_int = None
+    _RECEIVED.clear()
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous_int = signal.signal(signal.SIGINT, _on_sigint)
     try:
         return body()
     except BrokenPipeError:  # `prunekit list | head`: the reader left; nothing to report
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_OK
-    except Terminated:
-        _say(f"{name}: terminated (SIGTERM); nothing was written")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        hint = "; rerun the same command to resume" if command in RESUMABLE else "; nothing was written"
-        _say(f"{name}: interrupted{hint}")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # Terminated (SIGTERM) too
+        return _interrupted(name, command, err)
+    except BaseException as err:
+        if _RECEIVED and not isinstance(err, SystemExit):  # a signal that a library turned into another error
+            return _interrupted(name, command, err)
+        return _classify(name, err, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _classify(name: str, err: BaseException, debug: bool) -> int:
+    """The exit code and line of an error that is not a signal."""
+    try:
+        raise err
     except PrunekitError as err:
         _say(f"{name}: error: {one_line(err)}")
         return EXIT_USAGE
@@ -96,9 +127,6 @@ def run_command(command: str, body: Callable[[], int], debug: bool = False) -> i
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - whatever else it is, it is ours to fix
         return _bug(name, err, debug)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def leave_interrupted(code: int) -> None:

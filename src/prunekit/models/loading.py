@@ -267,7 +267,9 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", devi
     return model.to(device).eval()
 
 
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, check_fits: bool = True):
+    """The model's tokenizer; with ``check_fits`` (default) one with more tokens than the model's
+    embedding table has rows is refused (:func:`check_tokenizer_fits`)."""
     from transformers import AutoTokenizer
 
     from prunekit.core.io import read_decilm
@@ -284,7 +286,8 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
         if not Path(path).is_dir():
             raise _unreachable(name, err) from None
         raise PrunekitError(f"could not load the tokenizer of model {name!r} ({_describe(err)})") from None
-    check_tokenizer_fits(tokenizer, name)
+    if check_fits:
+        check_tokenizer_fits(tokenizer, name)
     return tokenizer
 
 
