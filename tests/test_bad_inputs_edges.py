@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prunekit.cli import main
-from tests.test_bad_inputs import Ctx, snapshot, tiny_source  # noqa: F401
+from tests.test_bad_inputs import Ctx, check_row, tiny_source  # noqa: F401
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
@@ -144,16 +144,7 @@ def test_edge_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tmp_path, 
     model = tmp_path / "models" / "m"
     shutil.copytree(tiny_source, model, copy_function=os.link)
     argv = setup(Ctx(tmp_path, model, monkeypatch, model))
-    before = snapshot(tmp_path)
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's errors leave as SystemExit(2), after their one line
-        code = stop.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and fragment in err, err
-    assert snapshot(tmp_path) == before
+    check_row(argv, 2, fragment, False, tmp_path, monkeypatch, capsys, argparse_exit=True)
 
 
 def test_a_legal_long_name_is_accepted(tiny_source, tmp_path):  # noqa: F811

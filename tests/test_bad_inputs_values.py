@@ -19,8 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
-from prunekit.cli import main
-from tests.test_bad_inputs import Ctx, snapshot, tiny_source  # noqa: F401
+from tests.test_bad_inputs import Ctx, check_row, tiny_source  # noqa: F401
 
 GB = 10**9
 
@@ -210,19 +209,4 @@ def test_bad_value_is_one_line_exit_2_and_writes_nothing(row, tiny_source, tmp_p
     model = tmp_path / "models" / "m"
     shutil.copytree(tiny_source, model, copy_function=os.link)
     argv = setup(Ctx(tmp_path, model, monkeypatch, model))
-    if early:
-        from transformers import AutoModelForCausalLM
-
-        def loaded(*args, **kwargs):
-            raise AssertionError("the weights were loaded before the bad value was found")
-
-        monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", loaded)
-        monkeypatch.setattr("prunekit.core.shards.Checkpoint.read", loaded)
-    before = snapshot(tmp_path)
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == expected_code, err
-    assert len(err.splitlines()) == 1 and fragment in err, err
-    assert err.startswith("prunekit ")
-    assert snapshot(tmp_path) == before
+    check_row(argv, expected_code, fragment, early, tmp_path, monkeypatch, capsys)

@@ -109,24 +109,21 @@ def run_command(command: str, body: Callable[[], int], debug: bool = False) -> i
 
 
 def _classify(name: str, err: BaseException, debug: bool) -> int:
-    """The exit code and line of an error that is not a signal."""
-    try:
-        raise err
-    except PrunekitError as err:
+    """The exit code and line of an error that is not a signal (SystemExit goes on: argparse, --help)."""
+    if isinstance(err, PrunekitError):
         _say(f"{name}: error: {one_line(err)}")
         return EXIT_USAGE
-    except MemoryError:
+    if isinstance(err, MemoryError):
         _say(f"{name}: error: out of memory; lower the sizes of the run (--nsamples, --seqlen, --chunk-size, "
              "--batch-size) or use a machine with more memory")
         return EXIT_USAGE
-    except OSError as err:
-        if err.errno not in ENVIRONMENT_ERRNOS:
-            return _bug(name, err, debug)
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
         _say(f"{name}: error: cannot read or write{where}: {err.strerror or one_line(err)}")
         return EXIT_USAGE
-    except Exception as err:  # noqa: BLE001 - whatever else it is, it is ours to fix
+    if isinstance(err, Exception):  # whatever else it is, it is ours to fix
         return _bug(name, err, debug)
+    raise err
 
 
 def leave_interrupted(code: int) -> None:
