@@ -239,46 +239,27 @@ def _prune(args) -> int:
         from prunekit.structured.cli import run_prune
 
         return run_prune(args, recipe)
-    from prunekit.core.data_sources import check_source
-    from prunekit.core.io import check_output, save_pretrained
-    from prunekit.models.loading import (check_device, check_dtype, check_seqlen, check_weights, load_config,
-                                         load_model, load_tokenizer)
+    from prunekit.models.loading import check_device
 
     recipe = recipe_from_args(args, recipe)  # every check that needs no weights comes before the model loads
-    dtype = check_dtype(args.dtype)
     device = check_device(args.device)
-    check_source(recipe.calibration.source)
-    config = load_config(args.model)
-    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
-    if any(step.build().needs_calibration or step.allocation == "owl" for step in recipe.steps):
-        from prunekit.core.budget import check_calibration
-        from prunekit.models.loading import resolve_dtype
-
-        check_calibration(config, recipe.calibration, resolve_dtype(dtype, config))
-    path = check_weights(args.model, args.trust_pickle_weights)
-    check_output(args.out, args.overwrite, inputs=(args.model, path))
     import prunekit
-    from prunekit.oneshot.prune import manifest, stream_plan
 
-    folder, why = stream_plan(recipe, args.model, args.stream)
-    if folder is not None:  # streaming: one block at a time from the shards to the output (oneshot/prune.py)
-        result = prunekit.prune_pretrained(folder, args.out, recipe, progress=not args.quiet, device=device,
-                                           overwrite=args.overwrite, source=path, dtype=dtype)
-        out = Path(args.out).expanduser().resolve()
-    else:
-        if why and not args.quiet:
-            print(f"prunekit prune: {why}: loading the whole model (no streaming)", file=sys.stderr)
-        tokenizer = load_tokenizer(args.model)
-        model = load_model(args.model, dtype=dtype, trust_pickle_weights=args.trust_pickle_weights)
-        result = prunekit.prune(model, recipe, tokenizer=tokenizer, progress=not args.quiet, device=device)
-        out = save_pretrained(model, args.out, tokenizer, manifest=manifest(recipe, result), overwrite=args.overwrite,
-                              source=path)
+    result = prunekit.apply(args.model, recipe, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
+                            device=device, dtype=args.dtype or "auto", stream=args.stream,
+                            trust_pickle_weights=args.trust_pickle_weights,
+                            on_load=None if args.quiet else _say_why_in_memory)
     if args.json:
-        print(dumps_json({**result.to_dict(), "out": str(out)}, default=str))
+        print(dumps_json({**result.oneshot.to_dict(), "out": result.out}, default=str))
     elif not args.quiet:
         print(result.summary())
-        print(f"saved to {out}")
+        print(f"saved to {result.out}")
     return 0
+
+
+def _say_why_in_memory(why: str | None) -> None:
+    if why:
+        print(f"prunekit prune: {why}: loading the whole model (no streaming)", file=sys.stderr)
 
 
 def cmd_eval(args) -> int:

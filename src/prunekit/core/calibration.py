@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit.core.data_sources import split_padding
 from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import COMPUTE_DTYPES, RUNNERS
 from prunekit.core.stats import LAYER_NEEDS, LayerStats
@@ -75,6 +76,7 @@ class BlockInputs:
     hidden: torch.Tensor
     args: tuple
     kwargs: dict
+    tokens: torch.Tensor | None = None  # bool (windows x positions): the real tokens; None: all are
 
 
 @torch.no_grad()
@@ -99,10 +101,13 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, windows: torc
     device = (embeddings.weight if embeddings is not None else next(model.parameters())).device
     try:
         for start in range(0, len(windows), chunk_size):
+            ids, mask = split_padding(windows[start : start + chunk_size])
+            extra = {} if mask is None else {"attention_mask": mask.to(device)}
             try:
-                model(input_ids=windows[start : start + chunk_size].to(device), use_cache=False)
+                model(input_ids=ids.to(device), use_cache=False, **extra)
             except _StopForward:
                 pass
+            captured[-1].tokens = None if mask is None else mask.bool()
     finally:
         handle.remove()
         if cast is not None:
@@ -126,8 +131,9 @@ class _StatsBook:
     """The statistics of one block's layers, in the order the layers are first entered; siblings (layers
     fed the very same input tensor) share one :class:`LayerStats`, filled once."""
 
-    def __init__(self, needs: frozenset[str]):
+    def __init__(self, needs: frozenset[str], tokens: list[torch.Tensor | None] | None = None):
         self.needs = needs
+        self.tokens = tokens or []  # per chunk: the real tokens of its windows (None: all)
         self.stats: dict[str, LayerStats] = {}  # by layer name, in execution order
         self.shared: dict[str, str] = {}  # layer -> the layer whose input (and statistics) it shares
         self.seen_inputs: dict[int, list[tuple[weakref.ref, str]]] = {}
@@ -142,7 +148,11 @@ class _StatsBook:
             else:
                 self.stats[name] = LayerStats.for_needs(x.shape[-1], self.needs)
         if name not in self.shared:
-            self.stats[name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
+            samples = x.shape[0] if x.dim() == 3 else 1
+            tokens = self.tokens[chunk] if chunk < len(self.tokens) else None
+            if tokens is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(tokens.shape):
+                x = x[tokens.to(x.device)]  # padding is never calibrated
+            self.stats[name].add(x, samples=samples)
         seen.append((weakref.ref(x), name))
 
 
@@ -150,14 +160,15 @@ class _LockStep:
     """Barrier bookkeeping for one block: which chunk reached which layer."""
 
     def __init__(self, layers: dict[str, nn.Module], n_chunks: int, needs: frozenset[str],
-                 on_ready: Callable[[str, nn.Module, LayerStats | None], None]):
+                 on_ready: Callable[[str, nn.Module, LayerStats | None], None],
+                 tokens: list[torch.Tensor | None] | None = None):
         self.gates = {module: _LayerGate(name, module) for name, module in layers.items()}
         self.n_chunks = n_chunks
         self.on_ready = on_ready
         self.cond = threading.Condition()
         self.finished: set[int] = set()
         self.errors: list[BaseException] = []
-        self.book = _StatsBook(needs)
+        self.book = _StatsBook(needs, tokens)
         self.stats, self.shared = self.book.stats, self.book.shared
         self.done_names: set[str] = set()
         self.local = threading.local()
@@ -303,7 +314,7 @@ def run_block(block: nn.Module, inputs: list[BlockInputs], layers: dict[str, nn.
     if runner == "lockstep":
         return _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output)
     observed = runner == "dense"
-    book = _StatsBook(frozenset(needs))
+    book = _StatsBook(frozenset(needs), [item.tokens for item in inputs])
     outputs = _run_observed(block, inputs, layers, book, keep=observed, consume=consume and observed, device=device,
                             on_output=on_output if observed else None)
     last = {id(stats): name for name, stats in book.stats.items()}
@@ -354,7 +365,7 @@ def _run_observed(block, inputs, layers, book, keep, consume, device, on_output)
 
 
 def _run_lockstep(block, inputs, layers, on_ready, needs, consume, device, on_output) -> list[torch.Tensor]:
-    step = _LockStep(layers, len(inputs), frozenset(needs), on_ready)
+    step = _LockStep(layers, len(inputs), frozenset(needs), on_ready, [item.tokens for item in inputs])
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
 
     def work(chunk: int) -> None:
@@ -413,10 +424,16 @@ class BlockWeights:
         yield
 
 
-def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of cos(block input, block output), one value per window (float64)."""
+def window_cosines(block_input: torch.Tensor, block_output: torch.Tensor,
+                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over tokens (the real ones, with ``tokens``) of cos(block input, block output), one value per
+    window (float64)."""
     x, y = block_input.double(), block_output.to(block_input.device).double()
-    return torch.nn.functional.cosine_similarity(x, y, dim=-1).mean(dim=-1).reshape(-1)
+    cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
+    if tokens is None:
+        return cos.mean(dim=-1).reshape(-1)
+    real = tokens.to(cos.device, torch.float64)
+    return ((cos * real).sum(dim=-1) / real.sum(dim=-1).clamp(min=1)).reshape(-1)
 
 
 def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int,
@@ -446,14 +463,16 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
         inputs = capture_block_inputs(model, blocks[0], windows, chunk_size, compute_dtype)
     if compute_dtype is not None:  # whatever did not derive from the embeddings' output
         inputs = [BlockInputs(item.hidden.to(dtype=compute_dtype), to_device(item.args, None, compute_dtype),
-                              to_device(item.kwargs, None, compute_dtype)) for item in inputs]
+                              to_device(item.kwargs, None, compute_dtype), item.tokens) for item in inputs]
     walk = zip(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False), per_block)
     for index, (block, layers) in enumerate(walk):
         with weights.block(index, block):
             cosines: list[torch.Tensor | None] = [None] * len(inputs)
 
-            def keep_cosines(chunk, x, y, cosines=cosines):
-                cosines[chunk] = window_cosines(x, y).cpu()
+            tokens = [item.tokens for item in inputs]
+
+            def keep_cosines(chunk, x, y, cosines=cosines, tokens=tokens):
+                cosines[chunk] = window_cosines(x, y, tokens[chunk]).cpu()
 
             with visiting(block, device, compute_dtype):
                 outputs = run_block(block, inputs, layers, on_ready, needs=layer_needs, consume=True, device=device,
@@ -463,6 +482,6 @@ def walk_blocks(model: nn.Module, blocks, windows: torch.Tensor, chunk_size: int
             for value in torch.cat(cosines):  # window order, whatever order the chunks finished in
                 total += value
             similarity.append((total / max(len(windows), 1)).item())
-        inputs = [BlockInputs(out, item.args, item.kwargs) for out, item in zip(outputs, inputs)]
+        inputs = [BlockInputs(out, item.args, item.kwargs, item.tokens) for out, item in zip(outputs, inputs)]
         del outputs
     return similarity

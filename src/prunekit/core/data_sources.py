@@ -20,6 +20,8 @@ with shape (1, 28, 28), normalized with the dataset's mean/std when asked.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import gzip
 import hashlib
 import json
@@ -98,8 +100,11 @@ def describe_source(source) -> str:
     if isinstance(source, torch.Tensor):
         return f"tensor{tuple(source.shape)}"
     if isinstance(source, (list, tuple)):
-        return f"{len(source)} strings"
-    return str(source)
+        return f"{len(source)} strings" if all(isinstance(s, str) for s in source) else f"{len(source)} samples"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    size = getattr(source, "__len__", None)
+    return f"<{type(source).__name__}{f' of {len(source)}' if size is not None else ''}>"
 
 
 def source_text(source, max_bytes: int | None = None) -> str:
@@ -303,11 +308,30 @@ def _check_length(n_tokens: int, seqlen: int, source) -> None:
         )
 
 
-def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens at random start offsets (reproducible by ``seed``);
-    each starts with the tokenizer's own prefix (:func:`bos_prefix`), if it has one.
+PAD = -1  # marks padding in calibration windows: the block runner never embeds nor calibrates it
 
-    A 2-D tensor is taken as ready-made windows (its first ``nsamples`` rows, its own length)."""
+
+def is_stream_source(source) -> bool:
+    """Whether ``source`` is one text stream cut into windows (Brown, a text file, a 1-D tensor of ids)
+    rather than a set of samples (strings, datasets, encodings, a DataLoader), each its own window."""
+    return isinstance(source, (str, Path)) or (isinstance(source, torch.Tensor) and source.dim() == 1)
+
+
+def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512, seed: int = 0,
+                        packing: bool | None = None) -> torch.Tensor:
+    """The calibration windows of any input, as a LongTensor (windows x tokens).
+
+    * A stream (``brown``, ``brown:<genres>``, a text file, a 1-D tensor of ids): ``nsamples`` windows of
+      ``seqlen`` tokens at random start offsets (reproducible by ``seed``), each starting with the
+      tokenizer's own prefix (:func:`bos_prefix`), if it has one.
+    * A 2-D tensor: ready-made windows (its first ``nsamples`` rows, its own length).
+    * Samples (:func:`sample_rows`: a list of strings, of dicts or of id lists, a ``datasets.Dataset`` or
+      ``IterableDataset``, a ``BatchEncoding`` or dict of ``input_ids`` [+ ``attention_mask``], a
+      ``DataLoader`` of such dicts): one window per sample (``nsamples`` of them, drawn by ``seed``
+      when there are more), its real tokens only, at most ``seqlen``; shorter windows are padded on
+      the right with :data:`PAD`, which the block runner masks out of attention and statistics.
+      ``packing=True`` joins the samples into one stream cut as above (windows cross samples).
+    """
     check_count(nsamples, "nsamples")
     check_count(seqlen, "seqlen")
     if isinstance(source, torch.Tensor) and source.dim() == 2:  # already windows: used as given
@@ -315,6 +339,15 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
     from prunekit.core.budget import check_windows
 
     check_windows(nsamples, seqlen)
+    if not is_stream_source(source):
+        if packing and isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source):
+            pass  # the strings joined into one text, as a stream
+        else:
+            rows = sample_rows(source, tokenizer, None if packing else nsamples, seqlen, seed)
+            if packing:
+                source = torch.cat(rows)
+            else:
+                return pad_rows(rows)
     stream = token_stream(source, tokenizer, nsamples * seqlen)
     prefix = bos_prefix(tokenizer) if not isinstance(source, torch.Tensor) else []
     prefix = prefix if len(prefix) < seqlen else []
@@ -323,6 +356,145 @@ def calibration_windows(source, tokenizer, nsamples: int = 64, seqlen: int = 512
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(stream) - body + 1, (nsamples,), generator=gen)
     return _with_prefix(torch.stack([stream[s : s + body] for s in starts.tolist()]), prefix)
+
+
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of token ids as one tensor, the shorter ones padded on the right with :data:`PAD`."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def split_padding(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids with :data:`PAD` replaced by 0, the attention mask) of calibration windows; the mask is None
+    when no window is padded (the model then runs exactly as on plain windows)."""
+    pad = windows == PAD
+    if not bool(pad.any()):
+        return windows, None
+    return windows.masked_fill(pad, 0), (~pad).long()
+
+
+def sample_rows(source, tokenizer, nsamples: int | None, seqlen: int, seed: int = 0) -> list[torch.Tensor]:
+    """The samples of a sample-wise calibration input, each as the 1-D LongTensor of its real tokens (the
+    attention mask's zeros dropped, so left or right padding alike), cut to ``seqlen``; samples of fewer
+    than 2 tokens are skipped. With ``nsamples``, a sized input gives that many samples drawn by
+    ``seed`` (kept in their order), an iterable (DataLoader, IterableDataset) its first ones; None: all.
+
+    Accepted: a list or tuple of strings, of dicts (``text``, or ``input_ids`` [+ ``attention_mask``])
+    or of token id lists/tensors; a ``datasets.Dataset`` / ``IterableDataset`` with such columns; a
+    ``BatchEncoding`` or dict holding ``input_ids`` [+ ``attention_mask``]; a ``torch`` DataLoader (or any
+    iterable) of such batches. Anything else is a one-line error naming its type."""
+    items, sized = _sample_items(source)
+    if sized is not None and nsamples is not None and sized > nsamples:
+        order = torch.randperm(sized, generator=torch.Generator().manual_seed(seed)).tolist()
+        chosen: dict[int, torch.Tensor] = {}
+        for index in order:  # the first nsamples usable samples of a seeded order, kept in the input's order
+            row = _row_tokens(items(index), tokenizer, seqlen, source)
+            if row is not None:
+                chosen[index] = row
+                if len(chosen) == nsamples:
+                    break
+        rows = [chosen[i] for i in sorted(chosen)]
+    else:
+        rows = []
+        for item in items(None):
+            row = _row_tokens(item, tokenizer, seqlen, source)
+            if row is not None:
+                rows.append(row)
+                if nsamples is not None and len(rows) == nsamples:
+                    break
+    if not rows:
+        raise PrunekitError(f"calibration input {describe_source(source)} holds no sample of 2 tokens or more")
+    return rows
+
+
+def _sample_items(source):
+    """(items, size): ``items(i)`` the i-th sample of a sized input, ``items(None)`` an iterator over all
+    samples; size None for an iterable of unknown length."""
+    if (isinstance(source, Mapping) or _is_encoding(source)) and "input_ids" not in source and "text" in source:
+        return _sized(list(source["text"]) if not isinstance(source["text"], str) else [source["text"]])
+    if isinstance(source, Mapping) or _is_encoding(source):
+        if "input_ids" not in source:
+            raise PrunekitError(f"calibration input {describe_source(source)} has keys {sorted(source)[:6]}; "
+                                "give 'input_ids' (+ 'attention_mask') or 'text'")
+        ids = source["input_ids"]
+        mask = source.get("attention_mask") if hasattr(source, "get") else None
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if ids and isinstance(ids[0], int):  # one sample
+            ids, mask = [ids], [mask] if mask is not None else None
+        mask = (mask.tolist() if isinstance(mask, torch.Tensor) else list(mask)) if mask is not None else None
+        rows = [{"input_ids": r, **({"attention_mask": mask[i]} if mask is not None else {})} for i, r in enumerate(ids)]
+        return _sized(rows)
+    if isinstance(source, (list, tuple)):
+        return _sized(source)
+    module = type(source).__module__.split(".")[0]
+    if module == "datasets" and hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+        return (lambda i: source[i] if i is not None else iter(source)), len(source)
+    if module == "datasets" or _is_dataloader(source):
+        return (lambda i: _batches_to_samples(source)), None
+    raise PrunekitError(f"calibration input of type {type(source).__module__}.{type(source).__name__} is not "
+                        "supported; give brown | brown:<genres> | a text file, a list of strings, a datasets.Dataset "
+                        "(a text column or input_ids), a BatchEncoding, a DataLoader of dicts or a tensor of token ids")
+
+
+def _sized(rows):
+    return (lambda i: rows[i] if i is not None else iter(rows)), len(rows)
+
+
+def _is_encoding(source) -> bool:
+    return type(source).__name__ == "BatchEncoding" and hasattr(source, "__getitem__")
+
+
+def _is_dataloader(source) -> bool:
+    return isinstance(source, torch.utils.data.DataLoader)
+
+
+def _batches_to_samples(source):
+    """The samples of an iterable whose items are samples or batches (dicts of batched tensors)."""
+    for item in source:
+        if isinstance(item, Mapping) or _is_encoding(item):
+            ids = item.get("input_ids") if "input_ids" in item else None
+            batched = (isinstance(ids, torch.Tensor) and ids.dim() == 2) or (
+                isinstance(ids, list) and ids and isinstance(ids[0], (list, torch.Tensor)))
+            if batched:
+                yield from _sample_items(item)[0](None)
+                continue
+            if "text" in item and isinstance(item["text"], (list, tuple)):
+                yield from item["text"]
+                continue
+        yield item
+
+
+def _row_tokens(item, tokenizer, seqlen: int, source) -> torch.Tensor | None:
+    """One sample's real tokens (at most ``seqlen``), or None when it has fewer than 2."""
+    if isinstance(item, str):
+        text = item
+    elif isinstance(item, Mapping) and "input_ids" in item:
+        ids = torch.as_tensor(item["input_ids"], dtype=torch.long).reshape(-1)
+        mask = item.get("attention_mask")
+        if mask is not None:
+            mask = torch.as_tensor(mask).reshape(-1)
+            if mask.shape != ids.shape:
+                raise PrunekitError(f"calibration input {describe_source(source)}: attention_mask of "
+                                    f"{mask.numel()} entries for {ids.numel()} input_ids")
+            ids = ids[mask.bool()]
+        return ids[:seqlen] if len(ids) >= 2 else None
+    elif isinstance(item, Mapping) and isinstance(item.get("text"), str):
+        text = item["text"]
+    elif isinstance(item, torch.Tensor) or (isinstance(item, (list, tuple)) and all(isinstance(t, int) for t in item)):
+        ids = torch.as_tensor(item, dtype=torch.long).reshape(-1)
+        return ids[:seqlen] if len(ids) >= 2 else None
+    else:
+        shown = f"a mapping with keys {sorted(item)[:6]}" if isinstance(item, Mapping) else type(item).__name__
+        raise PrunekitError(f"calibration input {describe_source(source)}: a sample is {shown}; each sample must "
+                            "be a string, a mapping with 'text' or 'input_ids' (+ 'attention_mask'), or token ids")
+    if tokenizer is None:
+        raise PrunekitError(f"calibration input {describe_source(source)} holds text: give a tokenizer "
+                            "(tokenizer=...) or token ids")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long).reshape(-1)
+    return ids[:seqlen] if len(ids) >= 2 else None
 
 
 def evaluation_windows(source, tokenizer, nwindows: int | None = 32, seqlen: int = 512) -> torch.Tensor:

@@ -70,11 +70,14 @@ class Step:
 class CalibrationConfig:
     """The calibration text shared by a recipe's steps."""
 
-    source: Any = option("brown", "brown | brown:<genres> | a text file (Python: also a list of strings or a "
-                         "tensor of token ids)")
+    source: Any = option("brown", "brown | brown:<genres> | a text file (Python: also a list of strings, a "
+                         "datasets.Dataset, a BatchEncoding, a DataLoader of dicts or a tensor of token ids)")
     nsamples: int = option(64, "number of calibration windows", min=1)
     seqlen: int = option(512, "tokens per window", min=2)
     seed: int = option(0, "window start offsets are drawn with this seed", min=0)
+    packing: bool | None = option(None, "samples (strings, dataset rows): false (default) makes one window of each "
+                                  "sample, its real tokens only (padding is masked); true joins them into one "
+                                  "stream cut into nsamples windows of seqlen tokens. Text sources are streams")
     chunk_size: int = option(8, "windows per forward chunk in the block runner", min=1)
     runner: str = option("lockstep", "lockstep: one forward pass, each layer calibrated on the pruned layers before "
                          "it, holding a block's activations for every window | two-pass: calibrate the dense block, "
@@ -90,18 +93,24 @@ class CalibrationConfig:
         import torch
 
         source = self.source
-        if not ((isinstance(source, str) and source) or isinstance(source, torch.Tensor)
-                or (isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source))):
+        if isinstance(source, Path):
+            source = self.source = str(source)
+        if source is None or (isinstance(source, str) and not source) or isinstance(source, (int, float, bool)):
             raise PrunekitError(f"calibration.source must be 'brown', 'brown:<genres>' or a text file (Python: also a "
-                                f"list of strings or a tensor of token ids), got {short_repr(source)}")
+                                f"list of strings, a dataset, a BatchEncoding, a DataLoader or a tensor of token ids), "
+                                f"got {short_repr(source)}")
+        if torch.is_tensor(source) and source.dtype.is_floating_point:
+            raise PrunekitError(f"calibration.source tensor must hold token ids (integers), got {source.dtype}")
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         for key, value in check_fields(type(self), values, "calibration", noun="key").items():
             setattr(self, key, value)
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy of a dataset
         if not isinstance(self.source, str):
-            data["source"] = f"<{type(self.source).__name__}>"  # Python-only sources are not repeatable from a file
+            from prunekit.core.data_sources import describe_source
+
+            data["source"] = describe_source(self.source)  # Python-only sources are not repeatable from a file
         return data
 
 

@@ -177,8 +177,14 @@ class ModelStats:
 # ------------------------------------------------------------------ gradients
 
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of a causal LM on a batch of token windows."""
-    return model(input_ids=ids, labels=ids, use_cache=False).loss
+    """Mean next-token loss of a causal LM on a batch of token windows (padding, ``PAD``, is neither
+    attended to nor predicted)."""
+    from prunekit.core.data_sources import split_padding
+
+    ids, mask = split_padding(ids)
+    if mask is None:
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+    return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), use_cache=False).loss
 
 
 def _row(samples, i: int, device):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prunekit.core.errors import PrunekitError, short_repr
 from prunekit.core.recipe import Step
@@ -53,3 +54,20 @@ class DeltaStep(Step):
     def build(self):
         """The method instance with its checked options."""
         return DELTA_METHODS.build(self.method, self.options)
+
+    def run(self, session):
+        """Prune the delta of the session's model (the fine-tuned one) against ``session.base``."""
+        from prunekit.core.recipe import CalibrationConfig
+        from prunekit.delta.prune import prune_delta
+
+        if session.base is None:
+            raise PrunekitError("a delta step needs the base model: prunekit.apply(finetuned, recipe, base=BASE)")
+        base = session.base
+        if isinstance(base, (str, Path)):
+            from prunekit.models import load_model
+
+            base = session.base = load_model(str(base))
+        calib = session.calibration
+        if self.build().needs_calibration:
+            calib = CalibrationConfig(**{**calib.to_dict(), "source": session.windows()})
+        return prune_delta(base, session.model, self, calib, session.tokenizer, session.progress)

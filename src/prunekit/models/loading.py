@@ -218,7 +218,11 @@ def check_weight_dtypes(path: str, shown: str) -> None:
 
     if not Path(path).is_dir() or not has_safetensors(path):
         return
-    checkpoint = open_checkpoint(path, shown)
+    check_checkpoint_dtypes(open_checkpoint(path, shown), shown)
+
+
+def check_checkpoint_dtypes(checkpoint, shown: str) -> None:
+    """:func:`check_weight_dtypes` on headers already read (a :class:`~prunekit.core.shards.Checkpoint`)."""
     odd = sorted(n for n, d in checkpoint.dtypes.items() if n.endswith(".weight") and d not in FLOAT_DTYPES)
     if odd:
         raise PrunekitError(f"model {shown!r}: weight {odd[0]!r} has dtype {checkpoint.dtypes[odd[0]]}"

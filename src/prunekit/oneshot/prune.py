@@ -31,7 +31,7 @@ from prunekit.core.calibration import BlockWeights, resolve_compute_dtype, walk_
 from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.masks import check_pattern_fits, parse_pattern
-from prunekit.core.memory import lean_allocator, peak_device_mb, peak_rss_mb
+from prunekit.core.memory import peak_device_mb, peak_rss_mb
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
 from prunekit.oneshot.wanda import wanda_scores
@@ -95,44 +95,20 @@ class PruneResult:
         return "\n".join(lines)
 
 
-def as_recipe(recipe=None, **step_fields) -> Recipe:
-    """Accept a Recipe, a PruneStep, a dict, a recipe file path, or plain step fields."""
-    if recipe is None:
-        return Recipe(steps=[PruneStep(**step_fields)])
-    if step_fields:
-        raise PrunekitError("pass either a recipe or step fields such as method=..., not both")
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, PruneStep):
-        return Recipe(steps=[recipe])
-    if isinstance(recipe, dict):
-        return Recipe.from_dict(recipe)
-    from prunekit.core.recipe import load_recipe
-
-    return load_recipe(recipe)
-
-
-def prune(model: nn.Module, recipe=None, calibration=None, tokenizer=None, progress: bool = True,
-          device: torch.device | str | None = None, **step_fields) -> PruneResult:
-    """Prune ``model`` in place and return a :class:`PruneResult`.
-
-    ``recipe`` is a :class:`Recipe`, a :class:`PruneStep`, a dict, a YAML/JSON path, or omitted
-    in favour of step fields (``prune(model, method="wanda", sparsity=0.5)``). ``calibration``
-    overrides the recipe's calibration source: ``"brown"``, ``"brown:b-h"``, a text file, a list
-    of strings, or a LongTensor of token ids (windows x seqlen). ``device`` runs each block on
-    that device in turn while the model and activations stay where they are.
-    """
-    recipe = _oneshot_recipe(as_recipe(recipe, **step_fields))
-    lean_allocator()  # one malloc arena for the runner's threads (see memory.py)
-    calib = recipe.calibration
-    source = calib.source if calibration is None else calibration
+def run_step(step: PruneStep, session) -> PruneResult:
+    """``PruneStep.run``: one one-shot step on the session's model (in memory, or streamed while
+    ``session.stream`` is set). The one-shot steps of a session share one :class:`PruneResult`."""
+    result = session.result(PruneResult)
+    if result is None:
+        result = PruneResult(recipe=session.recipe.to_dict(), calibration=describe_source(session.calibration_input))
+        _where(result, session.model, session.device)
     start = time.perf_counter()
-    adapter = adapter_for(model)
-    result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(source))
-    _where(result, model, device)
-    for step in recipe.steps:
-        _run_step(adapter, step, calib, source, tokenizer, result, progress, device)
-    return _finish(result, sum(p.numel() for p in model.parameters()), start)
+    adapter = adapter_for(session.model)
+    windows = session.windows() if _needs_windows(step, step.build()) else None
+    _run_step(adapter, step, session.calibration, windows, None, result, session.progress,
+              session.device, session.stream)
+    result.seconds += time.perf_counter() - start
+    return result
 
 
 def _where(result: PruneResult, model: nn.Module, device) -> None:
@@ -143,19 +119,15 @@ def _where(result: PruneResult, model: nn.Module, device) -> None:
         str(weight.device) if weight is not None and not weight.is_meta else "cpu")
 
 
-def _oneshot_recipe(recipe: Recipe) -> Recipe:
-    other = next((s.name for s in recipe.steps if not isinstance(s, PruneStep)), None)
-    if other is not None:
-        raise PrunekitError(f"prunekit.prune runs oneshot steps, not {other!r} steps (structured: "
-                            "prunekit.structured.recipe.apply_step; training: prunekit train; selection: prunekit data)")
-    return recipe
-
-
-def _finish(result: PruneResult, parameters: int, start: float) -> PruneResult:
+def finish_result(result: PruneResult, parameters: int, start: float | None = None) -> PruneResult:
+    """Totals of a finished run: every pruned tensor counted once, with its zeros at the end (a layer
+    pruned by two steps counts with the second step's report, which sees the first step's zeros too)."""
+    final = {r.name: r for r in result.layers}
     result.parameters = parameters
-    result.targeted = sum(r.shape[0] * r.shape[1] for r in result.layers)
-    result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in result.layers))
-    result.seconds = time.perf_counter() - start
+    result.targeted = sum(r.shape[0] * r.shape[1] for r in final.values())
+    result.zeros = int(sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in final.values()))
+    if start is not None:
+        result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     result.peak_device_mb = peak_device_mb(result.device or None)
     return result
@@ -199,46 +171,88 @@ def local_folder(model: str | Path) -> str | None:
         return None
 
 
-def stream_plan(recipe: Recipe, model: str | Path, stream: bool | None = None) -> tuple[str | None, str | None]:
-    """(folder to stream from, None) or (None, why the whole model is loaded instead).
+@dataclass
+class StreamPlan:
+    """A checkpoint opened for a streamed run: its source (config and headers read once), the dtype the
+    blocks run and are saved in, and the weights matched to the model built without them."""
 
-    ``stream=None`` (the CLI default) streams whenever it can; ``True`` makes every reason not to
-    a one-line error; ``False`` never streams."""
+    source: object  # core.session.ModelSource
+    dtype: torch.dtype
+    weights: object  # core.shards.StreamedWeights
+
+
+def stream_plan(recipe: Recipe, model, stream: bool | None = None) -> tuple[str | None, str | None]:
+    """(folder to stream from, None) or (None, why the whole model is loaded instead); see :func:`open_stream`."""
+    from prunekit.core.session import ModelSource
+
     if stream is False:
         return None, None
-    why = _why_in_memory(recipe)
-    folder = None
+    source = model if isinstance(model, ModelSource) else ModelSource(model)
+    why = why_in_memory(recipe)
     if why is None:
-        folder = local_folder(model)
-        why = _why_not_folder(folder, str(model))
+        plan = _open(source, None)
+        why = plan if isinstance(plan, str) else None
     if why is not None and stream:
-        raise PrunekitError(f"cannot stream {str(model)!r}: {why}; prune it in memory (prunekit prune --no-stream, "
+        raise PrunekitError(f"cannot stream {source.shown!r}: {why}; prune it in memory (prunekit prune --no-stream, "
                             "or prunekit.load_model + prunekit.prune)")
-    return (None, why) if why else (folder, None)
+    return (None, why) if why else (local_folder(source.path), None)
 
 
-def _why_in_memory(recipe: Recipe) -> str | None:
+def open_stream(recipe: Recipe, source, stream: bool | None = None, dtype="auto") -> StreamPlan | None:
+    """The :class:`StreamPlan` of a streamed run of ``recipe`` on ``source`` (a
+    :class:`~prunekit.core.session.ModelSource`), or None when it runs in memory (``stream=None``: stream
+    whenever possible; ``True``: every reason not to is a one-line error; ``False``: never). Reads the
+    config and the safetensors headers once, and checks the weights' dtypes from those headers."""
+    from prunekit.models.loading import check_dtype
+
+    if stream is False:
+        return None
+    check_dtype(dtype)
+    why = why_in_memory(recipe)
+    plan = None
+    if why is None:
+        opened = _open(source, None if dtype == "auto" else dtype)
+        why, plan = (opened, None) if isinstance(opened, str) else (None, opened)
+    if why is not None:
+        if stream:
+            raise PrunekitError(f"cannot stream {source.shown!r}: {why}; prune it in memory (prunekit prune "
+                                "--no-stream, or prunekit.load_model + prunekit.prune)")
+        source.why_in_memory = why
+        return None
+    return plan
+
+
+def why_in_memory(recipe: Recipe) -> str | None:
+    """Why a recipe cannot be streamed block by block (None: it can)."""
     if len(recipe.steps) != 1:
         return f"a recipe of {len(recipe.steps)} steps is pruned in memory"
     step = recipe.steps[0]
-    if isinstance(step, PruneStep) and "gradients" in step.build().needs:
+    if not isinstance(step, PruneStep):
+        return f"a {step.name} step is run in memory"
+    if "gradients" in step.build().needs:
         return f"{step.method} needs gradients of the whole model"
     return None
 
 
-def _why_not_folder(folder: str | None, shown: str) -> str | None:
-    from prunekit.core.shards import NotStreamable, has_safetensors, open_streamed
-    from prunekit.models.loading import load_config
+def _open(source, dtype) -> StreamPlan | str:
+    """The opened checkpoint, or why it cannot be streamed."""
+    from prunekit.core.shards import NotStreamable, StreamedWeights, empty_model
+    from prunekit.models.loading import resolve_dtype
 
+    folder = local_folder(source.path) if not Path(source.path).is_dir() else source.path
     if folder is None:
         return "the model is not a local folder"
-    if not has_safetensors(folder):
+    if folder != source.path:
+        source.path = folder
+    if source.checkpoint is None:
         return "the model has no safetensors weights (model.safetensors or its index)"
-    try:  # headers and an empty model only: a missing or truncated shard is an error here
-        open_streamed(folder, load_config(folder), shown=shown)
+    source.check_weights()
+    dtype = resolve_dtype("auto" if dtype is None else dtype, source.config)
+    try:  # the model built without weights, every tensor matched to its checkpoint key
+        weights = StreamedWeights(empty_model(source.config, dtype), source.checkpoint, dtype, source.shown)
     except NotStreamable as err:
         return str(err)
-    return None
+    return StreamPlan(source, dtype, weights)
 
 
 @dataclass
@@ -268,67 +282,52 @@ class _Stream:
         self.writer.write(shard, {self.weights.saved_name(name): tensor for name, tensor in tensors})
 
 
-def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibration=None, tokenizer=None,
-                     progress: bool = True, device: torch.device | str | None = None, overwrite: bool = False,
-                     dtype: torch.dtype | str = "auto", source: str | None = None, **step_fields) -> PruneResult:
-    """Prune the model ``model`` (a folder, an embedded name or a hub id) into the folder ``out``,
-    streaming: the model never is in memory as a whole (see the module docstring). The output holds
-    the pruned weights in ``dtype`` (``"auto"``: the input's own; the blocks run in it too; sharded
-    one block per file), the config, the tokenizer and
-    ``prunekit.json``, written atomically (:func:`prunekit.core.io.atomic_output`), and loads with
-    ``AutoModelForCausalLM.from_pretrained``. The masks are those :func:`prune` gives on the loaded
-    model. ``source`` is the model as the manifest names it (default: ``model``).
-
-    A recipe the streaming path cannot run (GBLM's gradients, several steps) or a model without
-    a safetensors checkpoint is a :class:`PrunekitError` naming the in-memory path."""
+def prune_streamed(plan: StreamPlan, out: str | Path, recipe: Recipe, dataset=None, tokenizer=None,
+                   progress: bool = True, device: torch.device | str | None = None,
+                   overwrite: bool = False) -> PruneResult:
+    """Prune the checkpoint of ``plan`` (:func:`open_stream`) into the folder ``out``, streaming: the model
+    never is in memory as a whole (see the module docstring). The output holds the pruned weights in
+    the plan's dtype (the blocks run in it too; sharded one block per file), the config, the tokenizer
+    and ``prunekit.json``, written atomically (:func:`prunekit.core.io.atomic_output`), and loads with
+    ``AutoModelForCausalLM.from_pretrained``. The masks are those the in-memory path gives on the
+    loaded model."""
     from prunekit.core.io import atomic_output, check_output, write_manifest
     from prunekit.core.memory import release_memory
-    from prunekit.core.shards import ShardWriter, StreamedBlocks, open_streamed, pack
-    from prunekit.models.loading import check_dtype, check_seqlen, load_config, load_tokenizer, resolve_dtype
+    from prunekit.core.session import Session
+    from prunekit.core.shards import ShardWriter, StreamedBlocks, pack
 
-    check_dtype(dtype)
-    recipe = _oneshot_recipe(as_recipe(recipe, **step_fields))
-    folder, _ = stream_plan(recipe, model, stream=True)
-    shown = str(model)
-    config = load_config(folder)
-    dtype = resolve_dtype(dtype, config)
-    data = recipe.calibration.source if calibration is None else calibration
-    ready = isinstance(data, torch.Tensor) and data.dim() == 2  # ready-made windows: their own length
-    check_seqlen(config, data.shape[1] if ready else recipe.calibration.seqlen, "calibration seqlen")
-    check_output(out, overwrite, inputs=(shown, folder))
-    weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
+    source, weights, step = plan.source, plan.weights, recipe.steps[0]
+    session = Session(recipe, weights.model, source, dataset, progress, device)
+    if tokenizer is not None:
+        session.tokenizer = tokenizer
+    needs_windows = _needs_windows(step, step.build())
+    check_output(out, overwrite, inputs=(source.shown, source.path))
     skeleton = weights.model
-    lean_allocator()
-    calib = recipe.calibration
     start = time.perf_counter()
     adapter = adapter_for(skeleton)
     parameters = sum(p.numel() for p in skeleton.parameters())
-    result = PruneResult(recipe=recipe.to_dict(), calibration=describe_source(data))
-    _where(result, skeleton, device)
-    step = recipe.steps[0]
-    if _needs_windows(step, step.build()):  # the windows now: the tokenizer can go
-        data = calibration_windows(data, tokenizer if tokenizer is not None else load_tokenizer(folder),
-                                   calib.nsamples, calib.seqlen, calib.seed)
+    if needs_windows:  # the windows now, before the blocks hold memory
+        session.windows()
         release_memory()
     streamed = StreamedBlocks(weights, adapter.block_prefix)
-    plan = [streamed.block_names(i) for i in range(len(adapter.blocks))]
-    rest = [n for n in weights.sources if n not in {m for names in plan for m in names}]
+    shards = [streamed.block_names(i) for i in range(len(adapter.blocks))]
+    rest = [n for n in weights.sources if n not in {m for names in shards for m in names}]
     sizes = {n: weights.output_bytes(n) for n in weights.sources}
-    plan += pack(rest, sizes, max(sum(sizes[n] for n in names) for names in plan))
-    with atomic_output(out, overwrite, source=source or shown) as tmp:
-        writer = ShardWriter(tmp, [[weights.saved_name(n) for n in names] for names in plan])
-        stream = _Stream(weights, writer, plan, len(adapter.blocks))
-        _run_step(adapter, step, calib, data, tokenizer, result, progress, device, stream)
+    shards += pack(rest, sizes, max(sum(sizes[n] for n in names) for names in shards))
+    with atomic_output(out, overwrite, source=source.path) as tmp:
+        writer = ShardWriter(tmp, [[weights.saved_name(n) for n in names] for names in shards])
+        session.stream = _Stream(weights, writer, shards, len(adapter.blocks))
+        result = run_step(step, session)
         t0 = time.perf_counter()
-        stream.write_rest()
-        stream.writer.close()
-        _save_config(skeleton, folder, tmp)
-        (tokenizer if tokenizer is not None else load_tokenizer(folder)).save_pretrained(tmp)
+        session.stream.write_rest()
+        session.stream.writer.close()
+        _save_config(skeleton, source.path, tmp)
+        session.tokenizer.save_pretrained(tmp)
         result.timings["stream:read_s"] = weights.read_s
-        result.timings["stream:write_s"] = stream.writer.write_s
+        result.timings["stream:write_s"] = session.stream.writer.write_s
         result.timings["stream:rest_s"] = time.perf_counter() - t0
-        _finish(result, parameters, start)
-        write_manifest(tmp, manifest(recipe, result), source or shown)
+        finish_result(result, parameters, start)
+        write_manifest(tmp, manifest(recipe, result), source.path)
     return result
 
 

@@ -59,3 +59,9 @@ class PruneStep(Step):
     def build(self):
         """The method instance with its checked options."""
         return METHODS.build(self.method, self.options)
+
+    def run(self, session):
+        """Prune the session's model (:func:`prunekit.oneshot.prune.run_step`)."""
+        from prunekit.oneshot.prune import run_step
+
+        return run_step(self, session)

@@ -79,6 +79,13 @@ class StructuredStep(Step):
         """The old name of :attr:`sparsity` (the fraction of the structures' parameters removed)."""
         return self.sparsity
 
+    def run(self, session):
+        """Remove the structures from the session's model, calibrated on the session's windows."""
+        if session.stream is not None:
+            raise PrunekitError("structured pruning changes shapes; it runs on a model in memory")
+        calib = CalibrationConfig(**{**session.calibration.to_dict(), "source": session.windows()})
+        return apply_step(session.model, self, calib, session.tokenizer, session.progress)
+
     def kwargs(self) -> dict:
         """Keyword arguments of :func:`prunekit.structured.prune_structured`."""
         return {"method": self.method, "structure": self.structure, "ratio": self.sparsity, "remove": self.remove,

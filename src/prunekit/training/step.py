@@ -81,3 +81,14 @@ class TrainingStep(Step):
             raise PrunekitError(f"--recovery {self.recovery!r} needs --method oneshot, got {self.method!r}")
         if self.method == "imp" and self.criterion != "magnitude":
             raise PrunekitError(f"--method imp prunes by magnitude; --criterion {self.criterion!r} is not used by it")
+
+    def run(self, session) -> dict:
+        """Train and prune the zoo model this step names (it builds its own: the session holds no model)."""
+        import dataclasses
+
+        from prunekit.training.cli import RUNTIME, train_and_prune
+
+        if session.model is not None:
+            raise PrunekitError(f"a training step trains its own {self.model} on {self.dataset} from scratch; run it "
+                                "without a model: prunekit.apply(None, recipe) or prunekit train --recipe")
+        return train_and_prune({**dataclasses.asdict(self), **RUNTIME, "quiet": not session.progress})

@@ -45,6 +45,14 @@ class VocabStep(Step):
             raise PrunekitError(f"keep_ids of the vocab step must be token ids (>= 0), got {bad[0]}")
 
 
+    def run(self, session):
+        """Shrink the session's model and tokenizer; the next step calibrates on the new token ids."""
+        tokenizer, result = apply_vocab_step(session.model, session.tokenizer, self)
+        session.tokenizer = tokenizer
+        session.forget_windows()
+        return result
+
+
 def step_keep_set(tokenizer, step: VocabStep, model_vocab: int | None = None):
     """The :class:`~prunekit.vocab.prune.KeepSet` of a vocab step (needs the tokenizer, no weights)."""
     from prunekit.vocab.prune import keep_set, read_keep_file, tokenizer_spec
