@@ -19,7 +19,10 @@ for masks (``training/criteria.py``), structured pruning for unit counts under a
   e.g. CFSP's coarse step).
 
 The allocations are registered in :data:`prunekit.core.registry.ALLOCATIONS`; callers check the
-sparsity before asking.
+sparsity before asking. An allocation a one-shot step may name spreads its sparsity over the target
+layers of a model's blocks with :meth:`Allocation.layer_ratios`, which reads what it needs from one
+:class:`LayerAllocation` (the driver's way to the weights, in memory or streamed, and to the
+calibration pass).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from torch import nn
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.families import weight_view
 from prunekit.core.masks import lowest_k, n_pruned
 from prunekit.core.registry import ALLOCATIONS, option
 
@@ -220,8 +226,47 @@ def outlier_ratio(scores: torch.Tensor, m: float = 5.0) -> float:
 
 # ------------------------------------------------------------------ the registered allocations
 
+OnScores = Callable[[str, torch.Tensor], None]
+
+
+@dataclass
+class LayerAllocation:
+    """What an allocation may read to spread one step's sparsity over the target layers of a model's blocks.
+
+    The driver (one-shot pruning, in memory or streamed) provides the ways in: ``magnitudes()``
+    yields ``(name, |W|)`` (out x in, the dense weights) of every target layer in order, one at a
+    time when ``streamed`` (then it reads them from disk on every call); ``dense_scores(method,
+    on_scores, desc)`` runs the calibration windows once through the dense blocks and calls
+    ``on_scores(name, scores)`` with the registered one-shot ``method``'s scores of each target layer
+    as soon as its statistics are complete (None when the step has no calibration windows)."""
+
+    per_block: list[dict[str, nn.Module]]
+    sparsity: float
+    magnitudes: Callable[[], Iterable[tuple[str, torch.Tensor]]]
+    streamed: bool = False
+    dense_scores: Callable[[str, OnScores, str], None] | None = None
+
+    @property
+    def layers(self) -> dict[str, nn.Module]:
+        """Every target layer, block by block."""
+        return {name: module for layers in self.per_block for name, module in layers.items()}
+
+    def sizes(self) -> dict[str, int]:
+        """Weights of every target layer."""
+        return {name: weight_view(module).numel() for name, module in self.layers.items()}
+
+
 class Allocation:
-    """Spreads a target sparsity over layers. A subclass defines :meth:`ratios` or :meth:`counts`."""
+    """Spreads a target sparsity over layers. A subclass defines :meth:`ratios` or :meth:`counts`, and
+    :meth:`layer_ratios` when a one-shot step may name it (``needs_calibration``: it reads the
+    calibration windows)."""
+
+    needs_calibration: ClassVar[bool] = False
+
+    def layer_ratios(self, ctx: LayerAllocation) -> dict[str, float]:
+        """The sparsity of every target layer of a one-shot step (see :class:`LayerAllocation`)."""
+        raise PrunekitError(f"allocation {self.name!r} does not spread a one-shot step's sparsity over layers; "
+                            "use uniform, global or owl")
 
     def ratios(self, scores: Scores, sparsity: float, **context) -> dict[Hashable, float]:
         """Per-layer sparsity (pruned fraction of each layer)."""
@@ -247,6 +292,9 @@ class Uniform(Allocation):
     def ratios(self, scores: Scores, sparsity: float, **context) -> dict[Hashable, float]:
         return {name: sparsity for name in scores}
 
+    def layer_ratios(self, ctx: LayerAllocation) -> dict[str, float]:
+        return self.ratios(ctx.layers, ctx.sparsity)
+
 
 @ALLOCATIONS.register("global")
 @dataclass
@@ -254,6 +302,15 @@ class Global(Allocation):
     """One threshold over all layers' scores: the lowest entries are pruned wherever they are."""
 
     floor: float = option(0.0, "fraction of every layer that is kept (its own best entries)", min=0, max=1)
+
+    def layer_ratios(self, ctx: LayerAllocation) -> dict[str, float]:
+        """One |W| threshold over all target layers: from the weights in memory, or read one layer at a
+        time (:meth:`counts_streamed`, the same counts)."""
+        if not ctx.streamed:
+            return self.ratios(dict(ctx.magnitudes()), ctx.sparsity)
+        sizes = ctx.sizes()
+        counts = self.counts_streamed(ctx.magnitudes, sizes, ctx.sparsity)
+        return {name: counts[name] / sizes[name] for name in sizes}
 
     def counts(self, scores: Scores, sparsity: float, *, costs: Mapping[Hashable, float] | None = None,
                min_kept: Mapping[Hashable, int] | None = None, **context) -> dict[Hashable, int]:
@@ -299,6 +356,32 @@ class Owl(Allocation):
 
     lam: float = option(0.08, "per-layer sparsities span [s - lam, s + lam]", min=0, below=1)
     m: float = option(5.0, "an outlier is a score above m x the mean score of its layer", above=0)
+
+    needs_calibration = True
+    scored_by: ClassVar[str] = "wanda"  # the one-shot method whose scores of the dense model count outliers
+
+    def layer_ratios(self, ctx: LayerAllocation) -> dict[str, float]:
+        """One sparsity per block: one dense pass scores every target layer (``scored_by``), each block's
+        scores pooled (flat) and reduced to its outlier ratio as soon as the block is done."""
+        if ctx.dense_scores is None:
+            raise PrunekitError("allocation owl reads calibration data; give the step calibration windows")
+        block_of = {name: i for i, layers in enumerate(ctx.per_block) for name in layers}
+        pending: dict[int, list[torch.Tensor]] = {}
+        outliers: dict[int, float] = {}
+
+        def reduce_done(before: int) -> None:
+            for i in sorted(b for b in pending if b < before):
+                outliers[i] = self.outliers(torch.cat(pending.pop(i)))
+
+        def collect(name: str, scores: torch.Tensor) -> None:
+            reduce_done(block_of[name])
+            pending.setdefault(block_of[name], []).append(scores.reshape(-1))
+
+        ctx.dense_scores(self.scored_by, collect, "owl scores")
+        reduce_done(len(ctx.per_block))
+        sizes = {i: sum(weight_view(m).numel() for m in layers.values()) for i, layers in enumerate(ctx.per_block)}
+        block_ratio = self.ratios_from_outliers(outliers, ctx.sparsity, sizes)
+        return {name: block_ratio[i] for i, layers in enumerate(ctx.per_block) for name in layers}
 
     def ratios(self, scores: Scores, sparsity: float, **context) -> dict[Hashable, float]:
         """``scores``: one tensor per allocation unit (one-shot pools each block's Wanda scores); the

@@ -265,9 +265,9 @@ def prune_factors(adapter: LoraAdapter, step, model: nn.Module):
     to) as everywhere; unselected modules keep their factors."""
     import time
 
+    from prunekit.core.layerwise import layer_generator
     from prunekit.core.targets import select_layers
-    from prunekit.delta.base import DeltaContext
-    from prunekit.delta.prune import DeltaLayerReport, DeltaResult, layer_generator
+    from prunekit.delta.base import DeltaContext, DeltaLayerReport, DeltaResult
 
     check_factor_method(step)
     method = step.build()

@@ -16,72 +16,22 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.core.calibration import resolve_compute_dtype, walk_blocks
+from prunekit.core.calibration import resolve_compute_dtype
 from prunekit.core.data_sources import calibration_windows, describe_source
 from prunekit.core.errors import PrunekitError
 from prunekit.core.families import adapter_for, weight_view
 from prunekit.core.finite import check_finite, check_finite_state
+from prunekit.core.layerwise import layer_generator, prune_layers, target_layers
 from prunekit.core.recipe import CalibrationConfig
 from prunekit.core.stats import LayerStats
-from prunekit.core.targets import select_layers
-from prunekit.delta.base import DeltaContext
+from prunekit.delta.base import DeltaContext, DeltaLayerReport, DeltaResult
 from prunekit.delta.step import DeltaStep
 from prunekit.evaluate.perplexity import window_nlls
-
-
-@dataclass
-class DeltaLayerReport:
-    name: str
-    shape: tuple[int, int]
-    nonzero_before: int  # delta entries that are not zero before pruning
-    nonzero_after: int
-    factor: float | None = None  # the rescaling factor a layer-wise method chose
-
-
-@dataclass
-class DeltaResult:
-    """What a delta prune did, per layer and in total."""
-
-    method: str
-    sparsity: float
-    layers: list[DeltaLayerReport] = field(default_factory=list)
-    factor: float | None = None  # the global rescaling factor, when the method chooses one
-    factor_losses: dict = field(default_factory=dict)  # candidate factor -> calibration loss
-    untargeted_changed: list[str] = field(default_factory=list)  # other tensors that differ from the base
-    calibration: str = ""
-    seconds: float = 0.0
-
-    @property
-    def delta_before(self) -> int:
-        return sum(r.nonzero_before for r in self.layers)
-
-    @property
-    def delta_after(self) -> int:
-        return sum(r.nonzero_after for r in self.layers)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.update(delta_before=self.delta_before, delta_after=self.delta_after)
-        return data
-
-    def summary(self) -> str:
-        kept = self.delta_after / max(self.delta_before, 1)
-        factor = f"; global factor {self.factor:.3g}" if self.factor is not None else ""
-        layer_factors = [r.factor for r in self.layers if r.factor is not None and r.nonzero_before]
-        if layer_factors:
-            factor += (f"; layer factors {min(layer_factors):.3g}..{max(layer_factors):.3g} "
-                       f"(DARE's 1/(1-p) = {1 / (1 - self.sparsity):.3g})")
-        other = (f"; {len(self.untargeted_changed)} other tensors keep their whole delta"
-                 if self.untargeted_changed else "")
-        return (f"{self.method} p={self.sparsity:g}: {len(self.layers)} layers, {self.delta_after:,} of "
-                f"{self.delta_before:,} nonzero delta entries kept ({kept:.2%}){factor}{other}; {self.seconds:.1f} s")
 
 
 def check_pair(base: nn.Module, finetuned: nn.Module) -> None:
@@ -120,10 +70,6 @@ def calibration_loss(model: nn.Module, windows: torch.Tensor, chunk_size: int = 
     return float(window_nlls(model, windows, batch_size=chunk_size).mean())
 
 
-def layer_generator(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-
-
 def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = None,
                 calibration: CalibrationConfig | None = None, tokenizer=None, progress: bool = False,
                 **step_fields) -> DeltaResult:
@@ -139,9 +85,7 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
     method = step.build()
     start = time.perf_counter()
     adapter = adapter_for(finetuned)
-    per_block = [select_layers(adapter.linears(i), step.targets, step.ignore) for i in range(len(adapter.blocks))]
-    if not any(per_block):
-        raise PrunekitError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
+    per_block = target_layers(adapter, step.targets, step.ignore)
     calib = calibration or CalibrationConfig()
     result = DeltaResult(step.method, step.sparsity)
     windows = None
@@ -164,16 +108,10 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
         result.layers.append(DeltaLayerReport(name, tuple(weight.shape), int((delta != 0).sum()),
                                               int((new != 0).sum()), ctx.factor))
 
-    needs = method.statistics()
-    if needs:
-        walk_blocks(finetuned, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer, needs=needs,
-                    progress=progress, desc=f"delta {step.method}", runner=calib.runner,
-                    compute_dtype=resolve_compute_dtype(calib.compute_dtype, next(finetuned.parameters()).dtype,
-                                                        reconstructs=False))
-    else:
-        for layers in tqdm(per_block, desc=f"delta {step.method}", disable=not progress, leave=False):
-            for name, module in layers.items():
-                prune_layer(name, module, None)
+    prune_layers(adapter, per_block, prune_layer, needs=method.statistics(), windows=windows,
+                 chunk_size=calib.chunk_size, runner=calib.runner, progress=progress, desc=f"delta {step.method}",
+                 compute_dtype=resolve_compute_dtype(calib.compute_dtype, next(finetuned.parameters()).dtype,
+                                                     reconstructs=False))
     if method.global_factor:
         result.factor, result.factor_losses = _choose_factor(finetuned, base, kept, method.factor_grid(step.sparsity),
                                                              windows, calib.chunk_size, progress)

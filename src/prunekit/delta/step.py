@@ -2,7 +2,7 @@
 
     steps:
       - kind: delta
-        method: darex-q        # dare | darex-q | magnitude | wanda (DELTA_METHODS)
+        method: darex-q        # dare | darex-q | magnitude | wanda | random (DELTA_METHODS)
         sparsity: 0.9          # DARE's drop rate p: the fraction of delta entries set to zero (alias: drop)
         options: {scope: layer}
         lora_prune: merged     # a LoRA adapter (--lora): prune the merged delta s*B@A, or factors A and B

@@ -4,7 +4,8 @@ A method is a config dataclass registered in :data:`prunekit.core.registry.METHO
 are a *criterion*: :meth:`Method.scores` rates every weight (lower = pruned first) and the core's
 :func:`~prunekit.core.masks.mask_from_scores` turns the scores into a mask under the pattern. A method
 that also updates the kept weights (SparseGPT) overrides :meth:`Method.prune_layer`. Training-time
-pruning reuses the same ``scores``.
+pruning and delta pruning reuse the same ``scores``: :func:`score_methods` lists the methods usable
+wherever given statistics exist, from their declared ``needs`` and ``updates_weights``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import ClassVar
 import torch
 
 from prunekit.core.masks import Pattern, mask_from_scores
-from prunekit.core.stats import LayerStats, check_needs
+from prunekit.core.registry import METHODS
+from prunekit.core.stats import NEEDS, LayerStats, check_needs
 
 
 @dataclass
@@ -61,3 +63,11 @@ class Method:
         through. A method that reconstructs weights updates ``weight`` in place; the runner zeroes
         the masked entries afterwards in every case."""
         return mask_from_scores(self.scores(weight, ctx), sparsity, pattern)
+
+
+def score_methods(statistics: frozenset[str] = NEEDS) -> tuple[str, ...]:
+    """The registered methods that only score weights (they do not update the kept ones) and read no
+    statistic outside ``statistics``: the criteria a driver collecting those statistics can run
+    (training: every statistic it can collect; delta pruning: the block runner's per-layer ones)."""
+    return tuple(name for name in METHODS.names()
+                 if not METHODS.get(name).updates_weights and METHODS.get(name).needs <= statistics)

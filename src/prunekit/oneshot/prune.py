@@ -19,28 +19,26 @@ Two ways in, the same masks:
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from prunekit.core.allocation import LayerAllocation
 from prunekit.core.calibration import BlockWeights, resolve_compute_dtype, walk_blocks
-from prunekit.core.registry import ALLOCATIONS
 from prunekit.core.data_sources import calibration_windows, describe_source
+from prunekit.core.errors import PrunekitError
+from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
+from prunekit.core.finite import check_finite, check_finite_stats
+from prunekit.core.layerwise import layer_generator, prune_layers, target_layers
 from prunekit.core.masks import check_pattern_fits, parse_pattern
 from prunekit.core.memory import peak_device_mb, peak_rss_mb
+from prunekit.core.recipe import CalibrationConfig, Recipe
+from prunekit.core.registry import ALLOCATIONS, METHODS
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
-from prunekit.oneshot.wanda import wanda_scores
-from prunekit.core.families import Adapter, adapter_for, as_out_in, weight_view
-from prunekit.core.errors import PrunekitError
-from prunekit.core.finite import check_finite, check_finite_stats
-from prunekit.core.recipe import CalibrationConfig, Recipe
 from prunekit.oneshot.step import PruneStep
-from prunekit.core.targets import select_layers
 
 
 @dataclass
@@ -344,13 +342,6 @@ def _save_config(model: nn.Module, folder: str, out: Path) -> None:
 
 # ------------------------------------------------------------------ one step
 
-def _target_layers(adapter: Adapter, step: PruneStep) -> list[dict[str, nn.Module]]:
-    per_block = [select_layers(adapter.linears(i), step.targets, step.ignore) for i in range(len(adapter.blocks))]
-    if not any(per_block):
-        raise PrunekitError(f"targets {step.targets} minus ignore {step.ignore} match no layer in the model's blocks")
-    return per_block
-
-
 def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> torch.Tensor:
     if tokenizer is None and not isinstance(source, torch.Tensor):
         from prunekit.models import load_tokenizer
@@ -360,8 +351,9 @@ def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> t
 
 
 def _needs_windows(step: PruneStep, method) -> bool:
-    """Whether the step runs calibration windows: its method's statistics, or OWL's outlier scores."""
-    return method.needs_calibration or step.allocation == "owl"
+    """Whether the step runs calibration windows: its method's statistics, or its allocation's (OWL's
+    outlier scores)."""
+    return method.needs_calibration or ALLOCATIONS.get(step.allocation).needs_calibration
 
 
 def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=None, stream=None) -> None:
@@ -369,7 +361,7 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     written one at a time."""
     method = step.build()
     pattern = parse_pattern(step.pattern)
-    per_block = _target_layers(adapter, step)
+    per_block = target_layers(adapter, step.targets, step.ignore)
     for layers in per_block:
         for name, module in layers.items():
             check_pattern_fits(pattern, weight_view(module).shape[1], name)
@@ -389,9 +381,8 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
     def prune_layer(name: str, module: nn.Module, stats: LayerStats | None) -> None:
         weight = weight_view(module)
         check_layer_inputs(name, weight, stats)  # the one per-layer place of both paths (in memory, streamed)
-        gen = torch.Generator().manual_seed(step.seed * 1_000_003 + zlib.crc32(name.encode()))
         grad = gradients[name].weight if name in gradients else None
-        ctx = LayerContext(name, stats, grad, gen)
+        ctx = LayerContext(name, stats, grad, layer_generator(step.seed, name))
         with torch.no_grad():
             mask = method.prune_layer(weight, ratios[name], pattern, ctx)
             weight[mask] = 0.0
@@ -400,16 +391,9 @@ def _run_step(adapter, step, calib, source, tokenizer, result, progress, device=
                                          str(pattern), step.method))
 
     t0 = time.perf_counter()
-    weights = BlockWeights() if stream is None else stream.blocks(adapter, write=True)
-    if method.needs_calibration:
-        walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, prune_layer,
-                    needs=method.needs, progress=progress, desc=f"{step.method}", device=device, weights=weights,
-                    runner=calib.runner, compute_dtype=compute)
-    else:
-        for index, layers in enumerate(tqdm(per_block, desc=step.method, disable=not progress, leave=False)):
-            with weights.block(index, adapter.blocks[index]):
-                for name, module in layers.items():
-                    prune_layer(name, module, None)
+    prune_layers(adapter, per_block, prune_layer, needs=method.needs, windows=windows, chunk_size=calib.chunk_size,
+                 runner=calib.runner, compute_dtype=compute, device=device, progress=progress, desc=step.method,
+                 weights=BlockWeights() if stream is None else stream.blocks(adapter, write=True))
     result.timings[f"{step.method}:prune_s"] = time.perf_counter() - t0
 
 
@@ -422,50 +406,36 @@ def check_layer_inputs(name: str, weight: torch.Tensor, stats: LayerStats | None
 
 # ------------------------------------------------------------------ allocation
 
+ALLOCATION_OPTIONS = {"owl": {"lam": "owl_lambda", "m": "owl_m"}}  # allocation option -> PruneStep field
+
+
 def _allocate(adapter, step, per_block, windows, calib, progress, device=None, stream=None,
               compute=None) -> dict[str, float]:
-    """Per-layer sparsities from the core allocation the step names (:mod:`prunekit.core.allocation`)."""
+    """Per-layer sparsities from the core allocation the step names (:mod:`prunekit.core.allocation`):
+    its :meth:`~prunekit.core.allocation.Allocation.layer_ratios` reads the weights (in memory, or
+    ``stream``'s, one layer at a time) and the calibration windows through one context."""
+    fields = ALLOCATION_OPTIONS.get(step.allocation, {})
+    allocation = ALLOCATIONS.build(step.allocation, {key: getattr(step, f) for key, f in fields.items()})
     modules = {name: m for layers in per_block for name, m in layers.items()}
-    if step.allocation == "uniform":
-        return ALLOCATIONS.build("uniform").ratios(modules, step.sparsity)
-    if step.allocation == "global":  # one |W| threshold over all target layers
-        allocation = ALLOCATIONS.build("global")
+
+    def magnitudes():  # the dense weights as the in-memory path sees them (streamed: one layer at a time)
         if stream is None:
-            return allocation.ratios({n: weight_view(m).abs() for n, m in modules.items()}, step.sparsity)
+            yield from ((name, weight_view(m).abs()) for name, m in modules.items())
+            return
+        for (name, module), (_, w) in zip(modules.items(), stream.weights.read(f"{n}.weight" for n in modules)):
+            yield name, as_out_in(module, w).abs()
 
-        def magnitudes():  # the dense weights, one layer at a time, as the in-memory path sees them
-            for (name, module), (_, w) in zip(modules.items(), stream.weights.read(f"{n}.weight" for n in modules)):
-                yield name, as_out_in(module, w).abs()
+    def dense_scores(scored_by: str, on_scores, desc: str) -> None:  # statistics of the dense model only
+        scorer = METHODS.build(scored_by)
 
-        sizes = {name: weight_view(m).numel() for name, m in modules.items()}
-        counts = allocation.counts_streamed(magnitudes, sizes, step.sparsity)
-        return {name: counts[name] / sizes[name] for name in modules}
-    owl = ALLOCATIONS.build("owl", {"lam": step.owl_lambda, "m": step.owl_m})
-    outliers = _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream, compute)
-    sizes = {i: sum(weight_view(m).numel() for m in layers.values()) for i, layers in enumerate(per_block)}
-    block_ratio = owl.ratios_from_outliers(outliers, step.sparsity, sizes)
-    return {name: block_ratio[i] for i, layers in enumerate(per_block) for name in layers}
+        def score(name, module, stats):
+            on_scores(name, scorer.scores(weight_view(module), LayerContext(name, stats)))
 
+        walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, score, needs=scorer.needs,
+                    progress=progress, desc=desc, device=device,
+                    weights=None if stream is None else stream.blocks(adapter, write=False), runner="dense",
+                    compute_dtype=compute)
 
-def _owl_outliers(adapter, per_block, windows, calib, progress, device, owl, stream=None,
-                  compute=None) -> dict[int, float]:
-    """OWL's input: one dense pass collects the Wanda scores of each block, pooled (flat) per block
-    and reduced to the block's outlier ratio as soon as the block is done."""
-    block_of = {name: i for i, layers in enumerate(per_block) for name in layers}
-    pending: dict[int, list[torch.Tensor]] = {}
-    outliers: dict[int, float] = {}
-
-    def reduce_done(before: int) -> None:
-        for i in sorted(b for b in pending if b < before):
-            outliers[i] = owl.outliers(torch.cat(pending.pop(i)))
-
-    def collect(name, module, stats):
-        reduce_done(block_of[name])
-        pending.setdefault(block_of[name], []).append(wanda_scores(weight_view(module), stats).reshape(-1))
-
-    weights = None if stream is None else stream.blocks(adapter, write=False)
-    walk_blocks(adapter.model, adapter.blocks, windows, calib.chunk_size, per_block, collect, needs={"norms"},
-                progress=progress, desc="owl scores", device=device, weights=weights, runner="dense",
-                compute_dtype=compute)
-    reduce_done(len(per_block))
-    return outliers
+    ctx = LayerAllocation(per_block, step.sparsity, magnitudes, streamed=stream is not None,
+                          dense_scores=None if windows is None else dense_scores)
+    return allocation.layer_ratios(ctx)

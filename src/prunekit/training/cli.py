@@ -171,6 +171,7 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from prunekit.core.train import Progress, TrainConfig, accuracy, train
+    from prunekit.training.criteria import needs_data
     from prunekit.training.imp import IterativeMagnitudePruning
     from prunekit.training.pruner import Pruner, prune_once
     from prunekit.training.recovery import finetune, perp_recover
@@ -184,10 +185,9 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
     config = TrainConfig(epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"], optimizer=c["optimizer"],
                          seed=c["seed"])
     total = config.total_steps(len(y))
-    # wanda / gblm score weights on the first --calibration training images (gblm also on their labels)
+    # data-aware criteria (wanda, gblm) score weights on the first --calibration training images (and labels)
     n = c["calibration_examples"]
-    crit = {"seed": c["seed"], "calibration": (x[:n], y[:n])
-            if c["criterion"] in ("wanda", "gblm") else None}
+    crit = {"seed": c["seed"], "calibration": (x[:n], y[:n]) if needs_data(c["criterion"]) else None}
 
     def progress(desc: str) -> list:
         return [] if c["quiet"] else [Progress(desc, leave=True)]

@@ -1,9 +1,14 @@
-"""Which weights to prune during training: scores (magnitude, random) and the masks they give.
+"""Which weights to prune during training: scores and the masks they give.
+
+A criterion is any one-shot method of :data:`prunekit.core.registry.METHODS` that does not update
+weights (:func:`criteria`); its scores are the method's own (:mod:`prunekit.oneshot`). One that
+reads no statistics (``magnitude``, ``random``) scores the weights alone; one that declares
+``needs`` scores them on calibration data (:mod:`prunekit.training.data_criteria`; ``gradients``
+also need labels).
 
 A mask is a bool tensor shaped like the weight, ``True`` = pruned (the one convention of
 :mod:`prunekit.core.masks`). Masks are monotone during training: a weight pruned once stays
-pruned, so entries already pruned get score ``-inf``. The scores of ``magnitude`` and ``random``
-are the one-shot methods' own (:mod:`prunekit.oneshot`); the masks come from the core's allocations
+pruned, so entries already pruned get score ``-inf``. The masks come from the core's allocations
 (:mod:`prunekit.core.allocation`):
 
 * scope ``layer`` (allocation ``uniform``): every layer is pruned to the same sparsity.
@@ -23,17 +28,41 @@ from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.masks import n_pruned
 from prunekit.core.registry import ALLOCATIONS, METHODS
 
-CRITERIA = ("magnitude", "random", "wanda", "gblm")  # the last two need calibration data (data_criteria.py)
 SCOPES = ("layer", "global")
 SCOPE_ALLOCATIONS = {"layer": "uniform", "global": "global"}  # scope -> allocation of prunekit.core.allocation
 
 
+def criteria() -> tuple[str, ...]:
+    """The training criteria: every registered one-shot method that does not update weights."""
+    from prunekit.oneshot.base import score_methods
+
+    return score_methods()
+
+
+def check_criterion(criterion: str) -> str:
+    """``criterion`` if it is a training criterion, else a one-line error naming the choices."""
+    if criterion not in criteria():
+        raise unknown_choice("criterion", criterion, criteria())
+    return criterion
+
+
+def needs_data(criterion: str) -> bool:
+    """Whether ``criterion`` scores weights on calibration data (it declares statistics it reads)."""
+    return bool(METHODS.get(check_criterion(criterion)).needs)
+
+
+def needs_labels(criterion: str) -> bool:
+    """Whether ``criterion``'s calibration data must be labelled (it reads gradients of the loss)."""
+    return "gradients" in METHODS.get(check_criterion(criterion)).needs
+
+
 def score(weight: torch.Tensor, criterion: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scores for ``weight`` (any shape) under ``criterion`` (``magnitude`` or ``random``), lower = pruned first."""
+    """Scores for ``weight`` (any shape) under a ``criterion`` that reads no data, lower = pruned first."""
     from prunekit.oneshot.base import LayerContext
 
-    if criterion not in ("magnitude", "random"):
-        raise unknown_choice("criterion", criterion, CRITERIA)
+    if needs_data(criterion):
+        raise PrunekitError(f"criterion {criterion!r} needs calibration data: pass scores from "
+                            f"data_criteria.data_scores (Pruner(..., calibration=...) does this)")
     return METHODS.build(criterion).scores(weight, LayerContext("", generator=generator))
 
 
@@ -77,16 +106,14 @@ def compute_masks(weights: dict[str, torch.Tensor], sparsity: float, criterion: 
     previous ``masks``.
 
     ``scores`` (name -> tensor shaped like the weight) replaces ``criterion``'s own scores; the
-    data-aware criteria (``wanda``, ``gblm``) get theirs from :func:`prunekit.training.data_criteria.data_scores`.
+    data-aware criteria (``wanda``, ``gblm`` ...: :func:`needs_data`) get theirs from
+    :func:`prunekit.training.data_criteria.data_scores`.
     """
     if not 0.0 <= sparsity < 1.0:
         raise PrunekitError(f"sparsity must be in [0, 1), got {sparsity!r}")
     if scope not in SCOPES:
         raise unknown_choice("scope", scope, SCOPES)
     if scores is None:
-        if criterion in ("wanda", "gblm"):
-            raise PrunekitError(f"criterion {criterion!r} needs calibration data: pass scores from "
-                                f"data_criteria.data_scores (Pruner(..., calibration=...) does this)")
         scores = {n: score(w, criterion, generator) for n, w in weights.items()}
     if scope == "layer":
         return layerwise_masks(scores, sparsity, masks)

@@ -1,7 +1,8 @@
 """Data-aware criteria from the one-shot foundation, usable while training.
 
 When a batch of training data is at hand, the pruner can rank weights with the foundation's
-calibration-based scores instead of |W| alone:
+calibration-based scores instead of |W| alone: every one-shot method that does not update weights
+and declares statistics in its ``needs`` (:func:`data_criteria`), fed exactly those, e.g.
 
 * ``wanda`` — |W_ij| · ||X_j||₂ (Sun et al. 2023; :func:`prunekit.oneshot.wanda.wanda_scores`),
   where X_j is input feature j of the layer over the calibration batch.
@@ -13,7 +14,8 @@ Both are recomputed from the *current* model every time the masks are updated, s
 schedule uses the activations of the partly trained, partly pruned network. For a Conv2d layer the
 "input features" are the im2col patch entries (channel × kernel position, the order of
 ``weight.reshape(out, -1)``), so the scores line up with the flattened kernel. SparseGPT is not a
-score (it reconstructs the weights, which training then overwrites), so it is not offered here.
+score (it reconstructs the weights, which training then overwrites), so it is not offered here
+(``updates_weights``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.core.stats import LayerStats, collect_gradients
+from prunekit.core.stats import LAYER_NEEDS, LayerStats, collect_gradients
 
-DATA_CRITERIA = ("wanda", "gblm")
+
+def data_criteria() -> tuple[str, ...]:
+    """The training criteria that score weights on calibration data (they declare statistics)."""
+    from prunekit.training.criteria import criteria, needs_data
+
+    return tuple(name for name in criteria() if needs_data(name))
 
 
 def _check_supported(name: str, module: nn.Module) -> None:
@@ -63,15 +70,16 @@ def split_calibration(calibration) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def collect_stats(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor,
-                  batch_size: int = 256) -> dict[str, LayerStats]:
-    """Wanda's ||X_j||² sums for every layer in ``modules`` over the calibration inputs ``x``.
+                  batch_size: int = 256, needs: frozenset[str] = frozenset({"norms"})) -> dict[str, LayerStats]:
+    """The statistics ``needs`` names (default: Wanda's ||X_j||² sums) of every layer in ``modules`` over
+    the calibration inputs ``x``.
 
     Runs in eval mode (batch-norm statistics are not updated) and without gradients.
     """
     stats = {}
     for name, module in modules.items():
         _check_supported(name, module)
-        stats[name] = LayerStats(in_features=module.weight[0].numel())
+        stats[name] = LayerStats.for_needs(module.weight[0].numel(), frozenset(needs) & LAYER_NEEDS)
 
     def hook_for(name: str):
         def hook(module, inputs, output):
@@ -94,18 +102,19 @@ def collect_stats(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tens
 
 def data_scores(model: nn.Module, modules: dict[str, nn.Module], criterion: str, calibration,
                 loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Scores shaped like each layer's weight under ``wanda`` or ``gblm`` on the calibration batch:
-    the one-shot method's own ``scores``, fed the statistics it declares in ``needs``."""
+    """Scores shaped like each layer's weight under a data-aware ``criterion`` (:func:`data_criteria`:
+    ``wanda``, ``gblm`` ...) on the calibration batch: the one-shot method's own ``scores``, fed the
+    statistics it declares in ``needs``."""
     from prunekit.core.registry import METHODS
     from prunekit.oneshot.base import LayerContext
 
-    if criterion not in DATA_CRITERIA:
-        raise PrunekitError(f"unknown data-aware criterion {criterion!r}; expected one of {DATA_CRITERIA}")
+    if criterion not in data_criteria():
+        raise PrunekitError(f"unknown data-aware criterion {criterion!r}; expected one of {data_criteria()}")
     method = METHODS.build(criterion)
     x, y = split_calibration(calibration)
     device = next(iter(modules.values())).weight.device
     x = x.to(device)
-    stats = collect_stats(model, modules, x)
+    stats = collect_stats(model, modules, x, needs=method.needs)
     grads = {}
     if "gradients" in method.needs:
         if y is None:

@@ -24,8 +24,8 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError, UnknownKey
 from prunekit.core.train import Batch, Callback, TrainState
-from prunekit.training.criteria import CRITERIA, compute_masks
-from prunekit.training.data_criteria import DATA_CRITERIA, data_scores
+from prunekit.training.criteria import check_criterion, compute_masks, needs_data, needs_labels
+from prunekit.training.data_criteria import data_scores
 from prunekit.training.schedules import ConstantSparsity
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -50,27 +50,28 @@ class Pruner(Callback):
     Args:
         model: any module; its Linear/Conv weights are pruned (or those named in ``targets``).
         schedule: a callable step -> sparsity (see :mod:`prunekit.training.schedules`).
-        criterion: ``magnitude``, ``random``, or a data-aware criterion from the one-shot foundation
-            (``wanda``, ``gblm``; see :mod:`prunekit.training.data_criteria`), which needs ``calibration``.
+        criterion: any one-shot method that does not update weights (``magnitude``, ``random``, or a
+            data-aware one such as ``wanda``, ``gblm``: see :mod:`prunekit.training.data_criteria`,
+            which needs ``calibration``).
         scope: ``layer`` (same sparsity everywhere) or ``global`` (one threshold).
         floor: with ``scope='global'``, minimum fraction of each layer that is kept.
         targets: module names to prune; default all Linear/Conv layers.
         skip: module names to leave dense (e.g. the classifier head).
-        calibration: inputs ``x`` (``wanda``) or ``(x, y)`` (``gblm``) scored at every mask update.
-        loss_fn: ``loss_fn(logits, y)`` for ``gblm``'s gradients; default cross-entropy.
+        calibration: inputs ``x`` (``wanda``) or ``(x, y)`` (a criterion that reads gradients, ``gblm``)
+            scored at every mask update.
+        loss_fn: ``loss_fn(logits, y)`` for the gradients; default cross-entropy.
     """
 
     def __init__(self, model: nn.Module, schedule: Callable[[int], float], criterion: str = "magnitude",
                  scope: str = "layer", floor: float = 0.0, targets: Iterable[str] | None = None,
                  skip: Iterable[str] = (), seed: int = 0, calibration=None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
-        if criterion not in CRITERIA:
-            raise PrunekitError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
-        if criterion in DATA_CRITERIA and calibration is None:
+        check_criterion(criterion)
+        if needs_data(criterion) and calibration is None:
             raise PrunekitError(f"criterion {criterion!r} scores weights on data: pass calibration=x "
-                             f"(or (x, y) for 'gblm')")
-        if criterion == "gblm" and not isinstance(calibration, (tuple, list)):
-            raise PrunekitError("criterion 'gblm' needs labelled calibration data: calibration=(x, y)")
+                                "(or (x, y) for a criterion that reads gradients)")
+        if needs_labels(criterion) and not isinstance(calibration, (tuple, list)):
+            raise PrunekitError(f"criterion {criterion!r} needs labelled calibration data: calibration=(x, y)")
         weights = prunable_weights(model, skip)
         if targets is not None:
             targets = list(targets)
@@ -139,7 +140,7 @@ class Pruner(Callback):
     def prune_to(self, sparsity: float) -> None:
         """Recompute masks at ``sparsity`` from the current weights and apply them everywhere."""
         scores = None
-        if self.criterion in DATA_CRITERIA:
+        if needs_data(self.criterion):
             scores = data_scores(self.model, self.modules, self.criterion, self.calibration, self.loss_fn)
         self.masks = compute_masks(dict(self.weights), sparsity, self.criterion, self.scope, self.floor,
                                    self.masks, self.generator, scores)

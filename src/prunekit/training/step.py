@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.recipe import Step
-from prunekit.core.registry import METHODS, SCHEDULES, STEPS, option
+from prunekit.core.registry import SCHEDULES, STEPS, option
 
 TRAINING_METHODS = ("dense", "gradual", "oneshot", "imp")
 
 
 def weight_criteria() -> tuple[str, ...]:
     """One-shot methods that score weights without updating them: the criteria a pruner can use."""
-    return tuple(name for name in METHODS.names() if not METHODS.get(name).updates_weights)
+    from prunekit.training.criteria import criteria
+
+    return criteria()
 
 
 @STEPS.register("training")
