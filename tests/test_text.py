@@ -46,7 +46,7 @@ def test_windows_are_reproducible_and_checked():
     ev = evaluation_windows(stream, None, nwindows=3, seqlen=100)
     assert torch.equal(ev.reshape(-1), torch.arange(300))
     with pytest.raises(TextTooShortError, match="shorter than one window"):
-        calibration_windows(["tiny text"], CharTokenizer(), nsamples=2, seqlen=64)
+        calibration_windows(["tiny text"], CharTokenizer(), nsamples=2, seqlen=64, packing=True)
     with pytest.raises(PrunekitError, match="neither 'brown"):
         calibration_windows("no_such_file.txt", CharTokenizer())
 

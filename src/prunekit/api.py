@@ -26,6 +26,7 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError, short_repr
 from prunekit.core.recipe import CalibrationConfig, Recipe, Step, load_recipe, parse_step
+from prunekit.core.registry import STEPS
 from prunekit.core.session import ModelSource, Session
 from prunekit.oneshot.prune import PruneResult, finish_result, manifest, open_stream, prune_streamed
 
@@ -105,9 +106,12 @@ def _as_dict(result) -> Any:
 def as_recipe(recipe=None, **step_fields) -> Recipe:
     """A :class:`Recipe` from a Recipe, a Step, a list of steps (dataclasses or mappings), a mapping, a
     YAML/JSON path, or keyword fields of one step (``method="wanda", sparsity=0.5``; ``kind=`` picks the
-    step kind, default oneshot). Calibration fields (``nsamples``, ``seqlen``, ``seed``, ``packing``...)
-    given as keywords set the recipe's calibration."""
-    calib = {k: step_fields.pop(k) for k in list(step_fields) if k in CALIBRATION_FIELDS}
+    step kind, default oneshot). Calibration fields (``nsamples``, ``seqlen``, ``packing``, ``runner``...)
+    given as keywords set the recipe's calibration; a name both have (``seed``) is the step's: the
+    calibration's seed is set in a Recipe or a recipe file."""
+    kind = STEPS.get(STEPS.canonical(step_fields.get("kind", "oneshot"))) if recipe is None else None
+    own = {f.name for f in dataclasses.fields(kind)} if kind is not None else set()
+    calib = {k: step_fields.pop(k) for k in list(step_fields) if k in CALIBRATION_FIELDS and k not in own}
     if recipe is None:
         if not step_fields and not calib:
             raise PrunekitError("give a recipe or the fields of a step, e.g. method='wanda', sparsity=0.5")
