@@ -710,12 +710,18 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, trust_
 
 def read_decilm(path: str | Path):
     """(LlamaConfig, per-layer shapes) for a DeciLM / Nemotron-NAS folder, (None, {}) for any other."""
-    from prunekit.core.shapes import DECILM_TYPE, decilm_to_llama
 
     try:
         config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None, {}
+    return decilm_from_dict(config)
+
+
+def decilm_from_dict(config) -> tuple:
+    """:func:`read_decilm` on a config.json already read."""
+    from prunekit.core.shapes import DECILM_TYPE, decilm_to_llama
+
     if not isinstance(config, dict) or config.get("model_type") != DECILM_TYPE:
         return None, {}
     from transformers import LlamaConfig

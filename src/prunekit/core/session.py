@@ -65,7 +65,7 @@ class ModelSource:
     def tokenizer(self):
         from prunekit.models.loading import load_tokenizer
 
-        return load_tokenizer(self.path)
+        return load_tokenizer(self.path, config=self.config)
 
 
 # ------------------------------------------------------------------ the session

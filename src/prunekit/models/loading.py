@@ -139,12 +139,11 @@ def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
     """The transformers config of a model, checked to be a decoder prunekit can prune (fast: no weights)."""
     from transformers import AutoConfig
 
-    from prunekit.core.io import read_decilm
 
     name = str(name_or_path)
     path = resolve_model_path(name)
     try:
-        config = read_decilm(path)[0] if Path(path).is_dir() else None  # DeciLM layout: the Llama it describes
+        config = _read_local_config(path, trust_remote_code) if Path(path).is_dir() else None
         config = config or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except PrunekitError:
         raise
@@ -157,6 +156,32 @@ def load_config(name_or_path: str | Path, trust_remote_code: bool = False):
     layers = getattr(text, "num_hidden_layers", None)
     if isinstance(layers, int) and layers < 1:
         raise PrunekitError(f"model {name!r} has {layers} decoder layers (num_hidden_layers); there is nothing to prune")
+    return config
+
+
+def _read_local_config(path: str, trust_remote_code: bool):
+    """The config of a local folder from one read of its ``config.json`` (a DeciLM layout as the Llama it
+    describes); None where transformers must read it itself (remote code, an unknown model type)."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    from prunekit.core.io import decilm_from_dict
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("config.json does not hold a mapping")
+    decilm = decilm_from_dict(data)[0]
+    if decilm is not None:
+        return decilm
+    kind = data.get("model_type")
+    if (trust_remote_code and "auto_map" in data) or not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+        return None
+    config = CONFIG_MAPPING[kind].from_dict(data)
+    config._name_or_path = path
     return config
 
 
@@ -271,18 +296,21 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = "auto", devi
     return model.to(device).eval()
 
 
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, check_fits: bool = True):
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, check_fits: bool = True,
+                   config=None):
     """The model's tokenizer; with ``check_fits`` (default) one with more tokens than the model's
-    embedding table has rows is refused (:func:`check_tokenizer_fits`)."""
+    embedding table has rows is refused (:func:`check_tokenizer_fits`). ``config``: the model's config
+    when the caller has read it already (so config.json is not read again)."""
     from transformers import AutoTokenizer
-
-    from prunekit.core.io import read_decilm
 
     name = str(name_or_path)
     path = resolve_model_path(name)
-    # a DeciLM folder: its config as transformers reads it (read as a generic config, the model type
-    # transformers does not know and the export's rope_scaling key for older readers each warn)
-    config = read_decilm(path)[0] if Path(path).is_dir() else None
+    if config is None:
+        try:  # a DeciLM folder: its config as transformers reads it (read as a generic config, the model
+            # type transformers does not know and the export's rope_scaling key for older readers each warn)
+            config = load_config(path, trust_remote_code) if Path(path).is_dir() else None
+        except PrunekitError:
+            config = None  # the tokenizer may still load; the model's own checks say what is wrong with it
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                   **({"config": config} if config is not None else {}))
@@ -291,17 +319,18 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, ch
             raise _unreachable(name, err) from None
         raise PrunekitError(f"could not load the tokenizer of model {name!r} ({_describe(err)})") from None
     if check_fits:
-        check_tokenizer_fits(tokenizer, name)
+        check_tokenizer_fits(tokenizer, name, config)
     return tokenizer
 
 
-def check_tokenizer_fits(tokenizer, name: str) -> None:
+def check_tokenizer_fits(tokenizer, name: str, config=None) -> None:
     """The tokenizer's ids index the model's embedding table: a tokenizer with more tokens than the
     table has rows would fail mid-run (an IndexError in the embedding), so it is refused before work."""
-    try:
-        config = load_config(name)
-    except PrunekitError:
-        return  # the model's own checks say what is wrong with it
+    if config is None:
+        try:
+            config = load_config(name)
+        except PrunekitError:
+            return  # the model's own checks say what is wrong with it
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     rows = getattr(text, "vocab_size", None)
     if isinstance(rows, int) and len(tokenizer) > rows:
