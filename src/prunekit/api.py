@@ -237,6 +237,8 @@ def _plan_calibration(source: ModelSource, recipe: Recipe, dataset, dtype) -> No
     ready = isinstance(data, torch.Tensor) and data.dim() == 2  # ready-made windows: their own length
     check_seqlen(source.config, data.shape[1] if ready else recipe.calibration.seqlen, "calibration seqlen")
     check_calibration(source.config, recipe.calibration, resolve_dtype(check_dtype(dtype), source.config))
+    if not isinstance(data, torch.Tensor):
+        source.tokenizer  # noqa: B018 - loaded (once) and checked against the embedding table before any weights
 
 
 def plan_kinds(recipe: Recipe) -> None:
