@@ -18,7 +18,7 @@ from prunekit.core.families import (
     set_weight,
     weight_view,
 )
-from prunekit.structured.groups import find_groups
+from prunekit.structured.graph import find_groups
 from tests.conftest import DISCOVERED, tiny_model
 
 GQA = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.structured.cnn import cnn_flops, find_cnn_groups, prune_cnn
+from prunekit.structured.shrink import remove_units
 from prunekit.zoo import SmallCNN
 
 
@@ -47,29 +48,39 @@ def randomize_bn(model):
     return model.eval()
 
 
+def names(parts):
+    return [p.name for p in parts]
+
+
+def columns(group):
+    """Each consumer's (first column of channel 0, columns per channel): its offset times mult, and mult."""
+    return {p.name: (int(p.index[0, 0]), p.index.shape[1]) for p in group.consumers}
+
+
 def zero_channels(model, group, idx):
     """Make channels ``idx`` of a group carry exact zeros and contribute nothing."""
     with torch.no_grad():
-        for name in group.producers + group.passengers:
+        for name in names(group.producers + group.passengers):
             m = model.get_submodule(name)
             m.weight[idx] = 0.0
             if getattr(m, "bias", None) is not None:
                 m.bias[idx] = 0.0
-        for name, offset, mult in group.consumers:
+        for name, (first, mult) in columns(group).items():
             w = model.get_submodule(name).weight
             for c in idx.tolist():
-                w[:, (offset + c) * mult : (offset + c + 1) * mult] = 0.0
+                w[:, first + c * mult : first + (c + 1) * mult] = 0.0
 
 
 def test_groups_follow_residuals_depthwise_and_concat():
     model = randomize_bn(ResidualDepthwiseNet())
-    groups = {g.producers[0]: g for g in find_cnn_groups(model, torch.randn(1, 3, 8, 8))}
+    groups = {g.producers[0].name: g for g in find_cnn_groups(model, torch.randn(1, 3, 8, 8))}
+    assert all(g.kind == "filters" for g in groups.values())
     residual = groups["stem.0"]  # the stem and both project convs are summed: one group
-    assert set(residual.producers) == {"stem.0", "blocks.0.6", "blocks.1.6"}
-    assert {"stem.1", "blocks.0.7", "blocks.1.7"} <= set(residual.passengers)
+    assert set(names(residual.producers)) == {"stem.0", "blocks.0.6", "blocks.1.6"}
+    assert {"stem.1", "blocks.0.7", "blocks.1.7"} <= set(names(residual.passengers))
     expand = groups["blocks.0.0"]
-    assert "blocks.0.3" in expand.passengers and ("blocks.0.6", 0, 1) in expand.consumers  # depthwise rides along
-    assert ("head", 24, 1) in groups["right"].consumers and ("side", 24, 16) in groups["right"].consumers
+    assert "blocks.0.3" in names(expand.passengers) and columns(expand)["blocks.0.6"] == (0, 1)  # depthwise rides along
+    assert columns(groups["right"])["head"] == (24, 1) and columns(groups["right"])["side"] == (24 * 16, 16)
     assert "head" not in groups  # the logits are the model output: never pruned
 
 
@@ -80,11 +91,11 @@ def test_removing_zero_channels_keeps_outputs(net):
     groups = find_cnn_groups(model, example[:1])
     assert groups
     for g in groups:
-        zero_channels(model, g, torch.arange(0, g.size, 4))  # a quarter of every group
+        zero_channels(model, g, torch.arange(0, g.n_units, 4))  # a quarter of every group
     before = model(example)
     result = prune_cnn(model, example[:1], ratio=0.25, round_to=1)
     torch.testing.assert_close(model(example), before, atol=1e-5, rtol=1e-5)
-    assert all(w == g.size * 3 // 4 for w, g in zip(result.widths.values(), groups))
+    assert all(w == g.n_units * 3 // 4 for w, g in zip(result.widths.values(), groups))
     assert result.flops_after < result.flops_before and result.parameters_after < result.parameters_before
 
 
@@ -117,11 +128,12 @@ def test_efficientnet_lite0_groups_and_exact_removal():
     x = torch.randn(1, 3, 224, 224)
     groups = find_cnn_groups(model, x)
     assert len(groups) == 24
-    stage = next(g for g in groups if "_blocks.1._project_conv" in g.producers)
-    assert stage.producers == ["_blocks.1._project_conv", "_blocks.2._project_conv"]
-    assert all(any("_depthwise_conv" in n for n in g.passengers) for g in groups if "_expand_conv" in g.producers[0])
+    stage = next(g for g in groups if "_blocks.1._project_conv" in names(g.producers))
+    assert names(stage.producers) == ["_blocks.1._project_conv", "_blocks.2._project_conv"]
+    assert all(any("_depthwise_conv" in n for n in names(g.passengers)) for g in groups
+               if "_expand_conv" in g.producers[0].name)
     for g in groups:
-        zero_channels(model, g, torch.arange(0, g.size, 8))
+        zero_channels(model, g, torch.arange(0, g.n_units, 8))
     with torch.no_grad():
         before = model(x)
         result = prune_cnn(model, x, ratio=0.125, round_to=1)
@@ -153,7 +165,7 @@ class ConstantChannelNet(nn.Module):
 
 
 def test_batch_norm_correction_restores_a_removed_constant_channel():
-    from prunekit.structured.cnn import correct_batch_norms, remove_channels
+    from prunekit.structured.cnn import correct_batch_norms
 
     dense = ConstantChannelNet().eval()
     images = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(2))
@@ -161,7 +173,7 @@ def test_batch_norm_correction_restores_a_removed_constant_channel():
         expected = dense(images)
     pruned = copy.deepcopy(dense)
     first = find_cnn_groups(pruned, images[:1])[0]  # conv1's channels (bn1 rides along, conv2 consumes)
-    remove_channels(pruned, [(first, torch.arange(4, 16))])
+    remove_units([(first, torch.arange(4, 16))])
     assert pruned.bn1.num_features == 12 and torch.equal(pruned.bn1.bias, dense.bn1.bias[4:])
     with torch.no_grad():
         assert (pruned(images) - expected).abs().max() > 1e-2  # the constant channels' contribution is gone

@@ -84,7 +84,7 @@ def test_every_filter_criterion_prunes_the_small_cnn(name):
     example = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     dense = SmallCNN().eval()
-    sizes = {g.producers[0]: g.size for g in find_cnn_groups(dense, example[:1])}
+    sizes = {g.producers[0].name: g.n_units for g in find_cnn_groups(dense, example[:1])}
     outs = []
     for _ in range(2):
         model = copy.deepcopy(dense)

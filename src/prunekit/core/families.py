@@ -170,7 +170,7 @@ class Family:
 
 def _gqa(model_type: str, name: str, blocks: str = "model.layers", config_path: str = "") -> Family:
     """The Llama layout, shared by Mistral, Qwen2/3 and Gemma 3 (whose 270M model has one key/value
-    head: its attention is a single unit, see :mod:`prunekit.structured.groups`)."""
+    head: its attention is a single unit, see :mod:`prunekit.structured.graph`)."""
     return Family(model_type, name, blocks,
                   AttentionLayout("self_attn", "o_proj", kv_heads_key="num_key_value_heads", head_dim_key="head_dim"),
                   MlpLayout(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size"), config_path)

@@ -248,14 +248,6 @@ def merged_model(base: nn.Module, adapter: LoraAdapter) -> nn.Module:
     return model
 
 
-def check_factor_method(step) -> None:
-    """``factors`` pruning runs the methods that read neither calibration statistics nor the model's loss."""
-    if step.build().needs_calibration:
-        raise PrunekitError(f"method {step.method!r} reads calibration data of the merged layers; pruning LoRA "
-                            "factors runs methods that need none (dare, magnitude): use lora_prune merged "
-                            "(--lora-prune merged) for it")
-
-
 @torch.no_grad()
 def prune_factors(adapter: LoraAdapter, step, model: nn.Module):
     """Prune the entries of every factor A and B with ``step``'s method at its rate; returns
@@ -268,6 +260,7 @@ def prune_factors(adapter: LoraAdapter, step, model: nn.Module):
     from prunekit.core.layerwise import layer_generator
     from prunekit.core.targets import select_layers
     from prunekit.delta.base import DeltaContext, DeltaLayerReport, DeltaResult
+    from prunekit.delta.step import check_factor_method
 
     check_factor_method(step)
     method = step.build()

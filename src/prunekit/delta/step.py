@@ -20,6 +20,14 @@ from prunekit.core.registry import DELTA_METHODS, STEPS, option
 from prunekit.core.targets import validate_selectors
 
 
+def check_factor_method(step: DeltaStep) -> None:
+    """``factors`` pruning runs the methods that read neither calibration statistics nor the model's loss."""
+    if step.build().needs_calibration:
+        raise PrunekitError(f"method {step.method!r} reads calibration data of the merged layers; pruning LoRA "
+                            "factors runs methods that need none (dare, magnitude): use lora_prune merged "
+                            "(--lora-prune merged) for it")
+
+
 @STEPS.register("delta")
 @dataclass
 class DeltaStep(Step):
@@ -47,8 +55,6 @@ class DeltaStep(Step):
         validate_selectors(self.targets, "targets")
         validate_selectors(self.ignore, "ignore")
         if self.lora_prune == "factors":
-            from prunekit.delta.lora import check_factor_method
-
             check_factor_method(self)
 
     def build(self):

@@ -8,7 +8,7 @@ import importlib
 _LAZY = {
     "prune_structured": "prunekit.structured.prune",
     "StructuredResult": "prunekit.structured.prune",
-    "find_groups": "prunekit.structured.groups",
+    "find_groups": "prunekit.structured.graph",
     "layer_shapes": "prunekit.core.shapes",
     "apply_layer_shapes": "prunekit.core.shapes",
 }

@@ -11,8 +11,8 @@
 The ranking and the budget are the core's (``global`` and ``blocks`` of
 :mod:`prunekit.core.allocation`, with each unit's parameter cost); what is structured stays here:
 the floors in units, heads kept whole, and kept MLP widths rounded to the nearest multiple of
-``round_to`` (never below it), putting back the best removed units or removing the weakest kept
-ones. The kept units of a group are its highest-scoring ones (:func:`~prunekit.core.masks.top_k_indices`).
+``round_to`` (never below it; :func:`~prunekit.structured.graph.kept_units`, the rule CNN filters
+use too), putting back the best removed units or removing the weakest kept ones. The kept units of a group are its highest-scoring ones (:func:`~prunekit.core.masks.top_k_indices`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.core.masks import top_k_indices
 from prunekit.core.registry import ALLOCATIONS
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group, kept_units
 
 NAMES = ("uniform", "global", "blocks")  # the entries of the core ALLOCATIONS that structured pruning applies
 WIDTHS = ("per-layer", "uniform")  # per-layer: the allocation's widths; uniform: a folder plain transformers loads
@@ -36,13 +36,6 @@ def min_units(group: Group, floor: float, round_to: int) -> int:
     if group.kind == "mlp":
         base = max(base, min(round_to, group.n_units))
     return min(base, group.n_units)
-
-
-def round_kept(group: Group, kept: int, round_to: int) -> int:
-    if group.kind != "mlp" or round_to <= 1:
-        return kept
-    multiple = max(round_to, round_to * round(kept / round_to))
-    return min(multiple, group.n_units)
 
 
 def _standardized(score: torch.Tensor) -> torch.Tensor:
@@ -65,7 +58,7 @@ def uniform(groups: list[Group], scores: list[torch.Tensor], ratio: float, round
                                      f"use a smaller ratio or allocation=global")
             else:
                 left = max(budget - removed, 0.0)
-                kept = round_kept(g, g.n_units - round(left / g.unit_cost), round_to)
+                kept = kept_units(g, g.n_units - round(left / g.unit_cost), round_to)
                 if g.n_units - round(left / g.unit_cost) < 1:
                     raise PrunekitError(f"ratio {ratio} would remove every MLP channel of block {block}; "
                                      f"use a smaller ratio or allocation=global")
@@ -87,7 +80,7 @@ def _keeps(groups: list[Group], keys: list[torch.Tensor], counts: list[int], flo
            round_to: int) -> list[torch.Tensor]:
     """Kept unit indices per group: each count rounded (MLP widths), never below the group's floor."""
     floors = [min_units(g, floor, round_to) for g in groups]
-    return [top_k_indices(s, max(round_kept(g, k, round_to), f)) for g, s, k, f in zip(groups, keys, counts, floors)]
+    return [top_k_indices(s, max(kept_units(g, k, round_to), f)) for g, s, k, f in zip(groups, keys, counts, floors)]
 
 
 def _keys(scores: list[torch.Tensor], standardize: bool) -> list[torch.Tensor]:

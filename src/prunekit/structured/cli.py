@@ -77,7 +77,7 @@ def check_round_to(model, step) -> None:
     if "mlp" not in parse_structure(step.structure):
         return
     from prunekit.core.families import adapter_for
-    from prunekit.structured.groups import find_groups
+    from prunekit.structured.graph import find_groups
 
     widest = max((g.n_units for g in find_groups(adapter_for(model), ("mlp",))), default=0)
     if widest and step.round_to >= widest:

@@ -14,15 +14,18 @@ Every tensor with channels carries a list of *segments* (channel space, size, sp
 A merged space is one prunable group when it has a producer and never reaches the model output, the
 image input, or an operation the tracer does not understand (those spaces are left intact).
 
-Channels are scored by the structured criteria that declare the structure ``filters``
-(:meth:`~prunekit.structured.criteria.base.Criterion.score_filters`, e.g. magnitude, l1, random).
+Each group is a :class:`~prunekit.structured.graph.Group` of kind ``filters`` (one unit per channel),
+the same group type as the LLM's: it is scored by the structured criteria that declare the structure
+``filters`` (``score(group, ctx)``: magnitude, l1, random), its kept widths are rounded by
+:func:`~prunekit.structured.graph.kept_units` and it is sliced by
+:func:`~prunekit.structured.shrink.remove_units`.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,8 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.masks import top_k_indices
 from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria import ScoreContext, scoring
+from prunekit.structured.graph import Group, Part, kept_units
+from prunekit.structured.shrink import remove_units
 
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
                 nn.LeakyReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
@@ -56,36 +61,6 @@ class Segment:
     space: int
     size: int
     mult: int = 1  # columns per channel after flatten
-
-
-@dataclass
-class CnnGroup:
-    """Channels that are removed together: rows of producers, slices of norms/depthwise convs, and
-    columns of consumers (``offset`` in channels within the consumer's input, ``mult`` columns each)."""
-
-    size: int
-    producers: list[str] = field(default_factory=list)  # conv / linear names (output rows)
-    passengers: list[str] = field(default_factory=list)  # batch norms and depthwise convs
-    consumers: list[tuple[str, int, int]] = field(default_factory=list)
-
-    @property
-    def n_units(self) -> int:
-        """The units of a filter group are its channels."""
-        return self.size
-
-    def unit_sums(self, model: nn.Module, value) -> torch.Tensor:
-        """Per channel, the sum of ``value(weight in float64) -> same shape`` over its producer filters,
-        depthwise filters and consumer input columns (biases and norms are not counted)."""
-        total = torch.zeros(self.size, dtype=torch.float64)
-        depthwise = [name for name in self.passengers if isinstance(model.get_submodule(name), nn.Conv2d)]
-        for name in self.producers + depthwise:
-            w = model.get_submodule(name).weight.detach().double()
-            total += value(w).reshape(w.shape[0], -1).sum(dim=1)
-        for name, offset, mult in self.consumers:
-            w = model.get_submodule(name).weight.detach().double()
-            cols = w.transpose(0, 1).reshape(w.shape[1], -1)  # in x rest
-            total += value(cols[offset * mult : (offset + self.size) * mult]).reshape(self.size, -1).sum(dim=1)
-        return total
 
 
 class _Graph:
@@ -247,72 +222,32 @@ def _visit_module(g: _Graph, node: fx.Node, m: nn.Module, first, ins):
     return None
 
 
-def find_cnn_groups(model: nn.Module, example: torch.Tensor) -> list[CnnGroup]:
-    """Prunable channel groups of ``model`` (traced on ``example``), in order of first appearance."""
+def find_cnn_groups(model: nn.Module, example: torch.Tensor) -> list[Group]:
+    """Prunable channel groups of ``model`` (traced on ``example``), in order of first appearance: groups
+    of kind ``filters`` whose unit c owns row c of every producer and passenger and, in every consumer,
+    the ``mult`` input columns channel c became (``offset`` channels into its input). Filter groups
+    score their kernels only (no biases, no norms) in float64."""
     g, _ = build_graph(model, example)
-    roots: dict[int, CnnGroup] = {}
+    members: dict[int, tuple[list, list, list]] = {}
     blocked = {g.find(s) for s in g.blocked}
     for s in range(len(g.parent)):
-        r = g.find(s)
-        group = roots.setdefault(r, CnnGroup(g.sizes[r]))
-        group.producers += g.producers.get(s, [])
-        group.passengers += g.passengers.get(s, [])
-        group.consumers += g.consumers.get(s, [])
-    return [grp for r, grp in roots.items() if r not in blocked and grp.producers]
+        producers, passengers, consumers = members.setdefault(g.find(s), ([], [], []))
+        producers += g.producers.get(s, [])
+        passengers += g.passengers.get(s, [])
+        consumers += g.consumers.get(s, [])
+    groups = []
+    for r, (producers, passengers, consumers) in members.items():
+        if r in blocked or not producers:
+            continue
+        rows = torch.arange(g.sizes[r])[:, None]
+        groups.append(Group("filters", g.sizes[r], [_part(model, n, rows) for n in producers],
+                            [_part(model, n, (offset + rows) * mult + torch.arange(mult)) for n, offset, mult in consumers],
+                            [_part(model, n, rows) for n in passengers], bias_scored=False, score_dtype=torch.float64))
+    return groups
 
 
-# ------------------------------------------------------------------ removal
-
-def remove_channels(model: nn.Module, plan: list[tuple[CnnGroup, torch.Tensor]]) -> None:
-    """Apply all groups' kept channel indices at once (consumer columns of several groups included)."""
-    rows: dict[str, torch.Tensor] = {}
-    cols: dict[str, torch.Tensor] = {}
-
-    def mask(table, name, n):
-        return table.setdefault(name, torch.ones(n, dtype=torch.bool))
-
-    for group, keep in plan:
-        drop = torch.ones(group.size, dtype=torch.bool)
-        drop[keep] = False
-        for name in group.producers + group.passengers:
-            m = model.get_submodule(name)
-            n = m.weight.shape[0] if hasattr(m, "weight") and m.weight is not None else m.num_features
-            mask(rows, name, n)[drop.nonzero().flatten()] = False
-        for name, offset, mult in group.consumers:
-            m = model.get_submodule(name)
-            idx = (offset + drop.nonzero().flatten())[:, None] * mult + torch.arange(mult)
-            mask(cols, name, m.weight.shape[1])[idx.flatten()] = False
-    with torch.no_grad():
-        for name, keep in rows.items():
-            _slice_out(model.get_submodule(name), keep)
-        for name, keep in cols.items():
-            _slice_in(model.get_submodule(name), keep)
-
-
-def _slice_out(m: nn.Module, keep: torch.Tensor) -> None:
-    for attr in ("weight", "bias"):
-        p = getattr(m, attr, None)
-        if p is not None:
-            setattr(m, attr, nn.Parameter(p.data[keep].clone(), requires_grad=p.requires_grad))
-    n = int(keep.sum())
-    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        m.running_mean = m.running_mean[keep].clone()
-        m.running_var = m.running_var[keep].clone()
-        m.num_features = n
-    elif isinstance(m, nn.Conv2d):
-        if m.groups > 1:  # depthwise: in = out = groups
-            m.groups = m.in_channels = n
-        m.out_channels = n
-    elif isinstance(m, nn.Linear):
-        m.out_features = n
-
-
-def _slice_in(m: nn.Module, keep: torch.Tensor) -> None:
-    m.weight = nn.Parameter(m.weight.data[:, keep].clone(), requires_grad=m.weight.requires_grad)
-    if isinstance(m, nn.Conv2d):
-        m.in_channels = int(keep.sum())
-    else:
-        m.in_features = int(keep.sum())
+def _part(model: nn.Module, name: str, index: torch.Tensor) -> Part:
+    return Part(name, model.get_submodule(name), index)
 
 
 def cnn_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -351,16 +286,12 @@ class CnnResult:
         return 1.0 - self.flops_after / max(self.flops_before, 1)
 
 
-def _kept(size: int, ratio: float, round_to: int) -> int:
-    kept = size - round(ratio * size)
-    if round_to > 1 and size >= round_to:
-        kept = max(round_to, round_to * round(kept / round_to))
-    return max(1, min(size, kept))
+def _kept(group: Group, ratio: float, round_to: int) -> int:
+    return kept_units(group, group.n_units - round(ratio * group.n_units), round_to)
 
 
-def _plan(model, groups, ratio, round_to, criterion, ctx) -> list[tuple[CnnGroup, torch.Tensor]]:
-    return [(grp, top_k_indices(criterion.score_filters(model, grp, ctx), _kept(grp.size, ratio, round_to)))
-            for grp in groups]
+def _plan(groups, ratio, round_to, criterion, ctx) -> list[tuple[Group, torch.Tensor]]:
+    return [(grp, top_k_indices(criterion.score(grp, ctx), _kept(grp, ratio, round_to))) for grp in groups]
 
 
 def filter_criterion(method: str, options: dict | None = None):
@@ -403,14 +334,14 @@ def prune_cnn(model: nn.Module, example: torch.Tensor, ratio: float | None = Non
         for _ in range(12):  # bisection on the channel ratio
             mid = (lo + hi) / 2
             trial = copy.deepcopy(model)
-            remove_channels(trial, _plan(trial, find_cnn_groups(trial, example), mid, round_to, criterion, ctx))
+            remove_units(_plan(find_cnn_groups(trial, example), mid, round_to, criterion, ctx))
             lo, hi = (mid, hi) if 1 - cnn_flops(trial, example) / before < flops else (lo, mid)
         ratio = hi
     dense = copy.deepcopy(model) if correct_bn is not None else None
     ctx = ScoreContext(generator=torch.Generator().manual_seed(seed))
-    remove_channels(model, _plan(model, groups, ratio, round_to, criterion, ctx))
+    remove_units(_plan(groups, ratio, round_to, criterion, ctx))
     corrected = correct_batch_norms(model, dense, correct_bn) if dense is not None else 0
-    widths = {grp.producers[0]: _kept(grp.size, ratio, round_to) for grp in groups}
+    widths = {grp.producers[0].name: _kept(grp, ratio, round_to) for grp in groups}
     return CnnResult(widths, before, cnn_flops(model, example), params_before,
                      sum(p.numel() for p in model.parameters()), ratio, corrected)
 

@@ -30,7 +30,7 @@ from prunekit.core.stats import ModelStats, collect_gradients
 from prunekit.structured import allocate
 from prunekit.structured.criteria import LLM_STRUCTURES, Criterion, ScoreContext
 from prunekit.structured.criteria.block_importance import blocks_to_remove
-from prunekit.structured.groups import KINDS, Group, find_groups
+from prunekit.structured.graph import KINDS, Group, blocks_group, find_groups
 from prunekit.structured.shrink import add_to_bias, remove_units
 
 STRUCTURES = LLM_STRUCTURES
@@ -177,7 +177,7 @@ def gather_statistics(adapter: Adapter, windows: torch.Tensor, needs: frozenset[
     if todo & {"moments", "similarity"}:
         consumers = [{} for _ in adapter.blocks]  # the layers whose inputs are measured, per block
         for g in find_groups(adapter, KINDS) if "moments" in todo else ():
-            consumers[g.block][g.consumer[0]] = g.consumer[1]
+            consumers[g.block][g.consumer.name] = g.consumer.module
 
         def keep(name, _module, layer_stats):
             stats.layers[name] = layer_stats
@@ -287,7 +287,7 @@ def prune_structured(model: nn.Module, method: str = "flap", structure: tuple[st
     if "blocks" in structure:
         n = remove if remove is not None else round(ratio * len(adapter.blocks))
         ctx = ScoreContext(stats, generator)
-        result.removed_blocks = blocks_to_remove(criterion.block_scores(ctx, len(adapter.blocks)), n)
+        result.removed_blocks = blocks_to_remove(criterion.score(blocks_group(adapter), ctx), n)
         remove_blocks(adapter, result.removed_blocks)
     result.layer_shapes = describe_in_config(model)
     if widths == "uniform" and result.layer_shapes:
@@ -310,11 +310,11 @@ def _prune_channels(adapter, criterion, kinds, ratio, allocation, round_to, floo
         costs = [sum(g.n_units * g.unit_cost for g in groups if g.block == b) for b in range(len(adapter.blocks))]
         ratios = criterion.block_ratios(ctx.stats, ratio, costs)
         keeps = allocate.per_block(groups, scores, dict(enumerate(ratios)), criterion.standardize, floor, round_to)
-    with torch.no_grad():
-        for g, keep in zip(groups, keeps):
-            if compensate:
+    if compensate:
+        with torch.no_grad():
+            for g, keep in zip(groups, keeps):
                 compensate_bias(g, keep, ctx.stats)
-            remove_units(g, keep, adapter.family)
+    remove_units(list(zip(groups, keeps)), adapter.family)
 
 
 def _describe(adapter: Adapter, result: StructuredResult) -> None:

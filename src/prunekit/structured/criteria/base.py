@@ -1,4 +1,6 @@
-"""The contract of a structured criterion: one importance score per unit of a coupled group.
+"""The contract of a structured criterion: one importance score per unit of a coupled group
+(:class:`~prunekit.structured.graph.Group`: LLM MLP channels, attention units, blocks; CNN filters),
+through one entry point, ``score(group, ctx)``.
 
 A criterion is a config dataclass registered in :data:`prunekit.core.registry.CRITERIA` (one file
 each in this package); its fields are its options, checked by the registry before anything runs.
@@ -7,17 +9,14 @@ each in this package); its fields are its options, checked by the registry befor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import nn
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.stats import ModelStats, check_needs
-from prunekit.structured.groups import KINDS, Group
-
-if TYPE_CHECKING:
-    from prunekit.structured.cnn import CnnGroup
+from prunekit.structured.criteria.block_importance import block_influence
+from prunekit.structured.graph import KINDS, Group
 
 LLM_STRUCTURES = (*KINDS, "blocks")  # what prune_structured removes from a decoder LLM
 STRUCTURES = (*LLM_STRUCTURES, "filters")  # ... and prune_cnn from a CNN (output channels of conv groups)
@@ -34,12 +33,10 @@ class ScoreContext:
 class Criterion:
     """Higher score = more important = kept.
 
-    ``structures`` declares what the criterion scores: LLM MLP channels and attention units
-    (:meth:`score`), whole blocks (:meth:`block_scores`) and/or CNN filters (:meth:`score_filters`).
-    ``needs`` declares the statistics :meth:`score` reads (a subset of
-    :data:`prunekit.core.stats.NEEDS`: ``moments``, ``gradients`` reduced by
-    ``gradient_reduction``, ``similarity``); ``block_needs`` those :meth:`block_scores` reads for
-    depth pruning. ``standardize`` says whether global allocation compares z-scores per group
+    ``structures`` declares the group kinds :meth:`score` scores: LLM MLP channels and attention units,
+    whole blocks and/or CNN filters. ``needs`` declares the statistics :meth:`score` reads for channel
+    and head groups (a subset of :data:`prunekit.core.stats.NEEDS`: ``moments``, ``gradients`` reduced
+    by ``gradient_reduction``, ``similarity``); ``block_needs`` those it reads for depth pruning. ``standardize`` says whether global allocation compares z-scores per group
     (scores of different layers are not on one scale) or raw scores; ``allocation`` is the default
     allocation of the method; :meth:`block_ratios` gives per-block budgets (allocation "blocks").
     """
@@ -60,22 +57,15 @@ class Criterion:
         unknown = sorted(set(cls.structures) - set(STRUCTURES))
         if unknown:
             raise PrunekitError(f"{owner} declares unknown structures {unknown}; known: {', '.join(STRUCTURES)}")
-        if "filters" in cls.structures and cls.score_filters is Criterion.score_filters:
-            raise PrunekitError(f"{owner} declares structure 'filters' but does not define score_filters")
+        if set(cls.structures) - {"blocks"} and cls.score is Criterion.score:
+            raise PrunekitError(f"{owner} declares structures {sorted(cls.structures)} but does not define score")
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
-        raise NotImplementedError
-
-    def score_filters(self, model: nn.Module, group: CnnGroup, ctx: ScoreContext) -> torch.Tensor:
-        """Importance of every channel of a CNN channel group (structure ``filters``); criteria that
-        declare ``filters`` in :attr:`structures` define it."""
-        raise NotImplementedError
-
-    def block_scores(self, ctx: ScoreContext, n_blocks: int) -> torch.Tensor:
-        """Importance of every block for depth pruning (lower = removed first): ShortGPT's block
-        influence 1 - E[cos(x_in, x_out)] (see :mod:`.block_importance`)."""
-        from prunekit.structured.criteria.block_importance import block_influence
-
+        """Importance of every unit of ``group`` (float64, one per unit). Here: blocks, for depth pruning
+        (lower = removed first), by ShortGPT's block influence 1 - E[cos(x_in, x_out)] (see
+        :mod:`.block_importance`); a criterion scores its other structures and passes blocks on here."""
+        if group.kind != "blocks":
+            raise NotImplementedError(f"{type(self).__name__} does not score {group.kind} groups")
         return block_influence(ctx.stats.block_similarity)
 
     def block_ratios(self, stats: ModelStats, ratio: float, costs: list[float]) -> list[float]:
@@ -87,4 +77,4 @@ class Criterion:
 
 def consumer_channel_sum(group: Group, per_channel: torch.Tensor) -> torch.Tensor:
     """Sum a per-input-channel quantity of the consumer over each unit's columns."""
-    return per_channel.double()[group.consumer[2]].sum(dim=1)
+    return per_channel.double()[group.consumer.index].sum(dim=1)

@@ -24,7 +24,7 @@ from prunekit.core.families import weight_view
 from prunekit.core.registry import CRITERIA, option
 from prunekit.core.stats import ModelStats
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group
 
 
 @CRITERIA.register("cfsp")
@@ -39,6 +39,8 @@ class Cfsp(Criterion):
     max_ratio: float = option(0.9, "no block loses more than this fraction of its units' parameters", above=0, max=1)
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        if group.kind == "blocks":
+            return super().score(group, ctx)
         name, module, _ = group.consumer
         w = weight_view(module).double().abs()
         relative = (w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)).sum(dim=0)

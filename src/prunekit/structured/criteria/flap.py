@@ -24,7 +24,7 @@ import torch
 from prunekit.core.families import weight_view
 from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria.base import Criterion, ScoreContext, consumer_channel_sum
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group
 
 
 @CRITERIA.register("flap")
@@ -38,6 +38,8 @@ class Flap(Criterion):
     bias_compensation = True
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        if group.kind == "blocks":
+            return super().score(group, ctx)
         name, module, _ = group.consumer
         variance = ctx.stats.layers[name].variance
         column_sq = weight_view(module).double().pow(2).sum(dim=0)

@@ -3,8 +3,9 @@ for Efficient ConvNets", eq. 1 with p=1; the L2 variant as in Torch-Pruning's Gr
 
 score(u) = (sum over the unit's producer rows, producer bias entries and consumer columns of |w|^p)^(1/p)
 
-For a CNN filter group (:class:`~prunekit.structured.cnn.CnnGroup`) the unit is an output channel:
-its producer filters, its depthwise filters and its consumers' input columns (no biases).
+For a CNN filter group (kind ``filters``, :func:`~prunekit.structured.cnn.find_cnn_groups`) the unit is
+an output channel: its producer filters, its depthwise filters and its consumers' input columns (no
+biases; float64). LLM weights are read in float32 at least (bf16/fp16 powers lose digits).
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from prunekit.core.families import weight_view
 from prunekit.core.registry import CRITERIA, option
 from prunekit.structured.criteria.base import LLM_STRUCTURES, Criterion, ScoreContext
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group
 
 
 @CRITERIA.register("magnitude", aliases=("l2",))
@@ -29,14 +28,13 @@ class GroupMagnitude(Criterion):
     p: int = option(2, "norm order: 2 is the Euclidean norm, 1 the sum of |w|", min=1)
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
-        def value(_name, module):
-            b = module.bias.float().abs().pow(self.p) if module.bias is not None else None
-            return weight_view(module).float().abs().pow(self.p), b  # float: bf16/fp16 powers lose digits
+        if group.kind == "blocks":
+            return super().score(group, ctx)
+
+        def value(_name, weight, bias):
+            return weight.abs().pow(self.p), bias.abs().pow(self.p) if bias is not None else None
 
         return group.unit_sums(value).pow(1.0 / self.p)
-
-    def score_filters(self, model: nn.Module, group, ctx: ScoreContext) -> torch.Tensor:
-        return group.unit_sums(model, lambda w: w.abs().pow(self.p)).pow(1.0 / self.p)
 
 
 @CRITERIA.register("l1")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria.base import LLM_STRUCTURES, Criterion, ScoreContext
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group
 
 
 @CRITERIA.register("random")
@@ -21,12 +20,7 @@ class RandomScores(Criterion):
     block_needs = frozenset()
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        """Channels, heads, filters: uniform scores; blocks: a seeded random order (block ``perm[k]`` gets score k)."""
+        if group.kind == "blocks":
+            return torch.argsort(torch.randperm(group.n_units, generator=ctx.generator)).double()
         return torch.rand(group.n_units, generator=ctx.generator, dtype=torch.float64)
-
-    def score_filters(self, model: nn.Module, group, ctx: ScoreContext) -> torch.Tensor:
-        return self.score(group, ctx)
-
-    def block_scores(self, ctx: ScoreContext, n_blocks: int) -> torch.Tensor:
-        """A seeded random order of the blocks: block ``perm[k]`` gets score k."""
-        perm = torch.randperm(n_blocks, generator=ctx.generator)
-        return torch.argsort(perm).double()

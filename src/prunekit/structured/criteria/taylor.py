@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.core.families import weight_view
 from prunekit.core.registry import CRITERIA
 from prunekit.structured.criteria.base import Criterion, ScoreContext
-from prunekit.structured.groups import Group
+from prunekit.structured.graph import Group
 
 
 @CRITERIA.register("taylor")
@@ -30,10 +29,11 @@ class Taylor(Criterion):
     needs = frozenset({"gradients"})
 
     def score(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
-        def value(name, module):
+        if group.kind == "blocks":
+            return super().score(group, ctx)
+
+        def value(name, weight, bias):
             g_w, g_b = ctx.stats.gradients[name]
-            w = weight_view(module)
-            b = (module.bias * g_b).abs() if module.bias is not None and g_b is not None else None
-            return (w * g_w).abs(), b
+            return (weight * g_w).abs(), (bias * g_b).abs() if bias is not None and g_b is not None else None
 
         return group.unit_sums(value)
