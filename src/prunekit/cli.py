@@ -311,9 +311,11 @@ def cmd_demo(args) -> int:
     say(f"pruning took {seconds:.1f} s; peak RSS {result.peak_rss_mb:,.0f} MB")
     saved = save_pretrained(model, out, tokenizer, manifest={**manifest(recipe, result), "demo": True},
                             overwrite=overwrite, source="smollm2-135m")
-    say(f"saved to {saved}  (try: prunekit eval --model {saved})")
-    if args.json:
-        print(dumps_json({"dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
+    if not args.json:  # the result line, --quiet too
+        print(f"pruned perplexity {pruned.perplexity:.2f} (dense {dense.perplexity:.2f}); saved to {saved}  "
+              f"(try: prunekit eval --model {saved})")
+    else:
+        print(dumps_json({"model": "smollm2-135m", "text": "brown:a", "seqlen": 512, "dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
                           "sparsity": result.sparsity, "seconds": seconds, "peak_rss_mb": result.peak_rss_mb,
                           "out": str(saved)}))
     return 0

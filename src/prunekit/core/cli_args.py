@@ -216,8 +216,8 @@ def step_values(args: argparse.Namespace, kind: str, fields: Iterable[str]) -> d
             if CALIBRATION in spec.owners:
                 continue  # a calibration flag: checked by calibration_values
             owners = " or ".join(o for o in spec.owners if o != CALIBRATION)
-            raise PrunekitError(f"{spec.flag} {_shown(spec, value)} does not apply to {kind} pruning (it applies only "
-                                f"to {owners} pruning); drop it")
+            raise PrunekitError(f"{spec.flag} {_shown(spec, value)} applies only to {owners} pruning ({kind} pruning "
+                                "does not use it); drop it")
         if spec.field in by:
             first, before = by[spec.field]
             old, new = (spec, first) if spec.alias_of else (first, spec)
