@@ -1,8 +1,8 @@
 """``prunekit train``: train and prune the SmallCNN or ResNet on Fashion-MNIST / MNIST.
 
 Settings are the fields of the recipe's training step (:class:`prunekit.training.step.TrainingStep`),
-from flags or a YAML/JSON recipe (same names, ``-`` or ``_``); flags win over the recipe, the recipe
-over the defaults. Every value is checked before any training; a bad one gives a one-line error naming
+from flags generated from its fields (:mod:`prunekit.core.cli_args`) or a YAML/JSON recipe (same names,
+``-`` or ``_``); flags win over the recipe, the recipe over the defaults. Every value is checked before any training; a bad one gives a one-line error naming
 it and exit code 2.
 
     prunekit train --method gradual --sparsity 0.9 --schedule cubic --epochs 3
