@@ -36,7 +36,11 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     from prunekit.oneshot.step import PruneStep
     from prunekit.structured.recipe import StructuredStep
 
+    from prunekit.core.registry import CRITERIA, METHODS
+
     add_step_flags(p, [PruneStep, StructuredStep], calibration=CALIBRATION_KEYS)
+    p.epilog = (f"--method: one of {', '.join(METHODS.names())} (default wanda); with --structure: "
+                f"{', '.join(CRITERIA.names())} (default flap). `prunekit list` shows their options.")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too apply to its one step of the "
                    "kind that runs (refused when it holds several)")
     p.add_argument("--device", default=None, help="run each block on this device in turn (e.g. cuda); "

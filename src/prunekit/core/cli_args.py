@@ -119,7 +119,7 @@ def _default_text(f: dataclasses.Field) -> str:
 
 
 def add_step_flags(parser: argparse.ArgumentParser, steps: Iterable[type], *, calibration: Iterable[str] = (),
-                   skip: Iterable[str] = (), group: Any = None) -> StepFlags:
+                   skip: Iterable[str] = ()) -> StepFlags:
     """Add a flag for every field of the step dataclasses ``steps`` (one flag per field name, shared by
     the kinds that have it) and for the ``calibration`` keys the command's steps read; ``skip`` names
     fields the command spells itself. The flags are recorded in ``args.step_flags``."""
@@ -128,7 +128,7 @@ def add_step_flags(parser: argparse.ArgumentParser, steps: Iterable[type], *, ca
     steps = list(steps)
     skip = set(skip)
     calibration = tuple(calibration)
-    target = group if group is not None else parser
+    target = parser
     fields: dict[str, list[tuple[type, dataclasses.Field]]] = {}
     for cls in steps:
         for f in _step_fields(cls):
@@ -147,7 +147,9 @@ def add_step_flags(parser: argparse.ArgumentParser, steps: Iterable[type], *, ca
         if shared_with_calibration:
             helps.append(f"calibration: {calib_fields[name].metadata.get('help', '')}")
         dest = flag[2:].replace("-", "_")  # args.option for the options mapping, else the field's name
-        _add(target, flag, dest, hint, "; ".join(helps), owners[0][1].metadata.get("choices"))
+        choices = [f.metadata.get("choices") for _, f in owners]
+        merged = tuple(dict.fromkeys(c for group in choices for c in group)) if all(choices) else None
+        _add(target, flag, dest, hint, "; ".join(helps), merged)
         specs.append(FlagSpec(flag, dest, name, kinds + ((CALIBRATION,) if shared_with_calibration else ()), hint))
         for cls, _ in owners:
             for old, new in cls.key_aliases.items():
