@@ -388,7 +388,7 @@ ROWS = {
     "recipe empty targets": (lambda c: c.recipe("steps: [{method: magnitude, targets: []}]\n"), 2,
                              "targets is empty", True),
     "structured with --pattern": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--pattern", "2:4"), 2,
-                                  "--pattern '2:4' does not apply to structured pruning", True),
+                                  "--pattern '2:4' applies only to oneshot pruning", True),
     "structured with --ratio and --sparsity": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--sparsity",
                                                                  "0.5"), 2, "--ratio 0.2 is the old spelling", True),
     "structured with --device": (lambda c: c.prune("--structure", "mlp", "--ratio", "0.2", "--device", "cpu"), 2,

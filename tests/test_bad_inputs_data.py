@@ -274,7 +274,7 @@ def test_train_output_is_checked_before_training(tmp_path, capsys, monkeypatch, 
     monkeypatch.setattr(train_cli, "train_and_prune", lambda c: pytest.fail("training started"))
     before = snapshot(tmp_path)
     code = main(["train", "--epochs", "0.01", "--limit", "128", "--quiet", "--output", str(out)])
-    one_line_error(capsys, code, (named, "--output"))
+    one_line_error(capsys, code, (named, "--out "))
     assert snapshot(tmp_path) == before
 
 

@@ -27,38 +27,22 @@ FOLDER_NOTES = {  # what inspect adds about a folder that plain from_pretrained 
     "decilm": "\nthe DeciLM / Nemotron-NAS layout (prunekit export --format decilm): prunekit.load_pretrained(path) "
               "reads it as the Llama it describes",
 }
-STRUCTURED_ONLY = {"ratio": "--ratio", "remove": "--remove", "round_to": "--round-to", "widths": "--widths"}
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
-    from prunekit.core.recipe import COMPUTE_DTYPES, RUNNERS
+    """The step flags of ``prune``: every field of the one-shot and the structured step (one flag per
+    name; a flag of the other kind is refused, never ignored) and the calibration flags."""
+    from prunekit.core.cli_args import CALIBRATION_KEYS, add_step_flags
+    from prunekit.oneshot.step import PruneStep
+    from prunekit.structured.recipe import StructuredStep
+
     from prunekit.core.registry import CRITERIA, METHODS
 
-    p.add_argument("--method", default=None, help=f"one of: {', '.join(METHODS.names())} (default wanda); with "
-                   f"--structure: {', '.join(name for name, _ in CRITERIA.describe())} (default flap)")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction removed: of each layer's weights (default 0.5), or with --structure of "
-                   "the structures' parameters")
-    p.add_argument("--pattern", default=None, help="unstructured | per-row | N:M such as 2:4 (N pruned of every M)")
-    p.add_argument("--allocation", default=None, help="uniform | global | owl (layer-wise sparsity)")
-    p.add_argument("--targets", default=None, help="comma list of class names or re:<regex> (default Linear)")
-    p.add_argument("--ignore", default=None, help="comma list of class names or re:<regex> to skip")
-    p.add_argument("--option", action="append", default=[], help="method option key=value, e.g. percdamp=0.02")
-    p.add_argument("--calibration", default=None, help="brown | brown:<genres> | text file (default brown)")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
-    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
-    p.add_argument("--chunk-size", type=int, default=None, help="calibration windows per forward chunk (default 8); "
-                   "fewer hold less activation memory at once (a wide MLP's intermediates)")
-    p.add_argument("--seed", type=int, default=None, help="seed for calibration offsets and random scores")
-    p.add_argument("--runner", default=None, choices=RUNNERS,
-                   help="lockstep (default): one pass, each layer calibrated on the pruned layers before it, holding "
-                   "a block's activations for every window; two-pass: calibrate the dense block, prune, run it "
-                   "again: one chunk's activations, about twice the time; dense: one pass and one chunk's "
-                   "activations, every layer calibrated on the dense model (earlier blocks' pruning errors are not "
-                   "propagated)")
-    p.add_argument("--compute-dtype", default=None, choices=COMPUTE_DTYPES,
-                   help="dtype of the activations and of each block while it is calibrated (the weights are saved "
-                   "in --dtype); auto (default): float32 for SparseGPT on 16-bit weights, else --dtype")
-    p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too override its first step")
+    add_step_flags(p, [PruneStep, StructuredStep], calibration=CALIBRATION_KEYS)
+    p.epilog = (f"--method: one of {', '.join(METHODS.names())} (default wanda); with --structure: "
+                f"{', '.join(CRITERIA.names())} (default flap). `prunekit list` shows their options.")
+    p.add_argument("--recipe", default=None, help="YAML/JSON recipe; flags given too apply to its one step of the "
+                   "kind that runs (refused when it holds several)")
     p.add_argument("--device", default=None, help="run each block on this device in turn (e.g. cuda); "
                    "the model and activations stay on the CPU")
 
@@ -81,14 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one-shot from a folder or name: read, prune and write one block at a time, never holding "
                    "the whole model (default: whenever possible; --stream makes it an error when not, --no-stream "
                    "loads the whole model)")
-    g = p.add_argument_group("structured pruning (physically removes channels, heads or blocks)")
-    g.add_argument("--structure", default=None, help="comma list of mlp,heads,blocks")
-    g.add_argument("--ratio", type=float, default=None, help="old spelling of --sparsity with --structure")
-    g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (with --structure blocks)")
-    g.add_argument("--round-to", type=int, default=None, help="kept MLP widths are multiples of this (default 8)")
-    g.add_argument("--widths", default=None, choices=("per-layer", "uniform"),
-                   help="per-layer (default): each layer keeps what the allocation gives it, loaded by "
-                   "prunekit.load_pretrained; uniform: every block the same widths, a folder plain from_pretrained loads")
     p.add_argument("--report", action="store_true", help="write a report with plots into OUT/report "
                    "(as prunekit report OUT --baseline MODEL)")
     add_trust_pickle_arg(p)
@@ -157,8 +133,9 @@ def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
-    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
+    from prunekit.core.cli_args import add_output_flags
+
+    add_output_flags(p)
 
 
 def load_recipe_arg(args):
@@ -169,40 +146,13 @@ def load_recipe_arg(args):
 
 
 def recipe_from_args(args, recipe=None):
-    """The one-shot recipe: ``--recipe`` (if given) with the flags given overriding its first step."""
-    import dataclasses
-
-    from prunekit.core.recipe import CalibrationConfig, Recipe, parse_options
+    """The one-shot recipe: ``--recipe`` (if given) with the flags given applied to its one-shot step
+    (:func:`prunekit.core.cli_args.recipe_from_flags`)."""
+    from prunekit.core.cli_args import recipe_from_flags
     from prunekit.oneshot.step import PruneStep
 
-    for key, flag in STRUCTURED_ONLY.items():
-        if getattr(args, key, None) is not None:
-            raise PrunekitError(f"{flag} {getattr(args, key)!r} applies only to structured pruning; add --structure "
-                             "mlp,heads,blocks or use --sparsity")
     recipe = recipe if recipe is not None else load_recipe_arg(args)
-    steps = list(recipe.steps) if recipe else []
-    step = {
-        "method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "allocation": args.allocation,
-        "targets": args.targets.split(",") if args.targets else None,
-        "ignore": args.ignore.split(",") if args.ignore else None,
-        "options": parse_options(args.option) or None, "seed": args.seed,
-    }
-    given = {k: v for k, v in step.items() if v is not None}
-    if not steps or given:
-        base = dataclasses.asdict(steps[0]) if steps else {}
-        if "method" in given and given["method"] != base.get("method"):
-            base = {k: v for k, v in base.items() if k not in ("options", "pattern")}
-        if "pattern" in given and "sparsity" not in given:
-            base.pop("sparsity", None)
-        steps = [PruneStep(**{**base, **given}), *steps[1:]]
-    calib = {k: v for k, v in vars(recipe.calibration).items()} if recipe else {}
-    for key in ("nsamples", "seqlen", "seed", "chunk_size", "runner", "compute_dtype"):
-        value = getattr(args, key)
-        if value is not None:
-            calib[key] = value
-    if args.calibration is not None:
-        calib["source"] = args.calibration
-    return Recipe(steps=steps, calibration=CalibrationConfig(**calib))
+    return recipe_from_flags(args, PruneStep, recipe)
 
 
 def _step_kind(args, recipe) -> str:
@@ -250,10 +200,11 @@ def _prune(args) -> int:
                             trust_pickle_weights=args.trust_pickle_weights,
                             on_load=None if args.quiet else _say_why_in_memory)
     if args.json:
-        print(dumps_json({**result.oneshot.to_dict(), "out": result.out}, default=str))
-    elif not args.quiet:
+        print(dumps_json({**result.oneshot.to_dict(), "model": str(args.model), "out": result.out}, default=str))
+        return 0
+    if not args.quiet:
         print(result.summary())
-        print(f"saved to {result.out}")
+    print(f"saved to {result.out}")
     return 0
 
 
@@ -345,9 +296,11 @@ def cmd_demo(args) -> int:
     say(f"pruning took {seconds:.1f} s; peak RSS {result.peak_rss_mb:,.0f} MB")
     saved = save_pretrained(model, out, tokenizer, manifest={**manifest(recipe, result), "demo": True},
                             overwrite=overwrite, source="smollm2-135m")
-    say(f"saved to {saved}  (try: prunekit eval --model {saved})")
-    if args.json:
-        print(dumps_json({"dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
+    if not args.json:  # the result line, --quiet too
+        print(f"pruned perplexity {pruned.perplexity:.2f} (dense {dense.perplexity:.2f}); saved to {saved}  "
+              f"(try: prunekit eval --model {saved})")
+    else:
+        print(dumps_json({"model": "smollm2-135m", "text": "brown:a", "seqlen": 512, "dense_perplexity": dense.perplexity, "pruned_perplexity": pruned.perplexity,
                           "sparsity": result.sparsity, "seconds": seconds, "peak_rss_mb": result.peak_rss_mb,
                           "out": str(saved)}))
     return 0

@@ -52,6 +52,8 @@ class Step:
 
     name: ClassVar[str]
     key_aliases: ClassVar[dict[str, str]] = {}  # old spellings users depend on -> field name
+    # a flag that changes the key on the left drops these keys of the recipe's step (core.cli_args)
+    replaces: ClassVar[dict[str, tuple[str, ...]]] = {"method": ("options",), "selector": ("options",)}
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

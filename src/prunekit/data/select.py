@@ -444,3 +444,54 @@ def not_a_selection(path: Path) -> str | None:
     if isinstance(data, dict) and {"kept", "steps", "n_total"} <= set(data):
         return None
     return "is not a prunekit selection summary"
+
+
+# ---------------------------------------------------------------------------------- files of a selection run
+RECIPE_EXTRAS = ("score", "aggregate")  # keys of the data-selection recipes written before the one format
+
+
+def read_selection_recipe(path: str | Path):
+    """``(extras, recipe)`` of a recipe file of selection steps: the one recipe format
+    (:class:`~prunekit.core.recipe.Recipe`, ``kind: selection`` steps), also read from the older files
+    whose steps have no ``kind`` or write a selector's options flat, with ``score`` / ``aggregate`` at
+    the top (returned as ``extras``: the defaults of ``--score`` / ``--aggregate``)."""
+    from prunekit.core.recipe import PROVENANCE_KEYS, CalibrationConfig, Recipe, check_keys, read_recipe_file
+
+    data = read_recipe_file(path)  # a non-empty mapping, or a one-line error
+    if "steps" not in data:
+        raise PrunekitError(f"recipe file {str(path)!r} must hold the selection steps under 'steps'")
+    check_keys({k: v for k, v in data.items() if k not in PROVENANCE_KEYS}, ("steps", "calibration", *RECIPE_EXTRAS),
+               f"recipe file {str(path)!r}")
+    for key in RECIPE_EXTRAS:
+        if key in data and not isinstance(data[key], str):
+            raise PrunekitError(f"recipe file {str(path)!r}: {key} {data[key]!r} must be a string")
+    calibration = data.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise PrunekitError(f"recipe file {str(path)!r}: calibration must be a mapping, got {calibration!r:.60}")
+    return {k: data[k] for k in RECIPE_EXTRAS if k in data}, Recipe(selection_steps(data["steps"]),
+                                                                   CalibrationConfig(**calibration))
+
+
+def check_selection_out(path: str | Path, overwrite: bool = False) -> Path:
+    """``--out`` of a selection: a ``.npz`` (and its ``.json`` summary beside it), new, or files a selection
+    run wrote with ``overwrite``; the rules of :func:`prunekit.core.io.check_output`."""
+    from prunekit.core.io import check_output
+
+    if Path(path).suffix != ".npz":
+        raise PrunekitError(f"--out {str(path)!r} must end in .npz (the selection; a .json summary is written beside "
+                            "it)")
+    out = check_output(path, overwrite, owned=not_a_selection)
+    check_output(out.with_suffix(".json"), overwrite, owned=not_a_selection, probe=False)
+    return out
+
+
+def save_selection(path: str | Path, selection: Selection, summary: dict, overwrite: bool = False) -> Path:
+    """The selection ``.npz`` and its ``.json`` summary, both or neither (the one writer)."""
+    from prunekit.core.io import atomic_file, write_json
+
+    out = Path(path).expanduser().resolve()
+    summary_name = out.with_suffix(".json").name
+    with atomic_file(out, not_a_selection, overwrite, also=[summary_name]) as tmp:
+        selection.write(tmp)
+        write_json(tmp.with_name(summary_name), summary)
+    return out

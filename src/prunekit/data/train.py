@@ -113,3 +113,56 @@ def fit(
         callbacks.append(Checkpoint(checkpoint_path, run))
     train(model, (x, y), config, callbacks, indices=indices)
     return model
+
+
+def teacher_logits(folder: str | Path, x: torch.Tensor, y: torch.Tensor, epochs: float, seed: int = 0,
+                   progress: bool = False) -> torch.Tensor:
+    """The logits on ``x`` of a SmallCNN teacher trained on the full data for ``epochs`` epochs, cached in
+    ``folder`` (safetensors, written through the one writer); a rerun reads the cache, and an
+    interrupted teacher resumes from its checkpoint."""
+    from prunekit.core.checkpoint import load_state, save_state
+    from prunekit.core.io import replace_file
+    from prunekit.data.scores._common import batched_logits
+    from prunekit.zoo import SmallCNN
+
+    cache = Path(folder) / f"teacher_seed{seed}_logits.safetensors"
+    if cache.is_file():
+        logits = load_state(cache).get("logits")  # safetensors + JSON: reading it never runs code
+        if not (hasattr(logits, "shape") and logits.ndim == 2 and logits.shape[0] == len(x)
+                and logits.is_floating_point()):
+            raise PrunekitError(f"{str(cache)!r} does not hold the teacher logits of {len(x)} examples; delete it to "
+                                "retrain the teacher")
+        return logits
+    torch.manual_seed(seed)
+    teacher = SmallCNN()
+    fit(teacher, x, y, steps=Budget("equal-epochs", epochs).steps(len(x), len(x), 128), seed=seed,
+        checkpoint_path=Path(folder) / "teacher.ckpt", progress=progress)
+    logits = batched_logits(teacher, x)
+    with replace_file(cache) as tmp:
+        save_state(tmp, {"logits": logits})
+    return logits
+
+
+def train_on_selection(folder: str | Path, selection, data: tuple, budget: Budget, *, kd: dict | None = None,
+                       seed: int = 0, progress: bool = False, meta: dict | None = None) -> dict:
+    """Train a SmallCNN on the ``selection`` of ``data = (x, y, x_test, y_test)`` for the ``budget``
+    (with KD from a full-data teacher when ``kd`` holds its temperature and alpha), in the run folder
+    ``folder`` (checkpoints; a rerun resumes); writes and returns ``result.json``'s content (``meta``
+    first, e.g. which selection file)."""
+    from prunekit.core.io import replace_file, write_json
+    from prunekit.core.train import accuracy
+    from prunekit.zoo import SmallCNN
+
+    x, y, xt, yt = data
+    teacher = teacher_logits(folder, x, y, budget.epochs, seed, progress) if kd else None
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    steps = budget.steps(len(selection), len(x), 128)
+    fit(model, x, y, np.asarray(selection.indices), steps=steps, seed=seed, teacher_logits=teacher,
+        checkpoint_path=Path(folder) / "student.ckpt", progress=progress, **(kd or {}))
+    result = {**(meta or {}), "kept": len(selection), "fraction_removed": selection.fraction_removed, "budget": budget.kind,
+              "epochs": budget.epochs, "steps": steps, "kd": kd or None, "seed": seed,
+              "test_accuracy": accuracy(model, xt, yt), "threads": torch.get_num_threads()}
+    with replace_file(Path(folder) / "result.json") as tmp:
+        write_json(tmp, result)
+    return result

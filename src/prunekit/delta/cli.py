@@ -34,11 +34,13 @@ from prunekit.core.jsonout import dumps_json
 from prunekit.core.inputs import add_trust_pickle_arg
 
 FORMATS = ("merged", "sparse", "adapter")
+CALIBRATION_READ = ("source", "nsamples", "seqlen")  # what wanda and darex-q read; the seed is the step's
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``delta`` sub-command to a parent CLI's sub-parsers."""
-    from prunekit.core.registry import DELTA_METHODS
+    from prunekit.core.cli_args import add_output_flags, add_step_flags
+    from prunekit.delta.step import DeltaStep
 
     p = subparsers.add_parser("delta", help="delta pruning: DARE, DAREx-q, magnitude or Wanda-style pruning of the "
                               "difference between a fine-tuned model (or a LoRA adapter) and its base",
@@ -52,70 +54,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--finetuned", help="the fine-tuned model, same architecture and shapes (this or --lora)")
     p.add_argument("--lora", help="a PEFT LoRA adapter folder of the base (adapter_config.json + "
                    "adapter_model.safetensors) as the fine-tuned model: base + s*B@A per adapted layer")
-    p.add_argument("--lora-prune", dest="lora_prune", default=None, choices=("merged", "factors"),
-                   help="with --lora: merged (default) prunes each layer's delta s*B@A, --sparsity is that of the "
-                   "(out x in) delta; factors prunes the entries of A and of B, each at --sparsity (dare, magnitude "
-                   "only), and writes an adapter of the same format (pruned entries stored as zeros)")
-    p.add_argument("--out", help="output folder, or a .safetensors file with --format sparse (required; must not "
-                   "exist unless --overwrite)")
+    add_output_flags(p, out="output folder, or a .safetensors file with --format sparse (required; must not "
+                     "exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--format", default=None, choices=FORMATS, help="merged: the merged model (a standard "
                    "folder; the default); sparse: one file of the kept delta entries (indices + values) and the "
                    "base's sha256; adapter: a PEFT LoRA adapter folder (--lora-prune factors, its default)")
-    p.add_argument("--method", default=None, help=f"one of: {', '.join(DELTA_METHODS.names())} (default dare)")
-    p.add_argument("--sparsity", "--drop", dest="sparsity", type=float, default=None,
-                   help="fraction of each layer's delta entries set to zero, DARE's p (default 0.9)")
-    p.add_argument("--option", action="append", default=[], help="method option key=value, e.g. scope=global")
-    p.add_argument("--targets", default=None, help="comma list of class names or re:<regex> (default Linear)")
-    p.add_argument("--ignore", default=None, help="comma list of class names or re:<regex> to skip")
-    p.add_argument("--seed", type=int, default=None, help="seed of the random drops (default 0)")
-    p.add_argument("--calibration", default=None, help="text for wanda and darex-q: brown | brown:<genres> | a file")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 64)")
-    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 512)")
+    add_step_flags(p, [DeltaStep], calibration=CALIBRATION_READ)
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one delta step (an output's prunekit.json "
-                   "repeats its run); flags given too override it")
+                   "repeats its run); flags given too apply to it")
     add_trust_pickle_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     sub = p.add_subparsers(dest="delta_command", metavar="{apply}")
     a = sub.add_parser("apply", help="add a sparse delta (--format sparse) to the base it was made from")
     a.add_argument("base", help="the base model the delta was made from")
     a.add_argument("delta", help="the sparse delta file (.safetensors)")
-    a.add_argument("--out", required=True, help="output folder of the merged model")
+    add_output_flags(a, out="output folder of the merged model", required=True)
     a.add_argument("--overwrite", action="store_true")
     add_trust_pickle_arg(a)
-    a.add_argument("--quiet", action="store_true")
-    a.add_argument("--json", action="store_true")
     return p
 
 
 def recipe_from_args(args):
-    """The delta recipe: ``--recipe`` (if given) with the flags given overriding its step and calibration."""
-    from prunekit.core.recipe import CalibrationConfig, Recipe, load_recipe, parse_options
+    """The delta recipe: ``--recipe`` (if given; one delta step) with the flags given applied to it
+    (:func:`prunekit.core.cli_args.recipe_from_flags`)."""
+    from prunekit.core.cli_args import recipe_from_flags
+    from prunekit.core.recipe import load_recipe
     from prunekit.delta.step import DeltaStep
 
     recipe = load_recipe(args.recipe) if args.recipe else None
     if recipe is not None and recipe.kinds() != ["delta"]:
         raise PrunekitError(f"recipe {args.recipe!r} holds {', '.join(recipe.kinds())} steps; `prunekit delta` runs "
                             "one delta step")
-    step = {k: v for k, v in recipe.steps[0].to_dict().items() if k != "kind"} if recipe else {}
-    if args.method is not None and args.method != step.get("method"):
-        step.pop("options", None)  # options belong to the recipe's method
-    given = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
-             "targets": args.targets.split(",") if args.targets else None,
-             "ignore": args.ignore.split(",") if args.ignore else None,
-             "lora_prune": getattr(args, "lora_prune", None)}
-    step.update({k: v for k, v in given.items() if v is not None})
-    options = parse_options(args.option)
-    if options:
-        step["options"] = {**step.get("options", {}), **options}
-    calibration = dict(vars(recipe.calibration)) if recipe else {}
-    for key in ("nsamples", "seqlen"):
-        if getattr(args, key) is not None:
-            calibration[key] = getattr(args, key)
-    if args.calibration is not None:
-        calibration["source"] = args.calibration
-    return Recipe([DeltaStep(**step)], CalibrationConfig(**calibration))
+    return recipe_from_flags(args, DeltaStep, recipe, calibration=CALIBRATION_READ)
 
 
 SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -251,13 +221,15 @@ def report(args, result, out, adapter=None) -> None:
         data.pop("layers")
         if adapter is not None:
             data["lora"] = adapter.describe()
-        print(dumps_json({**data, "out": str(out)}))
-    elif not args.quiet:
+        print(dumps_json({**data, "base": str(args.base), "finetuned": str(args.finetuned or args.lora),
+                          "out": str(out)}))
+        return
+    if not args.quiet:
         if adapter is not None:
             print(f"LoRA adapter r={adapter.rank}, {len(adapter.factors)} modules: {adapter.nonzero():,} of "
                   f"{adapter.parameters():,} factor entries nonzero")
         print(result.summary())
-        print(f"saved to {out}")
+    print(f"saved to {out}")
 
 
 def run_apply(args) -> int:
@@ -277,7 +249,7 @@ def run_apply(args) -> int:
     manifest["result"] = {**(header.get("result") or {}), "sparse_delta": str(args.delta)}
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=base_path)
     if args.json:
-        print(dumps_json({"out": str(out), "tensors": len(header["shapes"])}))
-    elif not args.quiet:
+        print(dumps_json({"base": str(args.base), "out": str(out), "tensors": len(header["shapes"])}))
+    else:
         print(f"applied {len(header['shapes'])} tensor deltas to {args.base}; saved to {out}")
     return 0

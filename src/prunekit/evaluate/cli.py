@@ -7,7 +7,9 @@ Every name and number is checked before the model loads: a task name is a prunek
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import sys
 
 from prunekit.core.errors import PrunekitError, unknown_choice
 from prunekit.core.io import scratch_folder
@@ -113,12 +115,12 @@ def run_eval(args) -> int:
     check_weights(args.model, args.trust_pickle_weights)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype=dtype, trust_pickle_weights=args.trust_pickle_weights)
-    say = (lambda *a: None) if args.quiet else print
-    out: dict = {}
+    say = (lambda *a: None) if args.json else print  # --quiet: no progress bars; the result lines stay
+    out: dict = {"model": str(args.model)}
     if run_ppl:
         r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet,
                        stride=args.stride)
-        out.update({"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds, "windows": r.windows,
+        out.update({"text": args.text, "seqlen": args.seqlen, "perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds, "windows": r.windows,
                     "scored_tokens": r.scored, "stride": r.stride})
         overlap = f", stride {r.stride}" if r.stride else ""
         say(f"perplexity {r.perplexity:.2f} on {r.windows} windows x {args.seqlen} tokens of {args.text}{overlap} "
@@ -139,8 +141,9 @@ def run_eval(args) -> int:
         if lm_tasks:
             from prunekit.evaluate.lmeval import run_lmeval
 
-            out["lmeval"] = run_lmeval(model, tokenizer, lm_tasks, include_path=folder if args.lmeval else None,
-                                       limit=args.limit)
+            with contextlib.redirect_stdout(sys.stderr):  # lm-eval's chatter: stdout holds the results only
+                out["lmeval"] = run_lmeval(model, tokenizer, lm_tasks, include_path=folder if args.lmeval else None,
+                                           limit=args.limit)
             for name, values in out["lmeval"].items():
                 shown = ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in values.items()
                                   if isinstance(v, float) and "stderr" not in k)

@@ -157,8 +157,8 @@ def run_report(args) -> int:
                         nwindows=args.nwindows, perplexity_too=run_ppl, tasks=tasks, limit=args.limit,
                         batch_tokens=args.batch_tokens, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
-        print(dumps_json({"page": str(page), "folder": str(page.parent)}))
-    elif not args.quiet:
+        print(dumps_json({"model": str(args.target), "page": str(page), "folder": str(page.parent)}))
+    else:
         print(f"report written to {page}")
     return 0
 

@@ -19,6 +19,9 @@ ALLOCATIONS = ("uniform", "global", "owl")  # the core allocations that spread w
 class PruneStep(Step):
     """Prune weights of a trained model in one shot (magnitude, Wanda, SparseGPT, GBLM ...)."""
 
+    # a new method brings its own options and pattern; a new pattern its own sparsity (N/M)
+    replaces = {"method": ("options", "pattern"), "pattern": ("sparsity",)}
+
     method: str = option("wanda", "a registered one-shot method (see `prunekit prune --help`)")
     sparsity: float | None = option(None, "fraction of weights pruned per layer; default N/M for N:M, else 0.5",
                                     min=0, below=1)

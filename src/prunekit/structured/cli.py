@@ -17,58 +17,47 @@ from prunekit.core.jsonout import dumps_json
 from prunekit.core.recipe import parse_options
 from prunekit.structured.recipe import parse_structure
 
-ONESHOT_ONLY = {"pattern": "--pattern", "targets": "--targets", "ignore": "--ignore",
-                "device": "--device"}
-PIPELINE_OPTIONS = {"allocation": str, "floor": float, "bias_compensation": bool}
+COMMAND_ONLY = {"device": "--device", "stream": "--stream"}  # flags of `prune` the structured branch has no use for
 RECEIPT_OPTIONS = {"receipt": bool, "speed_runs": int, "speed_seqlen": int, "speed_decode": int}
+# the calibration keys structured pruning reads: its statistics walk runs the dense runner on one chunk size
+CALIBRATION_READ = ("source", "nsamples", "seqlen", "seed")
 
 
 def recipe_from_args(args, recipe=None):
-    """The structured recipe: ``--recipe`` (if given; its steps are structured) with the flags given
-    overriding its first step. Speed-receipt options are returned separately."""
-    from prunekit.core.recipe import CalibrationConfig, Recipe
+    """The structured recipe: ``--recipe`` (if given) with the flags given applied to its one structured
+    step (:func:`prunekit.core.cli_args.recipe_from_flags`); flags of one-shot pruning and calibration
+    flags structured pruning does not read are refused. Speed-receipt options are returned separately."""
+    from prunekit.core.cli_args import recipe_from_flags
     from prunekit.structured.recipe import StructuredStep
 
-    for key, flag in ONESHOT_ONLY.items():
-        if getattr(args, key, None) is not None:
+    for key, flag in COMMAND_ONLY.items():
+        if getattr(args, key, None):
             raise PrunekitError(f"{flag} {getattr(args, key)!r} does not apply to structured pruning (--structure or a "
                                 "structured recipe); use --sparsity (or --remove for blocks) and drop it")
-    if getattr(args, "ratio", None) is not None and getattr(args, "sparsity", None) is not None:
-        raise PrunekitError(f"--ratio {args.ratio} is the old spelling of --sparsity {args.sparsity}; give one of them")
-    fraction = args.sparsity if getattr(args, "sparsity", None) is not None else getattr(args, "ratio", None)
-    first = recipe.steps[0] if recipe else None
-    step = {k: v for k, v in first.to_dict().items() if k != "kind"} if first else {
-        **{k: v for k, v in StructuredStep().to_dict().items() if k != "kind"}, "sparsity": None}
     options = parse_options(getattr(args, "option", None))
     receipt_options = {k: options.pop(k) for k in list(options) if k in RECEIPT_OPTIONS}
     check_receipt_options(receipt_options)
-    pipeline = {k: options.pop(k) for k in list(options) if k in PIPELINE_OPTIONS}
-    if args.method is not None and args.method != step["method"]:
-        step["options"] = {}  # criterion options belong to the recipe's method
-    given = {"method": args.method, "sparsity": fraction, "remove": getattr(args, "remove", None),
-             "allocation": getattr(args, "allocation", None),
-             "structure": ",".join(parse_structure(args.structure)) if args.structure else None}
-    if getattr(args, "round_to", None) is not None:
-        given["round_to"] = args.round_to
-    if getattr(args, "widths", None) is not None:
-        given["widths"] = args.widths
-    parts = parse_structure(given["structure"] or step["structure"])
-    if getattr(args, "round_to", None) is not None and "mlp" not in parts:
-        raise PrunekitError(f"--round-to {args.round_to} applies only to structure mlp, but structure is "
-                            f"{','.join(parts)}; drop it")
-    if fraction is not None and given["remove"] is not None and parts == ("blocks",):
-        raise PrunekitError(f"--sparsity {fraction} and --remove {given['remove']} both say how many blocks to remove; "
-                            "give one of them")
-    step.update({k: v for k, v in given.items() if v is not None}, **pipeline)
-    step["options"] = {**step["options"], **options}
-    calibration = dict(vars(recipe.calibration)) if recipe else {}
-    for key in ("nsamples", "seqlen", "seed"):
-        if getattr(args, key, None) is not None:
-            calibration[key] = getattr(args, key)
-    if getattr(args, "calibration", None) is not None:
-        calibration["source"] = args.calibration
-    steps = [StructuredStep(**step), *(recipe.steps[1:] if recipe else [])]
-    return Recipe(steps, CalibrationConfig(**calibration)), receipt_options
+    args = copy.copy(args)  # the receipt options are the command's, not the step's
+    args.option = [item for item in args.option or [] if item.partition("=")[0] not in RECEIPT_OPTIONS]
+    fraction = args.sparsity if args.sparsity is not None else args.ratio
+    given = {"sparsity": None} if recipe is None and fraction is None else {}
+    built = recipe_from_flags(args, StructuredStep, recipe, given=given, calibration=CALIBRATION_READ)
+    steps = [s for s in built.steps if s.name == "structured"]
+    parts = parse_structure(steps[0].structure) if len(steps) == 1 else ()
+    if args.round_to is not None and parts and "mlp" not in parts:
+        raise PrunekitError(f"--round-to {convert_text(args.round_to)} applies only to structure mlp, but structure "
+                            f"is {','.join(parts)}; drop it")
+    if fraction is not None and args.remove is not None and parts == ("blocks",):
+        raise PrunekitError(f"--sparsity {convert_text(fraction)} and --remove {convert_text(args.remove)} both say "
+                            "how many blocks to remove; give one of them")
+    return built, receipt_options
+
+
+def convert_text(text):
+    """A flag's text as it reads in a message (0.2, not '0.2')."""
+    from prunekit.core.recipe import parse_value
+
+    return parse_value(text) if isinstance(text, str) else text
 
 
 def check_round_to(model, step) -> None:
@@ -140,12 +129,14 @@ def run_prune(args, recipe=None) -> int:
     out = save_pretrained(model, args.out, tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
     kind, how = describe_folder(out, bool(result.layer_shapes))
     if args.json:
-        print(dumps_json({**manifest, "out": str(out), "folder": kind, "load_with": how}, default=str))
-    elif not args.quiet:
+        print(dumps_json({**manifest, "model": str(args.model), "out": str(out), "folder": kind, "load_with": how},
+                         default=str))
+        return 0
+    if not args.quiet:
         print(result.summary())
         if receipt:
             print(receipt.summary())
-        print(f"saved to {out}: {kind}; load it with {how}")
+    print(f"saved to {out}: {kind}; load it with {how}")
     return 0
 
 

@@ -224,12 +224,13 @@ def run_export(args) -> int:
         tokenizer = None
     result = export_decilm(model, out, tokenizer, overwrite=args.overwrite, source=path)
     if args.json:
-        print(dumps_json({**result.to_dict(), "out": str(out)}))
-    elif not args.quiet:
+        print(dumps_json({**result.to_dict(), "model": str(args.model), "out": str(out)}))
+        return 0
+    if not args.quiet:
         print(result.summary())
-        print(f"saved to {out}: the DeciLM / Nemotron-NAS layout (model_type nemotron-nas, block_configs) for serving "
-              "engines that read it (vLLM, llama.cpp's converter; not run in them here); prunekit.load_pretrained "
-              "reads it back")
+    print(f"saved to {out}: the DeciLM / Nemotron-NAS layout (model_type nemotron-nas, block_configs) for serving "
+          "engines that read it (vLLM, llama.cpp's converter; not run in them here); prunekit.load_pretrained "
+          "reads it back")
     return 0
 
 
@@ -238,13 +239,13 @@ run = run_export  # the CLI's entry point for ``prunekit export``
 
 def add_parser(sub):
     """The ``export`` sub-command's parser."""
+    from prunekit.core.cli_args import add_output_flags
+
     p = sub.add_parser("export", help="write a pruned model in a layout serving engines read (decilm: "
                        "Nemotron-NAS block_configs, per-block MLP widths and kv heads)")
     p.add_argument("--model", required=True, help="a folder prunekit wrote (per-layer widths or not), a name or hub id")
     p.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
-    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    add_output_flags(p, out="output folder (must not exist unless --overwrite)", required=True)
     p.add_argument("--overwrite", action="store_true")
     add_trust_pickle_arg(p)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p

@@ -1,8 +1,8 @@
 """``prunekit train``: train and prune the SmallCNN or ResNet on Fashion-MNIST / MNIST.
 
 Settings are the fields of the recipe's training step (:class:`prunekit.training.step.TrainingStep`),
-from flags or a YAML/JSON recipe (same names, ``-`` or ``_``); flags win over the recipe, the recipe
-over the defaults. Every value is checked before any training; a bad one gives a one-line error naming
+from flags generated from its fields (:mod:`prunekit.core.cli_args`) or a YAML/JSON recipe (same names,
+``-`` or ``_``); flags win over the recipe, the recipe over the defaults. Every value is checked before any training; a bad one gives a one-line error naming
 it and exit code 2.
 
     prunekit train --method gradual --sparsity 0.9 --schedule cubic --epochs 3
@@ -22,72 +22,57 @@ from typing import Any
 from prunekit.core.errors import PrunekitError
 from prunekit.core.jsonout import dumps_json
 
-RUNTIME: dict[str, Any] = {"threads": None, "output": None, "overwrite": False, "json": False,
+RUNTIME: dict[str, Any] = {"threads": None, "out": None, "overwrite": False, "json": False,
                            "quiet": False}  # not part of a recipe
-
-
-def _step_fields() -> list:
-    from prunekit.training.step import TrainingStep
-
-    return [f for f in dataclasses.fields(TrainingStep) if f.init]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an ``argparse`` sub-parsers object and return its parser."""
+    from prunekit.core.cli_args import add_output_flags, add_step_flags
     from prunekit.training.step import TrainingStep
 
     p = subparsers.add_parser("train", help="train and prune a small CNN/ResNet on Fashion-MNIST or MNIST",
                               description=__doc__.splitlines()[0])
     p.add_argument("--recipe", help="YAML or JSON recipe with one training step (or a flat mapping of the settings)")
-    for f in _step_fields():
-        flags = ["--" + f.name.replace("_", "-")]
-        flags += ["--" + old for old, new in TrainingStep.key_aliases.items() if new == f.name]
-        choices = f.metadata.get("choices")
-        # values stay strings here and are checked by the step, so every bad value gets the same one-line error
-        p.add_argument(*flags, dest=f.name, default=None, metavar="{" + "/".join(choices) + "}" if choices else None,
-                       help=f"{f.metadata.get('help', '')} (default: {f.default})")
+    add_step_flags(p, [TrainingStep])
     p.add_argument("--threads", default=None, help="torch threads (default: all cores)")
-    p.add_argument("--output", default=None, help="save the pruned model, masks and settings to this .safetensors file "
-                   "(read back with prunekit.core.checkpoint.load_state; must not exist unless --overwrite)")
+    add_output_flags(p, out="save the pruned model, masks and settings to this .safetensors file (read back with "
+                     "prunekit.core.checkpoint.load_state; must not exist unless --overwrite)", old=("--output",))
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace --output if it is a file prunekit train wrote")
-    p.add_argument("--json", action="store_true", default=None, help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+                   help="replace --out if it is a file prunekit train wrote")
     p.set_defaults(func=run)
     return p
 
 
-def _recipe_step(path: str) -> dict[str, Any]:
-    """The settings of ``--recipe``: a recipe with one training step, or a flat mapping of settings."""
-    from prunekit.core.recipe import Recipe, read_recipe_file
+def read_training_recipe(path: str):
+    """The recipe of ``--recipe``: one with one training step, or a flat mapping of the step's settings
+    (``-`` or ``_`` in the keys)."""
+    from prunekit.core.recipe import Recipe, parse_step, read_recipe_file
 
     data = read_recipe_file(path)
     if "steps" in data:
         recipe = Recipe.from_dict(data)
         if recipe.kinds() != ["training"]:
             raise PrunekitError(f"recipe {path!r} holds {', '.join(recipe.kinds())} steps; `prunekit train` runs one "
-                              "training step")
-        step = recipe.steps[0].to_dict()
-        step.pop("kind")
-        return step
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
+                                "training step")
+        return recipe
+    flat = {str(key).replace("-", "_"): value for key, value in data.items()}
+    return Recipe([parse_step({**flat, "kind": "training"}, f"recipe {path!r}")])
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The step's defaults, then the recipe, then explicit flags, checked by :class:`TrainingStep`; plus the
-    runtime settings (threads, output, json, quiet)."""
-    from prunekit.core.recipe import parse_step, parse_value
+    """The step's defaults, then the recipe, then explicit flags, checked by :class:`TrainingStep`
+    (:func:`prunekit.core.cli_args.recipe_from_flags`); plus the runtime settings (threads, out, json,
+    quiet)."""
+    from prunekit.core.cli_args import recipe_from_flags
+    from prunekit.training.step import TrainingStep
 
-    settings = _recipe_step(args.recipe) if getattr(args, "recipe", None) else {}
-    for f in _step_fields():
-        text = getattr(args, f.name, None)
-        if text is not None:
-            settings[f.name] = parse_value(text) if f.type not in ("str", "str | None") else text
-    step = parse_step({"kind": "training", **settings})
+    recipe = read_training_recipe(args.recipe) if getattr(args, "recipe", None) else None
+    step = recipe_from_flags(args, TrainingStep, recipe, calibration=()).steps[0]
     runtime = {key: getattr(args, key, None) if getattr(args, key, None) is not None else default
                for key, default in RUNTIME.items()}
     runtime["threads"] = _threads(runtime["threads"])
-    _check_output(runtime["output"], runtime["overwrite"])
+    _check_output(runtime["out"], runtime["overwrite"])
     config = dataclasses.asdict(step)
     _check_model_fits(config)
     return {**config, **runtime}
@@ -122,7 +107,7 @@ def _threads(value: Any) -> int | None:
 
 
 def _not_a_training_output(path) -> str | None:
-    """Why the existing ``path`` is not a file ``prunekit train --output`` wrote (None when it is)."""
+    """Why the existing ``path`` is not a file ``prunekit train --out`` wrote (None when it is)."""
     from prunekit.core.checkpoint import load_state
 
     try:
@@ -134,17 +119,17 @@ def _not_a_training_output(path) -> str | None:
 
 
 def _check_output(output: Any, overwrite: bool = False) -> None:
-    """``--output`` is checked before training (an hour of work must not end in a refusal), and again
+    """``--out`` is checked before training (an hour of work must not end in a refusal), and again
     when it is written (:func:`prunekit.core.io.atomic_file`)."""
     from prunekit.core.io import check_output
 
     if output is None:
         return
     if not isinstance(output, str) or not output.strip() or output.endswith(("/", os.sep)):
-        raise PrunekitError(f"--output must be a file path, got {output!r}")
+        raise PrunekitError(f"--out must be a file path, got {output!r}")
     if not output.endswith(".safetensors"):
-        raise PrunekitError(f"--output {output!r} must end in .safetensors (prunekit writes safetensors only)")
-    check_output(output, overwrite, owned=_not_a_training_output, flag="--output")
+        raise PrunekitError(f"--out {output!r} must end in .safetensors (prunekit writes safetensors only)")
+    check_output(output, overwrite, owned=_not_a_training_output, flag="--out")
 
 
 def _build_model(c: dict[str, Any]):
@@ -231,14 +216,14 @@ def train_and_prune(c: dict[str, Any]) -> dict[str, Any]:
         pruner = imp.pruner
     result["accuracy"] = accuracy(model, xt, yt)
     result["sparsity"] = pruner.sparsity() if pruner is not None else 0.0
-    if c["output"]:
+    if c["out"]:
         from prunekit.core.checkpoint import save_state
         from prunekit.core.io import atomic_file
 
         state = {"model": model.state_dict(), "masks": pruner.masks if pruner else {}, "config": c}
-        with atomic_file(c["output"], _not_a_training_output, c["overwrite"], flag="--output") as tmp:
+        with atomic_file(c["out"], _not_a_training_output, c["overwrite"], flag="--out") as tmp:
             save_state(tmp, state)  # safetensors + JSON: reading it back never runs code
-        result["output"] = c["output"]
+        result["out"] = c["out"]
     return result
 
 
@@ -247,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     result = train_and_prune(config)
     if config["json"]:
-        print(dumps_json(result, indent=1))
+        print(dumps_json(result))
     else:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0

@@ -30,46 +30,39 @@ MANIFEST_KEY = "vocab"  # result.vocab of prunekit.json
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``vocab`` sub-command to a parent CLI's sub-parsers."""
+    from prunekit.core.cli_args import add_output_flags, add_step_flags
+    from prunekit.vocab.step import VocabStep
+
     p = subparsers.add_parser("vocab", help="vocabulary pruning: keep the token ids a corpus needs, drop the other "
                               "embedding and output-head rows, rewrite the tokenizer")
     p.add_argument("--model", required=True, help="smollm2-135m, a local folder, or a Hugging Face hub id")
-    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    add_output_flags(p, out="output folder (must not exist unless --overwrite)", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--text", default=None, help="text whose tokens are kept: brown | brown:<genres> | a text file "
-                   "(default brown: genres b-r)")
+    add_step_flags(p, [VocabStep])
     p.add_argument("--no-text", action="store_true", help="keep no corpus's tokens: only --top, --keep-file (and "
                    "the special and alphabet tokens)")
-    p.add_argument("--top", type=int, default=None, metavar="N", help="also keep the tokenizer's own N most frequent "
-                   "tokens (the first N merges of a BPE, the N most likely pieces of a Unigram; ranked by the "
-                   "tokenizer, not by --text)")
-    p.add_argument("--keep-file", default=None, help="also keep the token ids in this file (integers; # comments)")
     p.add_argument("--recipe", default=None, help="YAML/JSON recipe with one vocab step (an output's prunekit.json "
-                   "repeats its run); flags given too override it")
+                   "repeats its run); flags given too apply to it")
     add_trust_pickle_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no status lines or summary")
-    p.add_argument("--json", action="store_true", help="print one JSON object (implies --quiet)")
     return p
 
 
 def step_from_args(args):
-    """The vocab step: ``--recipe``'s (if given) with the flags given overriding it."""
+    """The vocab step: ``--recipe``'s (if given) with the flags given applied to it
+    (:func:`prunekit.core.cli_args.recipe_from_flags`)."""
+    from prunekit.core.cli_args import recipe_from_flags
     from prunekit.core.recipe import load_recipe
     from prunekit.vocab.step import VocabStep
 
-    values = {}
+    recipe = None
     if args.recipe:
         recipe = load_recipe(args.recipe)
         if recipe.kinds() != ["vocab"]:
             raise PrunekitError(f"recipe {args.recipe!r} holds {', '.join(recipe.kinds())} steps; `prunekit vocab` "
                                 "runs one vocab step")
-        values = {k: v for k, v in recipe.steps[0].to_dict().items() if k != "kind"}
     if args.no_text and args.text is not None:
         raise PrunekitError("--text and --no-text contradict each other; give one")
-    given = {"text": args.text, "top": args.top, "keep_file": args.keep_file}
-    values.update({k: v for k, v in given.items() if v is not None})
-    if args.no_text:
-        values["text"] = None
-    return VocabStep(**values)
+    return recipe_from_flags(args, VocabStep, recipe, given={"text": None} if args.no_text else None).steps[0]
 
 
 def compose_ids(folder, kept_ids: list[int]) -> list[int]:
@@ -112,9 +105,11 @@ def run(args) -> int:
     manifest = {"steps": [step.to_dict()], "result": {MANIFEST_KEY: data}}
     out = save_pretrained(model, args.out, new_tokenizer, manifest=manifest, overwrite=args.overwrite, source=path)
     if args.json:
-        print(dumps_json({k: v for k, v in {**data, "out": str(out)}.items() if k != "kept_ids"}))
-    elif not args.quiet:
+        shown = {k: v for k, v in data.items() if k != "kept_ids"}
+        print(dumps_json({**shown, "model": str(args.model), "text": step.text, "out": str(out)}))
+        return 0
+    if not args.quiet:
         print(result.summary())
         print(f"kept: {', '.join(f'{k} {v:,}' for k, v in result.counts.items())}")
-        print(f"saved to {out}")
+    print(f"saved to {out}")
     return 0
