@@ -157,17 +157,19 @@ def recipe_from_args(args, recipe=None):
 
 def _step_kind(args, recipe) -> str:
     """Which kind of prune the command runs: ``structured`` with --structure or a structured recipe,
-    else ``oneshot``; a recipe mixes no kinds, and training/selection steps belong to other commands."""
+    ``mixed`` for a recipe of several model-changing kinds (run in one session by :func:`prunekit.apply`),
+    else ``oneshot``; training/selection/delta steps belong to their own commands."""
     kinds = set(recipe.kinds()) if recipe else set()
-    if len(kinds) > 1:
-        raise PrunekitError(f"recipe {args.recipe!r} mixes step kinds {', '.join(sorted(kinds))}; `prunekit prune` runs "
-                         "one kind per call (oneshot or structured): split it into two recipes")
-    kind = "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
     commands = {"training": "prunekit train --recipe", "selection": "prunekit data select --recipe",
-                "vocab": "prunekit vocab --recipe", "delta": "prunekit delta --recipe"}
-    if kind in commands:
-        raise PrunekitError(f"recipe {args.recipe!r} holds {kind} steps: run it with `{commands[kind]}`")
-    return kind
+                "delta": "prunekit delta --recipe (with --base)"}
+    other = next((k for k in commands if k in kinds), None)
+    if other is not None:
+        raise PrunekitError(f"recipe {args.recipe!r} holds {other} steps: run it with `{commands[other]}`")
+    if len(kinds) > 1 and not args.structure:
+        return "mixed"
+    if kinds == {"vocab"}:
+        raise PrunekitError(f"recipe {args.recipe!r} holds vocab steps: run it with `prunekit vocab --recipe`")
+    return "structured" if args.structure else (kinds.pop() if kinds else "oneshot")
 
 
 def cmd_prune(args) -> int:
@@ -200,7 +202,8 @@ def _prune(args) -> int:
                             trust_pickle_weights=args.trust_pickle_weights,
                             on_load=None if args.quiet else _say_why_in_memory)
     if args.json:
-        print(dumps_json({**result.oneshot.to_dict(), "model": str(args.model), "out": result.out}, default=str))
+        data = result.oneshot.to_dict() if set(result.recipe.kinds()) == {"oneshot"} else result.to_dict()
+        print(dumps_json({**data, "model": str(args.model), "out": result.out}, default=str))
         return 0
     if not args.quiet:
         print(result.summary())

@@ -27,10 +27,10 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.families import adapter_for, weight_view
 from prunekit.core.finite import check_finite, check_finite_state
 from prunekit.core.layerwise import layer_generator, prune_layers, target_layers
-from prunekit.core.recipe import CalibrationConfig
+from prunekit.core.recipe import CalibrationConfig, Step
+from prunekit.core.registry import STEPS
 from prunekit.core.stats import LayerStats
 from prunekit.delta.base import DeltaContext, DeltaLayerReport, DeltaResult
-from prunekit.delta.step import DeltaStep
 from prunekit.evaluate.perplexity import window_nlls
 
 
@@ -70,7 +70,7 @@ def calibration_loss(model: nn.Module, windows: torch.Tensor, chunk_size: int = 
     return float(window_nlls(model, windows, batch_size=chunk_size).mean())
 
 
-def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = None,
+def prune_delta(base: nn.Module, finetuned: nn.Module, step: Step | None = None,
                 calibration: CalibrationConfig | None = None, tokenizer=None, progress: bool = False,
                 **step_fields) -> DeltaResult:
     """Prune the delta of ``finetuned`` against ``base`` in place (``finetuned`` becomes the merged model).
@@ -78,7 +78,7 @@ def prune_delta(base: nn.Module, finetuned: nn.Module, step: DeltaStep | None = 
     ``step`` is a :class:`DeltaStep` (or give its fields: ``prune_delta(b, f, method="dare",
     sparsity=0.9)``); ``calibration`` (a :class:`CalibrationConfig`, whose source may also be a 2-D
     tensor of token windows) is read only by methods that need data."""
-    step = step if step is not None else DeltaStep(**step_fields)
+    step = step if step is not None else STEPS.build("delta", step_fields)
     check_pair(base, finetuned)
     check_finite_state(base, "the base model", NONFINITE_INPUT)
     check_finite_state(finetuned, "the fine-tuned model", NONFINITE_INPUT)

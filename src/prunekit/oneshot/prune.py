@@ -34,11 +34,10 @@ from prunekit.core.finite import check_finite, check_finite_stats
 from prunekit.core.layerwise import layer_generator, prune_layers, target_layers
 from prunekit.core.masks import check_pattern_fits, parse_pattern
 from prunekit.core.memory import peak_device_mb, peak_rss_mb
-from prunekit.core.recipe import CalibrationConfig, Recipe
+from prunekit.core.recipe import CalibrationConfig, Recipe, Step
 from prunekit.core.registry import ALLOCATIONS, METHODS
 from prunekit.core.stats import LayerStats, collect_gradients
 from prunekit.oneshot.base import LayerContext
-from prunekit.oneshot.step import PruneStep
 
 
 @dataclass
@@ -93,7 +92,7 @@ class PruneResult:
         return "\n".join(lines)
 
 
-def run_step(step: PruneStep, session) -> PruneResult:
+def run_step(step: Step, session) -> PruneResult:
     """``PruneStep.run``: one one-shot step on the session's model (in memory, or streamed while
     ``session.stream`` is set). The one-shot steps of a session share one :class:`PruneResult`."""
     result = session.result(PruneResult)
@@ -225,7 +224,7 @@ def why_in_memory(recipe: Recipe) -> str | None:
     if len(recipe.steps) != 1:
         return f"a recipe of {len(recipe.steps)} steps is pruned in memory"
     step = recipe.steps[0]
-    if not isinstance(step, PruneStep):
+    if step.name != "oneshot":
         return f"a {step.name} step is run in memory"
     if "gradients" in step.build().needs:
         return f"{step.method} needs gradients of the whole model"
@@ -350,7 +349,7 @@ def _windows(adapter: Adapter, calib: CalibrationConfig, source, tokenizer) -> t
     return calibration_windows(source, tokenizer, calib.nsamples, calib.seqlen, calib.seed)
 
 
-def _needs_windows(step: PruneStep, method) -> bool:
+def _needs_windows(step: Step, method) -> bool:
     """Whether the step runs calibration windows: its method's statistics, or its allocation's (OWL's
     outlier scores)."""
     return method.needs_calibration or ALLOCATIONS.get(step.allocation).needs_calibration

@@ -88,7 +88,7 @@ class TrainingStep(Step):
         """Train and prune the zoo model this step names (it builds its own: the session holds no model)."""
         import dataclasses
 
-        from prunekit.training.cli import RUNTIME, train_and_prune
+        from prunekit.training.experiment import RUNTIME, train_and_prune
 
         if session.model is not None:
             raise PrunekitError(f"a training step trains its own {self.model} on {self.dataset} from scratch; run it "
