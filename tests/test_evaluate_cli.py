@@ -193,6 +193,7 @@ def test_report_of_a_prunekit_output(pruned, tiny, capsys):
         _png_ok(folder / png)
     assert "## What was run" in page and "method magnitude" in page and "wordnet-gloss v1 acc" in page
     assert "| baseline |" in page
+    assert "| bits per byte (" in page and " bytes of the scored text) |" in page and "| word perplexity (" in page
     assert "- result: 50.00% of the targeted weights zero, pruning took" in page  # from prunekit.json
     assert "the folder is as large as the baseline's" in page  # unstructured zeros do not shrink the folder
     assert main(["prune", "--model", str(tiny), "--out", str(pruned), "--quiet", "--overwrite", "--method",
