@@ -104,8 +104,9 @@ def test_prune_eval_inspect_round_trip(tiny_folder, tmp_path, capsys):
     code, stdout, _ = run(capsys, "eval", "--model", out, "--text", "brown:r", "--nwindows", "2", "--seqlen", "64",
                           "--json")
     metrics = json.loads(stdout)
-    assert code == 0 and set(metrics) == {"model", "text", "seqlen", "perplexity", "tokens", "seconds", "windows",
-                                          "scored_tokens", "stride"} and metrics["tokens"] == 128
+    assert code == 0 and metrics["tokens"] == 128 and set(metrics) == {
+        "model", "text", "seqlen", "perplexity", "tokens", "seconds", "windows", "scored_tokens", "stride",
+        "nll", "bytes", "words", "bits_per_byte", "byte_perplexity", "word_perplexity"}
     # a second run to the same --out is refused; --overwrite replaces it atomically
     assert run(capsys, *small(tiny_folder, out))[0] == 2
     code, _, _ = run(capsys, *small(tiny_folder, out, "--overwrite", "--method", "magnitude"))

@@ -85,6 +85,88 @@ def test_strided_perplexity_scores_each_token_once(tiny, smollm2_tokenizer, tmp_
     assert whole.windows == len(stream) // 16 and whole.scored == whole.windows * 15
 
 
+def _byte_lengths(tokenizer) -> torch.Tensor:
+    """Bytes each id of a byte-level BPE tokenizer stands for: one per symbol of its token string
+    (an independent count: no decoding)."""
+    return torch.tensor([len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))])
+
+
+def test_bits_per_byte_by_hand(tiny, smollm2_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.core.data_sources import token_stream
+    from prunekit.evaluate.perplexity import perplexity, window_nlls
+
+    text = tmp_path / "t.txt"
+    text.write_text("Un café très crème, naïve façade — l’été déjà passé. " * 8 + "The quick brown fox jumps. " * 6)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    stream = token_stream(str(text), smollm2_tokenizer)
+    sizes = _byte_lengths(smollm2_tokenizer)
+    assert int(sizes[stream].sum()) == len(text.read_bytes())  # the table is exact for this tokenizer
+
+    # non-overlapping windows: each scores all but its first token (SmolLM2 puts no prefix before them)
+    r = perplexity(model, smollm2_tokenizer, str(text), None, 16)
+    windows = stream[: r.windows * 16].reshape(r.windows, 16)
+    nll = float(window_nlls(model, windows).double().sum() * 15)
+    nbytes = int(sizes[windows[:, 1:]].sum())
+    assert r.nll == pytest.approx(nll, rel=1e-5) and r.bytes == nbytes
+    assert r.bits_per_byte == pytest.approx(nll / math.log(2) / nbytes, rel=1e-5)
+    assert r.byte_perplexity == pytest.approx(2 ** r.bits_per_byte, rel=1e-9)
+    assert math.log(r.perplexity) == pytest.approx(r.nll / r.scored, rel=1e-5)  # the per-token number is unchanged
+
+    # overlapping windows: every token after the first is scored once, its bytes counted once
+    s = perplexity(model, smollm2_tokenizer, str(text), None, 16, stride=5)
+    end = (s.windows - 1) * 5 + 16
+    assert s.bytes == int(sizes[stream[1:end]].sum())
+    assert s.nll == pytest.approx(s.scored * math.log(s.perplexity), rel=1e-6)
+    assert s.bits_per_byte == pytest.approx(s.nll / math.log(2) / s.bytes, rel=1e-9)
+    if end == len(stream):  # the whole text but its first token, "Un": one word fewer
+        assert s.words == len(text.read_text().split()) - 1
+    scored_text = smollm2_tokenizer.decode(stream[1:end].tolist())
+    assert s.words == len(scored_text.split())
+    assert s.word_perplexity == pytest.approx(math.exp(s.nll / s.words), rel=1e-9)
+
+    # token tensors without a tokenizer: the NLL only
+    bare = perplexity(model, None, windows, None, 16)
+    assert bare.nll == pytest.approx(r.nll, rel=1e-6) and bare.bytes is None and bare.bits_per_byte is None
+
+
+def test_eval_prints_bits_per_byte(tiny, capsys):
+    argv = ["eval", "--model", tiny, "--text", "brown:r", "--seqlen", "32", "--nwindows", "3"]
+    out = run_json(argv, capsys)
+    assert out["bits_per_byte"] == pytest.approx(out["nll"] / math.log(2) / out["bytes"])
+    assert out["word_perplexity"] == pytest.approx(math.exp(out["nll"] / out["words"]))
+    assert 93 * 2 < out["bytes"] < 93 * 8 and 93 // 4 < out["words"] < 93  # a few bytes a token, most words a token
+    capsys.readouterr()
+    assert main(argv) == 0
+    line = capsys.readouterr().out
+    assert f"bits per byte {out['bits_per_byte']:.4f}" in line and f"word perplexity {out['word_perplexity']:.2f}" in line
+
+
+@pytest.mark.slow
+def test_bits_per_byte_compares_two_tokenizers():
+    """SmolLM2 and Gemma 3 on the same bytes of Brown press: per token they differ by their vocabularies;
+    per byte both are plausible. Gemma's windows start with <bos>, so its scored tokens are the text
+    end to end: their bytes are those of the text's first tokens, exactly."""
+    from prunekit.core.data_sources import source_text, token_stream
+    from prunekit.evaluate.perplexity import perplexity
+    from prunekit.models import load_model, load_tokenizer
+
+    results = {}
+    for name in ("smollm2-135m", "gemma3-270m"):
+        model, tokenizer = load_model(name), load_tokenizer(name)
+        results[name] = r = perplexity(model, tokenizer, "brown:a", 4, 256)
+        assert 0.5 < r.bits_per_byte < 2.0 and r.bytes > 3 * r.scored, (name, r)
+        if name == "gemma3-270m":
+            body = token_stream("brown:a", tokenizer)[: 4 * 255]
+            assert r.scored == len(body)
+            assert source_text("brown:a").encode().startswith(tokenizer.decode(body).encode())
+            assert r.bytes == len(tokenizer.decode(body).encode())
+        del model
+    smol, gemma = results["smollm2-135m"], results["gemma3-270m"]
+    assert abs(smol.bits_per_byte - gemma.bits_per_byte) < 0.5
+
+
 def test_list_tasks(capsys):
     capsys.readouterr()
     assert main(["list", "tasks"]) == 0
@@ -111,6 +193,7 @@ def test_report_of_a_prunekit_output(pruned, tiny, capsys):
         _png_ok(folder / png)
     assert "## What was run" in page and "method magnitude" in page and "wordnet-gloss v1 acc" in page
     assert "| baseline |" in page
+    assert "| bits per byte (" in page and " bytes of the scored text) |" in page and "| word perplexity (" in page
     assert "- result: 50.00% of the targeted weights zero, pruning took" in page  # from prunekit.json
     assert "the folder is as large as the baseline's" in page  # unstructured zeros do not shrink the folder
     assert main(["prune", "--model", str(tiny), "--out", str(pruned), "--quiet", "--overwrite", "--method",

@@ -102,6 +102,17 @@ def check_eval_args(args) -> tuple[bool, list[str], list[str]]:
     return run_ppl, ours, theirs
 
 
+def per_byte_text(r) -> str:
+    """" (bits per byte 0.9876, word perplexity 123.45)" of a :class:`PerplexityResult`; empty where they
+    are unknown (token tensors without a tokenizer)."""
+    shown = []
+    if r.bits_per_byte is not None:
+        shown.append(f"bits per byte {r.bits_per_byte:.4f}")
+    if r.word_perplexity is not None:
+        shown.append(f"word perplexity {r.word_perplexity:.2f}")
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def run_eval(args) -> int:
     from prunekit.evaluate.perplexity import perplexity
     from prunekit.evaluate.scorer import score_items
@@ -120,11 +131,13 @@ def run_eval(args) -> int:
     if run_ppl:
         r = perplexity(model, tokenizer, args.text, args.nwindows, args.seqlen, progress=not args.quiet,
                        stride=args.stride)
-        out.update({"text": args.text, "seqlen": args.seqlen, "perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds, "windows": r.windows,
-                    "scored_tokens": r.scored, "stride": r.stride})
+        out.update({"text": args.text, "seqlen": args.seqlen, "perplexity": r.perplexity, "tokens": r.tokens,
+                    "seconds": r.seconds, "windows": r.windows, "scored_tokens": r.scored, "stride": r.stride,
+                    "nll": r.nll, "bytes": r.bytes, "words": r.words, "bits_per_byte": r.bits_per_byte,
+                    "byte_perplexity": r.byte_perplexity, "word_perplexity": r.word_perplexity})
         overlap = f", stride {r.stride}" if r.stride else ""
-        say(f"perplexity {r.perplexity:.2f} on {r.windows} windows x {args.seqlen} tokens of {args.text}{overlap} "
-            f"({r.scored:,} tokens scored, {r.seconds:.1f} s)")
+        say(f"perplexity {r.perplexity:.2f}{per_byte_text(r)} on {r.windows} windows x {args.seqlen} tokens of "
+            f"{args.text}{overlap} ({r.scored:,} tokens scored, {r.seconds:.1f} s)")
     tasks = [TASKS.build(name) for name in ours]
     if tasks:
         out["tasks"] = {}

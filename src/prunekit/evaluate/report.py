@@ -3,7 +3,8 @@
 Sections, each where its data exists: what was run (the recipe in ``prunekit.json``); parameters
 and size on disk; per-layer kept fraction (non-zero weights of each linear layer over the
 baseline's weights of that layer, so unstructured sparsity and removed channels read alike);
-perplexity and zero-shot task accuracy (with standard errors) against the baseline; the speed
+perplexity (per token, and per byte and per word of the scored text, which compare models whose
+vocabularies differ) and zero-shot task accuracy (with standard errors) against the baseline; the speed
 receipt of a structured prune. A folder without ``prunekit.json`` (any model) gets the sections
 that need only its weights. The page and its plots are written to a temporary folder beside the
 destination and renamed into place (``OUT/report`` by default for a prunekit output).
@@ -396,6 +397,7 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
             rows.append([f"perplexity ({p['windows']} x {p['seqlen']} tokens of {md_escape(data['text'])}, "
                          f"{p['scored']:,} scored)", f"{base:.2f}" if base else "-", f"{p['perplexity']:.2f}",
                          f"{p['perplexity'] / base:.2f}x" if base else "-"])
+            rows += _per_byte_rows(p, bq.get("perplexity", {}))
         for name, r in quality["tasks"].items():
             br = bq.get("tasks", {}).get(name)
             for metric in ("acc", "acc_norm"):
@@ -427,6 +429,20 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
              f"{p['decode_tokens_per_s']:.1f}", f"{speed['decode_speedup']:.2f}x speed-up"],
         ]) + ["", f"![speed receipt]({plots['speed']})", ""]
     return "\n".join(lines)
+
+
+def _per_byte_rows(p: dict, base: dict) -> list[list[str]]:
+    """The perplexity's bits per byte and word perplexity rows (comparable across vocabularies), where known."""
+    rows = []
+    for key, label, digits in (("bits_per_byte", "bits per byte", 4), ("word_perplexity", "word perplexity", 2)):
+        value, was = p.get(key), base.get(key)
+        if value is None:
+            continue
+        what = (f"{label} ({p['bytes']:,} bytes of the scored text)" if key == "bits_per_byte" else
+                f"{label} ({p['words']:,} words of the scored text)")
+        change = "-" if not was else f"{value / was - 1:+.1%}" if key == "bits_per_byte" else f"{value / was:.2f}x"
+        rows.append([what, f"{was:.{digits}f}" if was else "-", f"{value:.{digits}f}", change])
+    return rows
 
 
 def _outcome(result) -> str:
