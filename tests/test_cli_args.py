@@ -196,7 +196,7 @@ def test_json_is_one_line_on_train_and_the_data_commands(tmp_path, capsys, monke
     import numpy as np
 
     import prunekit.data.cli as data_cli
-    import prunekit.training.cli as train_cli
+    import prunekit.training.experiment as experiment
     from prunekit.core.data_sources import TensorImageDataset
 
     def fake(name, split="train"):
@@ -206,7 +206,7 @@ def test_json_is_one_line_on_train_and_the_data_commands(tmp_path, capsys, monke
                                   torch.arange(n) % 10)
 
     monkeypatch.setattr(data_cli, "_load_vision", fake)
-    monkeypatch.setattr(train_cli, "_load_data", lambda c: (*fake("x").tensors(), *fake("x", "test").tensors()))
+    monkeypatch.setattr(experiment, "_load_data", lambda c: (*fake("x").tensors(), *fake("x", "test").tensors()))
     data = _one_json_line(capsys, ["train", "--epochs", "1", "--batch-size", "32", "--width", "4", "--threads", "1",
                                    "--json", "--out", tmp_path / "t.safetensors"])
     assert data["model"] == "cnn" and data["out"] == str(tmp_path / "t.safetensors")

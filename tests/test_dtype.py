@@ -165,6 +165,7 @@ def test_cli_structured_and_eval_take_dtype(tiny_folder, tmp_path, capsys):
                  "--dtype", "bfloat16", "--option", "receipt=false"])
     assert code == 0, capsys.readouterr().err
     assert next(load_model(out).parameters()).dtype == torch.bfloat16
+    capsys.readouterr()  # --quiet still prints the prune's result line
     assert main(["eval", "--model", str(out), "--text", "brown:r", "--nwindows", "1", "--seqlen", "16", "--json",
                  "--dtype", "float32"]) == 0
     assert json.loads(capsys.readouterr().out)["perplexity"] > 1
