@@ -249,8 +249,8 @@ def _prune(args) -> int:
     device = check_device(args.device)
     check_source(recipe.calibration.source)
     config = load_config(args.model)
-    check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")
     if any(step.build().needs_calibration or step.allocation == "owl" for step in recipe.steps):
+        check_seqlen(config, recipe.calibration.seqlen, "calibration seqlen")  # only windows need positions
         from prunekit.core.budget import check_calibration
         from prunekit.models.loading import resolve_dtype
 

@@ -294,7 +294,8 @@ def prune_pretrained(model: str | Path, out: str | Path, recipe=None, calibratio
     dtype = resolve_dtype(dtype, config)
     data = recipe.calibration.source if calibration is None else calibration
     ready = isinstance(data, torch.Tensor) and data.dim() == 2  # ready-made windows: their own length
-    check_seqlen(config, data.shape[1] if ready else recipe.calibration.seqlen, "calibration seqlen")
+    if _needs_windows(recipe.steps[0], recipe.steps[0].build()):  # magnitude, random: no windows, no seqlen
+        check_seqlen(config, data.shape[1] if ready else recipe.calibration.seqlen, "calibration seqlen")
     check_output(out, overwrite, inputs=(shown, folder))
     weights = open_streamed(folder, config, dtype, shown)  # a missing or truncated shard stops here
     skeleton = weights.model
