@@ -33,6 +33,7 @@ _LAZY = {
     "PrunekitError": "prunekit.core.errors",
     "perplexity": "prunekit.evaluate.perplexity",
     "sparsity_report": "prunekit.evaluate.sparsity",
+    "remask": "prunekit.training.pruner",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -626,8 +626,27 @@ def size_mismatch_hint(path: str | Path, err: BaseException) -> PrunekitError | 
                          "under layer_shapes)")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, trust_pickle_weights: bool = False):
+_OWN_OPTIONS = ("config", "use_safetensors", "weights_only", "ignore_mismatched_sizes", "output_loading_info")
+
+
+def _load_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """``dtype`` as ``from_pretrained`` takes it: ``"auto"`` or a floating torch dtype (also by name)."""
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if value == "auto" or (isinstance(value, torch.dtype) and value.is_floating_point):
+        return value
+    raise PrunekitError(f"load_pretrained: unknown dtype {dtype!r}; expected 'auto' (the checkpoint's own), "
+                        "a floating torch dtype or its name ('bfloat16', 'float16', 'float32')")
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | str = "auto", trust_pickle_weights: bool = False,
+                    device_map=None, **kwargs):
     """Load a folder written by prunekit with the stock transformers classes (no remote code).
+
+    ``dtype`` is ``"auto"`` (default: the checkpoint's own, so a bf16 folder stays bf16) or a torch
+    dtype (or its name); ``device_map`` and ``kwargs`` go to transformers' ``from_pretrained`` as
+    they are (``device_map="auto"``, ``attn_implementation=...``; ``trust_remote_code`` is never set
+    unless you pass it). The options prunekit sets itself (``config``, ``use_safetensors``,
+    ``weights_only``, ``ignore_mismatched_sizes``, ``output_loading_info``) are refused.
 
     Folders with per-layer widths (``prunekit_layer_shapes`` in ``config.json``, or ``layer_shapes``
     in the ``prunekit.json`` of older folders; written by structured pruning) load in three steps:
@@ -646,9 +665,16 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, trust_
     from prunekit.core.inputs import check_links, check_weight_files, from_pretrained_options
     from prunekit.core.shapes import set_config_shapes
 
+    dtype = _load_dtype(dtype)
+    own = sorted(k for k in kwargs if k in _OWN_OPTIONS)
+    if own:
+        raise PrunekitError(f"load_pretrained sets {own[0]!r} itself; leave it out (it accepts dtype, device_map "
+                            "and any other from_pretrained option)")
     check_links(path)
     check_weight_files(path, trust_pickle_weights=trust_pickle_weights)
-    options = from_pretrained_options(trust_pickle_weights)
+    options = {**kwargs, **from_pretrained_options(trust_pickle_weights)}
+    if device_map is not None:
+        options["device_map"] = device_map
     config, shapes = read_decilm(path)
     if config is None:
         shapes = read_layer_shapes(path)
@@ -684,6 +710,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, trust_
                                                      ignore_mismatched_sizes=True, **options)
     finally:
         logging.set_verbosity(verbosity)
+    if dtype == "auto":  # the checkpoint's own, as the embedding (never rebuilt below) was loaded
+        dtype = model.get_input_embeddings().weight.dtype
     try:
         apply_layer_shapes(model, shapes)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:

@@ -13,6 +13,14 @@ Masks follow the one convention of :mod:`prunekit.core.masks`: ``True`` = pruned
 Three things keep a pruned weight at zero: a gradient hook zeroes its gradient,
 the optimizer state (momentum, Adam moments) of pruned entries is zeroed when the mask changes,
 and the mask is re-applied after every step (weight decay or a foreign update cannot revive it).
+
+Which layers by default (:func:`prunable_weights`): in a decoder LM (a model whose family
+:func:`prunekit.core.families.adapter_for` knows or discovers), the linear layers of the decoder
+blocks, exactly what one-shot pruning targets: never the embeddings, never ``lm_head`` (with tied
+weights pruning it would zero the embedding table too). In any other model (a CNN, an MLP), every
+Linear/Conv layer except one that shares its weight with an ``nn.Embedding`` and the output layer
+the model declares (``get_output_embeddings()``). ``targets=[...]`` names any Linear/Conv layer,
+the head included, when you want it pruned.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, UnknownKey
+from prunekit.core.families import adapter_for, is_linear
+from prunekit.core.targets import select_layers
 from prunekit.core.train import Batch, Callback, TrainState
 from prunekit.training.criteria import check_criterion, compute_masks, needs_data, needs_labels
 from prunekit.training.data_criteria import data_scores
@@ -33,11 +43,60 @@ _STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "sq
                "acc_delta", "sum")
 
 
+def _prunable(module: nn.Module) -> bool:
+    return isinstance(module, PRUNABLE) or is_linear(module)
+
+
+def _block_layers(model: nn.Module) -> dict[str, nn.Module] | None:
+    """The decoder blocks' linear layers of a Hugging Face LM, as one-shot pruning selects them
+    (:func:`prunekit.core.targets.select_layers` with the default targets); None for a model
+    without a ``config.model_type`` or whose blocks cannot be found."""
+    if getattr(getattr(model, "config", None), "model_type", None) is None:
+        return None
+    try:
+        adapter = adapter_for(model)
+        layers = [select_layers(adapter.linears(i), ["Linear"], []) for i in range(len(adapter.blocks))]
+    except PrunekitError:
+        return None
+    found = {name: m for block in layers for name, m in block.items()}
+    return found or None
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    try:
+        return get() if callable(get) else None
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def default_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers a :class:`Pruner` prunes when it is given no ``targets`` (see the module docstring):
+    a decoder LM's block linears; otherwise every Linear/Conv layer but embedding-tied ones and the
+    declared output layer."""
+    blocks = _block_layers(model)
+    if blocks is not None:
+        return blocks
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = _output_layer(model)
+    return {name: m for name, m in model.named_modules()
+            if _prunable(m) and m is not head and id(m.weight) not in embedded}
+
+
 def prunable_weights(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Parameter]:
-    """Weights of every Linear/Conv layer, by module name (``features.0``), minus the ``skip`` names."""
+    """The weights a :class:`Pruner` prunes by default (:func:`default_layers`), by module name
+    (``features.0``, ``model.layers.0.mlp.up_proj``), minus the ``skip`` names."""
     skip = set(skip)
-    return {name: m.weight for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE) and name not in skip}
+    return {name: m.weight for name, m in default_layers(model).items() if name not in skip}
+
+
+def _named_weights(model: nn.Module, targets: list[str]) -> dict[str, nn.Parameter]:
+    """The weights of the Linear/Conv layers named in ``targets`` (any of them, the head included)."""
+    named = dict(model.named_modules())
+    missing = [t for t in targets if t not in named or not _prunable(named[t])]
+    if missing:
+        raise PrunekitError(f"no prunable Linear/Conv layer named {missing[0]!r}")
+    return {t: named[t].weight for t in targets}
 
 
 class Pruner(Callback):
@@ -48,14 +107,14 @@ class Pruner(Callback):
     target are saved in checkpoints under ``pruner``.
 
     Args:
-        model: any module; its Linear/Conv weights are pruned (or those named in ``targets``).
+        model: any module; the layers of :func:`default_layers` are pruned (or those named in ``targets``).
         schedule: a callable step -> sparsity (see :mod:`prunekit.training.schedules`).
         criterion: any one-shot method that does not update weights (``magnitude``, ``random``, or a
             data-aware one such as ``wanda``, ``gblm``: see :mod:`prunekit.training.data_criteria`,
             which needs ``calibration``).
         scope: ``layer`` (same sparsity everywhere) or ``global`` (one threshold).
         floor: with ``scope='global'``, minimum fraction of each layer that is kept.
-        targets: module names to prune; default all Linear/Conv layers.
+        targets: module names of Linear/Conv layers to prune; default :func:`default_layers`.
         skip: module names to leave dense (e.g. the classifier head).
         calibration: inputs ``x`` (``wanda``) or ``(x, y)`` (a criterion that reads gradients, ``gblm``)
             scored at every mask update.
@@ -72,13 +131,11 @@ class Pruner(Callback):
                                 "(or (x, y) for a criterion that reads gradients)")
         if needs_labels(criterion) and not isinstance(calibration, (tuple, list)):
             raise PrunekitError(f"criterion {criterion!r} needs labelled calibration data: calibration=(x, y)")
-        weights = prunable_weights(model, skip)
-        if targets is not None:
-            targets = list(targets)
-            missing = [t for t in targets if t not in weights]
-            if missing:
-                raise PrunekitError(f"no prunable Linear/Conv layer named {missing[0]!r}")
-            weights = {t: weights[t] for t in targets}
+        if targets is None:
+            weights = prunable_weights(model, skip)
+        else:
+            skip = set(skip)
+            weights = {n: w for n, w in _named_weights(model, list(targets)).items() if n not in skip}
         if not weights:
             raise PrunekitError(f"{type(model).__name__} has no Linear/Conv weight to prune")
         self.model = model
@@ -98,6 +155,23 @@ class Pruner(Callback):
         self._hooks = [w.register_hook(self._grad_hook(n)) for n, w in weights.items()]
 
     key = "pruner"
+
+    @classmethod
+    @torch.no_grad()
+    def from_zeros(cls, model: nn.Module, schedule: Callable[[int], float] | None = None,
+                   **kwargs) -> Pruner:
+        """A pruner whose masks are the zeros ``model``'s target weights already hold (True = a weight
+        that is exactly 0), e.g. a model pruned one-shot (``prunekit.prune``) that goes on training with
+        its masks held. ``schedule`` defaults to a constant at the measured sparsity, so the masks stay
+        as they are; a schedule that rises later prunes further from them (pruned weights stay pruned).
+        ``kwargs`` are the :class:`Pruner`'s (``criterion``, ``targets``, ``skip`` ...)."""
+        pruner = cls(model, schedule if schedule is not None else ConstantSparsity(0.0), **kwargs)
+        pruner.masks = {n: w == 0 for n, w in pruner.weights.items()}
+        zeros = sum(int(m.sum()) for m in pruner.masks.values())
+        pruner.target = zeros / sum(m.numel() for m in pruner.masks.values())
+        if schedule is None:
+            pruner.schedule = ConstantSparsity(pruner.target)
+        return pruner
 
     def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
@@ -200,6 +274,31 @@ class Pruner(Callback):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+@torch.no_grad()
+def remask(model: nn.Module, masks: dict[str, torch.Tensor] | Pruner) -> int:
+    """Zero again the pruned weights of ``model``: ``masks`` maps module names to bool masks shaped like
+    their weights (True = pruned), or is a :class:`Pruner` (its masks). Use it after anything that
+    writes the weights outside the pruner, e.g. PEFT's ``merge_and_unload()``, which adds the dense
+    LoRA update ``B A`` to every entry, pruned ones included. Returns how many pruned entries were
+    non-zero (revived) and are zero again."""
+    if isinstance(masks, Pruner):
+        masks = masks.masks
+    revived = 0
+    for name, mask in masks.items():
+        try:
+            weight = model.get_submodule(name).weight
+        except AttributeError:
+            raise PrunekitError(f"remask: the model has no layer {name!r} with a weight (masks name the layers "
+                                "of the model they were made on; merge PEFT adapters first: merge_and_unload())") from None
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise PrunekitError(f"remask: the mask of {name!r} is {tuple(mask.shape)} but its weight is "
+                                f"{tuple(weight.shape)}; expected a mask shaped like the weight")
+        pruned = mask.to(device=weight.device, dtype=torch.bool)
+        revived += int((weight[pruned] != 0).sum())
+        weight.masked_fill_(pruned, 0)
+    return revived
 
 
 def prune_once(model: nn.Module, sparsity: float, criterion: str = "magnitude", scope: str = "layer",

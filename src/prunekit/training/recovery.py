@@ -27,7 +27,21 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.train import Batch, Callback, TrainConfig, TrainState, train
 from prunekit.training.pruner import Pruner
 
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # torch's own
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether PERP treats ``module`` as a normalization layer: one of torch's (BatchNorm, InstanceNorm,
+    LayerNorm, GroupNorm, RMSNorm), or any module whose class name contains ``Norm`` and whose own
+    parameters are all 1-D (a scale, maybe a shift, per feature): ``LlamaRMSNorm``, ``Gemma3RMSNorm``,
+    ``T5LayerNorm`` ... found by their role, not by a list of classes. Linear, Conv and Embedding layers
+    never are (whatever their name), nor is a module without parameters of its own."""
+    if isinstance(module, NORMS):
+        return True
+    if isinstance(module, (nn.Linear, nn.Embedding, nn.modules.conv._ConvNd)) or "Norm" not in type(module).__name__:
+        return False
+    own = list(module.parameters(recurse=False))
+    return bool(own) and all(p.dim() == 1 for p in own)
 
 
 class MaskedLoRA(nn.Module):
@@ -94,11 +108,12 @@ def merge_lora(model: nn.Module) -> int:
 
 
 def perp_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Biases, normalization weights/biases and LoRA factors: the parameters PERP trains."""
+    """Biases, normalization weights/biases (:func:`is_norm`) and LoRA factors: the parameters PERP trains."""
     params, seen = [], set()
     for module in model.modules():
+        norm = is_norm(module)
         for pname, p in module.named_parameters(recurse=False):
-            trainable = (isinstance(module, NORMS) or pname == "bias" or pname.startswith("lora_"))
+            trainable = (norm or pname == "bias" or pname.startswith("lora_"))
             if trainable and id(p) not in seen:
                 params.append(p)
                 seen.add(id(p))
@@ -127,6 +142,9 @@ def perp_recover(model: nn.Module, pruner: Pruner, x: torch.Tensor, y: torch.Ten
     if lora_rank:
         add_masked_lora(model, {n: m for n, m in pruner.masks.items()}, lora_rank, lora_alpha)
     trainable = perp_parameters(model)
+    if not trainable:
+        raise PrunekitError(f"{type(model).__name__} has no bias, normalization or LoRA parameter for PERP to "
+                            "train; pass lora_rank >= 1 or use finetune()")
     before = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
