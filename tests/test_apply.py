@@ -242,3 +242,22 @@ def test_real_smollm2_calibrated_on_a_dataset_of_brown_documents(smollm2_path, s
     assert_same_masks(from_dataset, masks(docs))
     packed = masks(docs, packing=True)
     assert any(not torch.equal(from_dataset[n], packed[n]) for n in from_dataset)
+
+
+def test_delta_and_vocab_kinds_run_through_apply():
+    """A delta step in a session: its base given to apply; DAREx-q calibrated on padded samples."""
+    import copy
+
+    finetuned = tiny_model("llama", seed=1)
+    base = copy.deepcopy(finetuned)
+    with torch.no_grad():
+        for p in finetuned.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    result = prunekit.apply(finetuned, kind="delta", method="darex-q", sparsity=0.9, base=base, dataset=TEXTS,
+                            tokenizer=Chars(), progress=False, nsamples=4, seqlen=32)
+    delta = result.steps[0]
+    assert delta.delta_after < 0.2 * delta.delta_before
+    with pytest.raises(PrunekitError, match="needs the base model"):
+        prunekit.apply(tiny_model("llama"), kind="delta", method="dare", progress=False)
+    with pytest.raises(PrunekitError, match="only training steps build their own"):
+        prunekit.apply(None, method="magnitude")

@@ -62,19 +62,26 @@ class PerplexityResult:
 
 @torch.no_grad()
 def token_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = False) -> torch.Tensor:
-    """Next-token NLL of every prediction of each window: shape (windows, seqlen - 1)."""
+    """Next-token NLL of every prediction of each window: shape (windows, seqlen - 1). Calibration windows
+    padded with ``PAD`` (one per sample) are run with their attention mask; a prediction of padding is NaN."""
+    from prunekit.core.data_sources import split_padding
+
     device = next(model.parameters()).device
     out = []
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
-        ids = windows[i : i + batch_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        out.append(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu())
+        ids, mask = split_padding(windows[i : i + batch_size])
+        ids = ids.to(device)
+        extra = {} if mask is None else {"attention_mask": mask.to(device)}
+        logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu()
+        out.append(nll if mask is None else nll.masked_fill(mask[:, 1:] == 0, float("nan")))
     return torch.cat(out)
 
 
 def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = False) -> torch.Tensor:
-    """Mean next-token NLL of each window (row of ``windows``)."""
-    return token_nlls(model, windows, batch_size, progress).mean(dim=1)
+    """Mean next-token NLL of each window (row of ``windows``; of its real tokens when padded)."""
+    nlls = token_nlls(model, windows, batch_size, progress)
+    return nlls.nanmean(dim=1) if bool(nlls.isnan().any()) else nlls.mean(dim=1)
 
 
 def strided_windows(stream: torch.Tensor, seqlen: int, stride: int, nwindows: int | None) -> torch.Tensor:
