@@ -182,17 +182,9 @@ def stream_plan(recipe: Recipe, model, stream: bool | None = None) -> tuple[str 
     """(folder to stream from, None) or (None, why the whole model is loaded instead); see :func:`open_stream`."""
     from prunekit.core.session import ModelSource
 
-    if stream is False:
-        return None, None
     source = model if isinstance(model, ModelSource) else ModelSource(model)
-    why = why_in_memory(recipe)
-    if why is None:
-        plan = _open(source, None)
-        why = plan if isinstance(plan, str) else None
-    if why is not None and stream:
-        raise PrunekitError(f"cannot stream {source.shown!r}: {why}; prune it in memory (prunekit prune --no-stream, "
-                            "or prunekit.load_model + prunekit.prune)")
-    return (None, why) if why else (local_folder(source.path), None)
+    plan = open_stream(recipe, source, stream)
+    return (None, getattr(source, "why_in_memory", None)) if plan is None else (plan.source.path, None)
 
 
 def open_stream(recipe: Recipe, source, stream: bool | None = None, dtype="auto") -> StreamPlan | None:
